@@ -1,0 +1,96 @@
+"""Synthetic regression data sets, each reproducible from a seed.
+
+Every generator returns a :class:`Dataset` of float32 tensors plus the parameters that
+produced it, so a run can report how far its learned parameters are from the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (rows × features), targets ``y`` (rows × 1) and, if known, the truth."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    true_params: dict[str, list[list[float]] | float | None] | None = None
+    feature_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] != 1:
+            raise ValueError(f"expected x (n, d) and y (n, 1), got {tuple(self.x.shape)} and "
+                             f"{tuple(self.y.shape)}")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if not self.feature_names:
+            self.feature_names = [f"x{i}" for i in range(self.x.shape[1])]
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _grid(start: float, stop: float, num: int) -> torch.Tensor:
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    return torch.linspace(start, stop, num, dtype=torch.float64).unsqueeze(1)
+
+
+def _truth(weight: Sequence[float], bias: float | None) -> dict:
+    return {"weight": [[float(w) for w in weight]], "bias": None if bias is None else float(bias)}
+
+
+def _finish(x: torch.Tensor, y: torch.Tensor, truth: dict | None) -> Dataset:
+    # Generated in float64 so the truth is exact, served in float32 like any model input.
+    return Dataset(x.float().contiguous(), y.float().contiguous(), truth)
+
+
+def line(a: float = 2.0, b: float = 1.0, start: float = 0.0, stop: float = 10.0,
+         num: int = 11) -> Dataset:
+    """y = a·x + b on ``num`` evenly spaced points, no noise."""
+    x = _grid(start, stop, num)
+    return _finish(x, a * x + b, _truth([a], b))
+
+
+def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: float = 0.01,
+           num_samples: int = 1000, seed: int = 0) -> Dataset:
+    """y = X·w + b + N(0, noise²) with standard normal features."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    g = _generator(seed)
+    w = torch.tensor(list(weight), dtype=torch.float64).unsqueeze(1)
+    x = torch.randn(num_samples, w.shape[0], generator=g, dtype=torch.float64)
+    y = x @ w + bias + noise * torch.randn(num_samples, 1, generator=g, dtype=torch.float64)
+    return _finish(x, y, _truth(list(weight), bias))
+
+
+def uniform_line(a: float = 2.0, b: float = 6.0, low: float = 0.0, high: float = 5.0,
+                 noise: float = 0.3, num_samples: int = 150, seed: int = 0) -> Dataset:
+    """y = a·x + b + N(0, noise²) with x ~ U[low, high)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    g = _generator(seed)
+    x = low + (high - low) * torch.rand(num_samples, 1, generator=g, dtype=torch.float64)
+    y = a * x + b + noise * torch.randn(num_samples, 1, generator=g, dtype=torch.float64)
+    return _finish(x, y, _truth([a], b))
+
+
+def quadratic(start: float = -1.0, stop: float = 1.0, num: int = 100, noise: float = 0.2,
+              seed: int = 0) -> Dataset:
+    """y = x² + noise·U(0, 1) on an evenly spaced grid; no linear truth to report."""
+    g = _generator(seed)
+    x = _grid(start, stop, num)
+    y = x.pow(2) + noise * torch.rand(num, 1, generator=g, dtype=torch.float64)
+    return _finish(x, y, None)

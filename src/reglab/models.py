@@ -1,0 +1,87 @@
+"""Regression models: plain ``torch.nn.Module`` classes, usable without Lightning.
+
+Each class records the keyword arguments it was built with (``init_kwargs``) so that
+``model.pt`` can rebuild it with no config system at all (see :mod:`reglab.artifacts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(f"model.activation: unknown activation {name!r}; expected one of "
+                         f"{', '.join(ACTIVATIONS)}") from None
+
+
+class LinearRegression(nn.Module):
+    """y = x·wᵀ + b, with the bias optional (regression through the origin)."""
+
+    def __init__(self, in_features: int, bias: bool = True, out_features: int = 1) -> None:
+        super().__init__()
+        self.init_kwargs = {"in_features": int(in_features), "bias": bool(bias),
+                            "out_features": int(out_features)}
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def param_scalars(self) -> dict[str, float]:
+        """Every learned number by name, for per-epoch TensorBoard scalars."""
+        out = {f"weight_{i}": float(v) for i, v in enumerate(self.linear.weight.detach().
+                                                              flatten().tolist())}
+        if self.linear.bias is not None:
+            out["bias"] = float(self.linear.bias.detach().flatten()[0])
+        return out
+
+    def params(self) -> dict[str, list[list[float]] | float | None]:
+        """Weight as a nested list (out × in) and bias, as metrics.json reports them."""
+        bias = self.linear.bias
+        return {"weight": self.linear.weight.detach().cpu().tolist(),
+                "bias": None if bias is None else float(bias.detach().flatten()[0])}
+
+
+class MLP(nn.Module):
+    """A fully connected network with one activation between its layers."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (10,),
+                 activation: str = "relu", out_features: int = 1) -> None:
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        self.init_kwargs = {"in_features": int(in_features), "hidden": hidden,
+                            "activation": str(activation), "out_features": int(out_features)}
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), make_activation(activation)]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+#: Classes that ``reglab.load_model`` may rebuild; a file naming anything else is refused.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "LinearRegression": LinearRegression,
+    "MLP": MLP,
+}

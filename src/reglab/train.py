@@ -1,0 +1,87 @@
+"""``reglab-train``: compose a config, fit, test, and leave a complete run dir.
+
+The flow reads top to bottom in :func:`train`: config → data module + model →
+Lightning module → trainer (loggers, callbacks) → fit → test → files in the run dir.
+Only Hydra and OmegaConf are imported at module level, so ``--help`` and config errors
+answer without paying for torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from reglab.confdir import CONF_DIR
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment described by ``cfg``; return what ``metrics.json`` holds."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from reglab import results
+    from reglab.artifacts import save_model
+    from reglab.module import RegressionModule
+
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Data first: the model's input width comes from it.
+    datamodule = instantiate(cfg.data)
+    data = datamodule.prepare()
+    model = instantiate(cfg.model)(in_features=data.num_features)
+    module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
+                              loss=instantiate(cfg.loss))
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    if cfg.get("test", True) and datamodule.has_test:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+
+    metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds,
+                              choices=_hydra_choices())
+    save_model(model, run_dir / "model.pt", extra={"hparams": metrics["hparams"]})
+    results.write_json(run_dir / results.METRICS_FILE, metrics)
+    results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
+                                                       *(["test/mse", "test/r2"]
+                                                         if metrics["test"] else [])])
+    print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
+    return metrics
+
+
+def _hydra_choices() -> dict[str, str]:
+    """The option picked in each config group (``data: line``), when run through Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items()
+            if isinstance(v, str) and not k.startswith("hydra")}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val_loss")  # what a sweeper minimises
+
+
+def main() -> None:
+    """Console entry point: ``reglab-train [overrides]``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()
