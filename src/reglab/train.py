@@ -27,6 +27,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from reglab.artifacts import save_model
     from reglab.module import RegressionModule
 
+    _quiet_lightning()
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -38,8 +39,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
                               loss=instantiate(cfg.loss))
 
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # Each is a named entry (callbacks.progress_bar=null switches one off).
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not loggers:  # a learning-rate monitor has nowhere to write without a logger
+        callbacks = [c for c in callbacks
+                     if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks,
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
@@ -60,6 +65,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                          if metrics["test"] else [])])
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning messages that say nothing about this run (adverts, own deprecations)."""
+    import logging
+    import warnings
+
+    class _NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in record.getMessage()
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).addFilter(_NoTips())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # reglab writes step scalars itself, so Lightning's own logging interval is moot.
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def _hydra_choices() -> dict[str, str]:

@@ -1,0 +1,71 @@
+"""The command line as a user meets it: subprocesses in a fresh working directory."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from conftest import run_cli, script
+
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
+
+
+def test_help_lists_groups_without_importing_torch(tmp_path: Path):
+    code = ("import sys; sys.argv = ['reglab-train', '--help']\n"
+            "from reglab.train import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'pytorch_lightning', 'matplotlib')"
+            " if m in sys.modules))")
+    out = run_cli([sys.executable, "-c", code], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    for line in ("experiment: d2l, line, noisy_line, origin, quadratic_mlp",
+                 "optimizer: adam, adamw, lbfgs, sgd", "model: linear, mlp",
+                 "logger: csv, none, tensorboard", "trainer: cpu, default, gpu"):
+        assert line in out.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_default_run_from_any_directory(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "trainer.max_epochs=300"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "line" / "runs").iterdir())
+    assert len(runs) == 1 and STAMP.match(runs[0].name)
+    run_dir = runs[0]
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "model.pt", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 300
+    # The closing summary names the run dir and how to review it.
+    assert "learned weight" in out.stdout
+    assert f"tensorboard --logdir {run_dir}" in out.stdout
+
+
+def test_module_entry_point_multirun(tmp_path: Path):
+    out = run_cli([sys.executable, "-m", "reglab.train", "-m", "experiment=origin",
+                   "optimizer.lr=0.01,0.02", "trainer.max_epochs=20", "logger=none"],
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "origin" / "multiruns").iterdir())
+    assert len(sweeps) == 1 and STAMP.match(sweeps[0].name)
+    lrs = sorted(json.loads((sweeps[0] / str(i) / "metrics.json").read_text())["hparams"]["lr"]
+                 for i in (0, 1))
+    assert lrs == [0.01, 0.02]
+
+
+def test_unknown_experiment_is_a_short_error(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "experiment=nope"], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Could not find 'experiment/nope'" in out.stderr
+    assert "noisy_line" in out.stderr  # lists the options there are
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_group_option_is_a_short_error(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "optimizer=rmsprop"], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "optimizer/rmsprop" in out.stderr and "Traceback" not in out.stderr

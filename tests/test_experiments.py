@@ -1,0 +1,50 @@
+"""The five built-in experiments reach what their seed documents reach."""
+
+from __future__ import annotations
+
+import torch
+
+import reglab
+from reglab.datagen import uniform_line
+
+
+def test_line(run_train):
+    m, _ = run_train("experiment=line")
+    w, b = m["params"]["weight"][0][0], m["params"]["bias"]
+    assert abs(w - 2) < 0.01 and abs(b - 1) < 0.02
+    assert m["epochs"] == 1000 and m["steps"] == 1000
+    assert m["true_params"] == {"weight": [[2.0]], "bias": 1.0}
+
+
+def test_origin_predicts_eight_at_four(run_train):
+    m, run_dir = run_train("experiment=origin")
+    assert m["params"]["bias"] is None
+    assert abs(m["params"]["weight"][0][0] - 2) < 0.001
+    model = reglab.load_model(run_dir / "model.pt")
+    with torch.no_grad():
+        assert abs(float(model(torch.tensor([[4.0]]))) - 8.0) < 0.01
+
+
+def test_d2l(run_train):
+    m, _ = run_train("experiment=d2l")
+    errors = [*m["param_error"]["weight"][0], m["param_error"]["bias"]]
+    assert len(errors) == 3 and all(abs(e) < 0.01 for e in errors)
+    assert m["rows"] == {"train": 800, "val": 800, "test": 200}
+    assert m["test"]["r2"] > 0.999
+
+
+def test_noisy_line_near_least_squares(run_train):
+    m, _ = run_train("experiment=noisy_line")
+    data = uniform_line(seed=m["hparams"]["seed"])
+    design = torch.cat([data.x.double(), torch.ones(len(data), 1, dtype=torch.float64)], 1)
+    coef = torch.linalg.lstsq(design, data.y.double()).solution
+    ls_mse = float(((design @ coef - data.y.double()) ** 2).mean())
+    assert m["train_loss"] <= 1.05 * ls_mse
+    assert abs(m["params"]["weight"][0][0] - 2) < 0.1
+    assert abs(m["params"]["bias"] - 6) < 0.2
+
+
+def test_quadratic_mlp(run_train):
+    m, _ = run_train("experiment=quadratic_mlp")
+    assert m["train_loss"] < 0.02
+    assert m["params"] is None and m["hparams"]["model"] == "mlp"

@@ -1,0 +1,85 @@
+"""What a run leaves on disk: TensorBoard events, checkpoints, model.pt, metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import reglab
+from reglab.models import LinearRegression
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_scalars_and_hparams(run_train):
+    m, run_dir = run_train("experiment=line", "trainer.max_epochs=200",
+                           "trainer.log_every_n_steps=10")
+    acc = _events(run_dir)
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_epoch", "val/loss", "params/weight_0",
+            "params/bias", "lr-SGD"} <= tags
+    loss = [e.value for e in acc.Scalars("train/loss")]
+    assert len(loss) == 20 and loss[-1] < loss[0] / 100
+    bias = [e.value for e in acc.Scalars("params/bias")]
+    assert len(bias) == 200 and abs(bias[-1] - m["params"]["bias"]) < 1e-6
+    # The HPARAMS tab: hyper-parameters with real metrics, not a placeholder hp_metric.
+    assert "hp_metric" not in tags
+    hp = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hp and "_hparams_/experiment" in hp
+    assert b"val/loss" in hp["_hparams_/experiment"] and b"lr" in hp["_hparams_/experiment"]
+
+
+def test_metrics_json(run_train):
+    m, run_dir = run_train("experiment=d2l")
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert on_disk["status"] == "completed"
+    for key in ("epochs", "steps", "fit_seconds", "train_loss", "val_loss", "test", "params",
+                "true_params", "param_error", "hparams"):
+        assert key in on_disk, key
+    assert set(on_disk["test"]) == {"mse", "rmse", "mae", "r2"}
+    hp = on_disk["hparams"]
+    assert hp["lr"] == 0.03 and hp["batch_size"] == 10 and hp["optimizer"] == "sgd"
+    assert hp["model"] == "linear" and hp["max_epochs"] == 3 and hp["seed"] == 42
+
+
+def test_checkpoints_and_model_pt_predict_like_the_run(run_train):
+    m, run_dir = run_train("experiment=d2l")
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file()
+    assert [p.name for p in ckpts.glob("best-*.ckpt")], "no best checkpoint"
+    x = torch.randn(16, 2)
+
+    model = reglab.load_model(run_dir / "model.pt")
+    raw = torch.load(run_dir / "model.pt", weights_only=True)
+    assert raw["model"]["class"] == "LinearRegression"
+    expected = x @ torch.tensor(m["params"]["weight"]).T + m["params"]["bias"]
+
+    state = torch.load(ckpts / "last.ckpt", weights_only=True)["state_dict"]
+    from_ckpt = LinearRegression(in_features=2)
+    from_ckpt.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                               if k.startswith("model.")})
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        assert torch.equal(from_ckpt(x), model(x))
+
+
+def test_resume_from_last_checkpoint(run_train):
+    first, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=5")
+    assert first["epochs"] == 5
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resumed, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8",
+                           f"ckpt_path={ckpt}")
+    assert resumed["epochs"] == 8
+    assert resumed["steps"] == first["steps"] * 8 // 5
+    assert resumed["train_loss"] < first["train_loss"]
+    # Same data order after resume: identical to an uninterrupted 8-epoch run.
+    straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8")
+    assert resumed["params"] == straight["params"]
