@@ -1,4 +1,4 @@
-"""Where reglab's Hydra configs live, from any working directory.
+"""Where reglab's Hydra configs live, and the resolvers they use.
 
 An editable install reads the repository's top-level ``conf/``; a built wheel carries
 the same files inside the package as ``reglab/conf``.
@@ -7,6 +7,9 @@ the same files inside the package as ``reglab/conf``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
 
 _HERE = Path(__file__).resolve().parent
 
@@ -18,4 +21,10 @@ def _find() -> Path:
     raise FileNotFoundError(f"reglab: cannot find its conf/ directory near {_HERE}")
 
 
+def _sweep_label(mode: Any, override_dirname: str) -> str:
+    """A sweep job's overrides (its TensorBoard run name); empty for a single run."""
+    return str(override_dirname or "") if "MULTIRUN" in str(mode) else ""
+
+
 CONF_DIR: Path = _find()
+OmegaConf.register_new_resolver("reglab.sweep_label", _sweep_label, replace=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -34,6 +35,10 @@ class RegressionModule(pl.LightningModule):
         self.test_metrics: dict[str, float] | None = None
         #: The latest logged values, for the progress bar and the end-of-run summary.
         self.latest: dict[str, float] = {}
+        #: Epoch means of the train loss and each validation loss, as [epoch, value] pairs.
+        self.history: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
+        #: The optimizer step at which the loss was first seen non-finite, if ever.
+        self.diverged_at_step: int | None = None
         self._test_sums = RegressionSums()
         self._epoch_loss: torch.Tensor | None = None
         self._epoch_rows = 0
@@ -47,6 +52,10 @@ class RegressionModule(pl.LightningModule):
     # -- training -----------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int) -> None:
         self.latest.update(metrics)
+        if self.diverged_at_step is None and not all(math.isfinite(v) for v in metrics.values()):
+            # Checked where values reach the host anyway: no extra sync per step.
+            self.diverged_at_step = step
+            self.trainer.should_stop = True
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
 
@@ -70,6 +79,7 @@ class RegressionModule(pl.LightningModule):
         metrics: dict[str, float] = {"epoch": float(self.current_epoch)}
         if self._epoch_loss is not None and self._epoch_rows:
             metrics["train/loss_epoch"] = float(self._epoch_loss) / self._epoch_rows
+            self.history["train_loss"].append([self.current_epoch, metrics["train/loss_epoch"]])
         scalars = getattr(self.model, "param_scalars", None)
         if scalars is not None:
             # w and b converging, epoch by epoch, as the seed documents print them.
@@ -85,8 +95,9 @@ class RegressionModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         value = self.trainer.callback_metrics.get("val/loss")
-        if value is not None:
+        if value is not None and not self.trainer.sanity_checking:
             self.latest["val/loss"] = float(value)
+            self.history["val_loss"].append([self.current_epoch, float(value)])
 
     def on_test_epoch_start(self) -> None:
         self._test_sums = RegressionSums()

@@ -143,18 +143,34 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
               for split in ("train", "val")}
     params = model.params() if hasattr(model, "params") else None
     truth = datamodule.data.true_params if params is not None else None
+    if module.diverged_at_step is not None:
+        status = "diverged"
+    test = module.test_metrics
     return {
         "status": status,
+        "diverged_at_step": module.diverged_at_step,
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 4),
         "train_loss": losses["train"],
         "val_loss": losses["val"],
         "val_is_train": datamodule.splits["val"] is datamodule.splits["train"],
-        "test": module.test_metrics,
+        "test": None if test is None else {k: _finite_or_none(v) for k, v in test.items()},
         "params": params,
         "true_params": truth,
         "param_error": param_error(params, truth) if params is not None else None,
         "rows": {split: int(x.shape[0]) for split, (x, _) in datamodule.splits.items()},
         "hparams": hparams(cfg, choices),
+        "history": {k: [[e, _finite_or_none(v)] for e, v in pairs]
+                    for k, pairs in module.history.items()},
     }
+
+
+def failure(cfg: DictConfig, exc: BaseException, choices: dict[str, str] | None = None
+            ) -> dict[str, Any]:
+    """The metrics.json of a run that raised: what failed, and with which settings."""
+    try:
+        hp: dict[str, Any] | None = hparams(cfg, choices)
+    except Exception:  # a config broken enough to fail here still gets its record
+        hp = None
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "hparams": hp}

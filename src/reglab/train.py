@@ -8,6 +8,8 @@ answer without paying for torch or Lightning.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import hydra
 from omegaconf import DictConfig
 
 from reglab.confdir import CONF_DIR
+
+log = logging.getLogger("reglab")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -30,35 +34,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _quiet_lightning()
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    choices = _hydra_choices()
+    try:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # Data first: the model's input width comes from it.
-    datamodule = instantiate(cfg.data)
-    data = datamodule.prepare()
-    model = instantiate(cfg.model)(in_features=data.num_features)
-    module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
-                              loss=instantiate(cfg.loss))
+        # Data first: the model's input width comes from it.
+        datamodule = instantiate(cfg.data)
+        data = datamodule.prepare()
+        model = instantiate(cfg.model)(in_features=data.num_features)
+        module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
+                                  loss=instantiate(cfg.loss))
 
-    # Each is a named entry (callbacks.progress_bar=null switches one off).
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    if not loggers:  # a learning-rate monitor has nowhere to write without a logger
-        callbacks = [c for c in callbacks
-                     if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks,
-        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
+        # Each is a named entry (callbacks.progress_bar=null switches one off).
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+        if not loggers:  # a learning-rate monitor has nowhere to write without a logger
+            callbacks = [c for c in callbacks
+                         if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks,
+            enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint)
+                                     for c in callbacks),
+            enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
 
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_seconds = time.perf_counter() - start
-    if cfg.get("test", True) and datamodule.has_test:
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        fit_seconds = time.perf_counter() - start
+        if cfg.get("test", True) and datamodule.has_test and module.diverged_at_step is None:
+            trainer.test(module, datamodule=datamodule, verbose=False)
 
-    metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds,
-                              choices=_hydra_choices())
-    save_model(model, run_dir / "model.pt", extra={"hparams": metrics["hparams"]})
+        metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices)
+        save_model(model, run_dir / "model.pt", extra={"hparams": metrics["hparams"]})
+    except Exception as exc:
+        # Leave a record that says what went wrong, never a stale "completed".
+        results.write_json(run_dir / results.METRICS_FILE, results.failure(cfg, exc, choices))
+        raise
     results.write_json(run_dir / results.METRICS_FILE, metrics)
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
                                                        *(["test/mse", "test/r2"]
@@ -94,15 +104,44 @@ def _hydra_choices() -> dict[str, str]:
             if isinstance(v, str) and not k.startswith("hydra")}
 
 
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get("val_loss")  # what a sweeper minimises
+def _main(cfg: DictConfig) -> float:
+    """One job. In a sweep a failed job is recorded and the sweep goes on."""
+    multirun = _is_multirun()
+    try:
+        metrics = train(cfg)
+    except Exception as exc:
+        if not multirun:
+            raise
+        log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,
+                  exc_info=True)
+        return float("nan")
+    if metrics["status"] == "diverged":
+        message = (f"training diverged at step {metrics['diverged_at_step']}: the loss became "
+                   f"non-finite (optimizer.lr={metrics['hparams']['lr']}; try a smaller one)")
+        if multirun:
+            log.error(message)
+            return float("nan")
+        print(f"reglab-train: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    val = metrics.get("val_loss")
+    return float("nan") if val is None else float(val)  # what a sweeper minimises
 
 
 def main() -> None:
     """Console entry point: ``reglab-train [overrides]``."""
+    from reglab import sweep_callbacks
+
     _main()
+    if sweep_callbacks.failed_jobs:  # the sweep ran to the end; its status says who failed
+        sys.exit(1)
 
 
 if __name__ == "__main__":
