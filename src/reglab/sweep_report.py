@@ -85,7 +85,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
             "r2": test.get("r2"),
             "epochs": metrics.get("epochs"),
             "fit_seconds": metrics.get("fit_seconds"),
-            "run_dir": str(job),
+            "run_dir": str(job.resolve()),
             "error": metrics.get("error") or (
                 f"diverged at step {metrics['diverged_at_step']}"
                 if metrics.get("status") == "diverged" else ""),

@@ -21,6 +21,10 @@ from reglab.confdir import CONF_DIR
 
 log = logging.getLogger("reglab")
 
+#: A failed or diverged sweep job's objective: the worst value, so a search steers away
+#: from it. (NaN would make Optuna 2.x abort the whole study.)
+_FAILED = float("inf")
+
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment described by ``cfg``; return what ``metrics.json`` holds."""
@@ -122,17 +126,17 @@ def _main(cfg: DictConfig) -> float:
             raise
         log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,
                   exc_info=True)
-        return float("nan")
+        return _FAILED
     if metrics["status"] == "diverged":
         message = (f"training diverged at step {metrics['diverged_at_step']}: the loss became "
                    f"non-finite (optimizer.lr={metrics['hparams']['lr']}; try a smaller one)")
         if multirun:
             log.error(message)
-            return float("nan")
+            return _FAILED
         print(f"reglab-train: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
     val = metrics.get("val_loss")
-    return float("nan") if val is None else float(val)  # what a sweeper minimises
+    return _FAILED if val is None else float(val)  # what a sweeper minimises
 
 
 def main() -> None:

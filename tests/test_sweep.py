@@ -1,0 +1,115 @@
+"""Sweeps through the real command: grid, report, failures, Optuna, joblib."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import compose_config, run_cli, script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from reglab import sweep_report
+
+SMALL = ["experiment=noisy_line", "trainer.max_epochs=4", "data.source.num_samples=60"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _sweep(tmp_path: Path, *args: str) -> tuple[object, Path]:
+    out = run_cli([script("reglab-train"), "-m", *SMALL, *args], cwd=tmp_path)
+    sweeps = list((tmp_path / "outputs" / "noisy_line" / "multiruns").iterdir())
+    assert len(sweeps) == 1, out.stderr[-3000:]
+    return out, sweeps[0]
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+
+
+def test_grid_sweep_report_and_tensorboard(tmp_path: Path):
+    out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,0.1", "data.batch_size=20,50")
+    assert out.returncode == 0, out.stderr[-3000:]
+    with (sweep / "sweep_summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    assert {(r["optimizer.lr"], r["data.batch_size"]) for r in rows} == {
+        ("0.01", "20"), ("0.01", "50"), ("0.1", "20"), ("0.1", "50")}
+    assert all(r["status"] == "completed" for r in rows)
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    md = (sweep / "sweep_summary.md").read_text()
+    best_line = next(line for line in md.splitlines() if "★ best" in line)
+    assert f"| {best['job']} |" in best_line
+    assert "★ best" in out.stdout  # printed to the console too
+    assert _is_png(sweep / "sweep_heatmap.png") and _is_png(sweep / "sweep_curves.png")
+
+    # Each job's TensorBoard run is named by its overrides and carries its hparams.
+    for row in rows:
+        runs = [p for p in (Path(row["run_dir"]) / "tensorboard").iterdir() if p.is_dir()]
+        assert len(runs) == 1 and f"optimizer.lr={row['optimizer.lr']}" in runs[0].name
+        acc = EventAccumulator(str(runs[0]))
+        acc.Reload()
+        hp = acc.PluginTagToContent("hparams")
+        assert b"batch_size" in hp["_hparams_/session_start_info"]
+        assert b"val/loss" in hp["_hparams_/experiment"]
+
+    # The report rebuilds from disk alone.
+    for name in ("sweep_summary.csv", "sweep_summary.md", "sweep_heatmap.png"):
+        (sweep / name).unlink()
+    again = run_cli([script("reglab-sweep-report"), str(sweep)], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _is_png(sweep / "sweep_heatmap.png") and (sweep / "sweep_summary.csv").is_file()
+
+
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path: Path):
+    out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,1000")
+    assert out.returncode == 1  # the sweep's status says a job failed ...
+    rows = {r["optimizer.lr"]: r for r in csv.DictReader((sweep / "sweep_summary.csv").open())}
+    assert rows["0.01"]["status"] == "completed"  # ... and the other one completed
+    assert rows["1000"]["status"] == "diverged" and "diverged" in rows["1000"]["error"]
+    metrics = json.loads((sweep / rows["1000"]["job"] / "metrics.json").read_text())
+    assert metrics["diverged_at_step"] is not None
+    assert metrics["epochs"] < 4  # stopped early, not after every remaining epoch
+
+
+def test_optuna_sweep_completes(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                   "trainer.max_epochs=3", "logger=none"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "noisy_line" / "multiruns").iterdir())
+    assert (sweep / "optimization_results.yaml").is_file()
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    assert len({r["optimizer.lr"] for r in rows}) == 3  # the sampler proposed lr values
+
+
+def test_joblib_launcher_matches_sequential(tmp_path: Path):
+    grid = ["optimizer.lr=0.01,0.05", "logger=none"]
+    seq_dir, par_dir = tmp_path / "seq", tmp_path / "par"
+    seq_dir.mkdir()
+    par_dir.mkdir()
+    seq, seq_sweep = _sweep(seq_dir, *grid)
+    par, par_sweep = _sweep(par_dir, *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert seq.returncode == 0 and par.returncode == 0, par.stderr[-3000:]
+    for job in ("0", "1"):
+        a = json.loads((seq_sweep / job / "metrics.json").read_text())
+        b = json.loads((par_sweep / job / "metrics.json").read_text())
+        assert a["params"] == b["params"] and a["train_loss"] == b["train_loss"]
+
+
+def test_run_dirs_started_together_differ(tmp_path: Path):
+    from hydra.core.hydra_config import HydraConfig
+
+    dirs = set()
+    for _ in range(3):
+        cfg = compose_config([], tmp_path)
+        dirs.add(HydraConfig.get().run.dir)
+        assert cfg is not None
+    assert len(dirs) == 3
+
+
+def test_report_on_a_folder_that_is_not_a_sweep(tmp_path: Path):
+    with pytest.raises(ValueError, match="not a sweep directory"):
+        sweep_report.write_report(tmp_path)
+    out = run_cli([script("reglab-sweep-report"), str(tmp_path / "missing")], cwd=tmp_path)
+    assert out.returncode == 2 and "no such sweep directory" in out.stderr
