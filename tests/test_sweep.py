@@ -113,3 +113,36 @@ def test_report_on_a_folder_that_is_not_a_sweep(tmp_path: Path):
         sweep_report.write_report(tmp_path)
     out = run_cli([script("reglab-sweep-report"), str(tmp_path / "missing")], cwd=tmp_path)
     assert out.returncode == 2 and "no such sweep directory" in out.stderr
+
+
+def test_lr_batch_preset_is_the_three_by_three_grid(tmp_path: Path):
+    cfg = compose_config(["hparams_search=lr_batch"], tmp_path)
+    params = cfg.hydra.sweeper.params
+    assert params["optimizer.lr"] == "0.001,0.01,0.1"
+    assert params["data.batch_size"] == "10,20,50"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.task_name == "noisy_line"
+
+
+def _fake_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_for_one_swept_key_with_a_failed_and_a_missing_job(tmp_path: Path):
+    def done(val: float) -> dict:
+        return {"status": "completed", "train_loss": val, "val_loss": val, "epochs": 3,
+                "history": {"val_loss": [[0, val * 4], [1, val * 2], [2, val]]}}
+
+    _fake_job(tmp_path, 0, ["optimizer.lr=0.001"], done(0.5))
+    _fake_job(tmp_path, 1, ["optimizer.lr=0.01"], done(0.1))
+    _fake_job(tmp_path, 2, ["optimizer.lr=1.0"], {"status": "failed", "error": "boom"})
+    _fake_job(tmp_path, 3, ["optimizer.lr=10.0"], None)  # cut short: never wrote metrics
+    report = sweep_report.write_report(tmp_path)
+    assert report.swept == ["optimizer.lr"]
+    assert report.best["job"] == "1"
+    assert [r["status"] for r in report.rows] == ["completed", "completed", "failed", "missing"]
+    assert "job 2 (optimizer.lr=1.0): boom" in report.markdown
+    assert _is_png(tmp_path / "sweep_heatmap.png") and _is_png(tmp_path / "sweep_curves.png")
