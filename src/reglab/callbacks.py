@@ -8,9 +8,11 @@ same behaviour a person relies on, paced by wall-clock time instead of by step.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any
+from weakref import proxy
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
@@ -29,9 +31,13 @@ class ThrottledCheckpoint(ModelCheckpoint):
         self.min_interval_seconds = float(min_interval_seconds)
         self._last_write: float | None = None
 
+    @staticmethod
+    def _diverged(trainer: pl.Trainer) -> bool:
+        return getattr(trainer.lightning_module, "diverged_at_step", None) is not None
+
     def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
-        if super()._should_skip_saving_checkpoint(trainer):
-            return True
+        if super()._should_skip_saving_checkpoint(trainer) or self._diverged(trainer):
+            return True  # after divergence, the last finite checkpoint is the one to keep
         if self.min_interval_seconds <= 0 or self._last_write is None:
             return False
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
@@ -39,8 +45,23 @@ class ThrottledCheckpoint(ModelCheckpoint):
             max_epochs is not None and trainer.current_epoch + 1 >= max_epochs)
         return not final and time.monotonic() - self._last_write < self.min_interval_seconds
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._diverged(trainer):
+            super().on_train_end(trainer, pl_module)
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+        """Write to a temporary file and rename it, so a kill mid-write never leaves a
+        truncated checkpoint where the last good one was."""
+        partial = f"{filepath}.part"
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        # The bookkeeping ModelCheckpoint._save_checkpoint does after writing:
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
         self._last_write = time.monotonic()
 
 

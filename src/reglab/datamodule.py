@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from reglab.datagen import Dataset
+from reglab.validate import DataError
 
 
 class TensorBatches:
@@ -77,8 +78,16 @@ class RegressionDataModule(pl.LightningDataModule):
     def prepare(self) -> Dataset:
         """Generate or load the data and split it; safe to call more than once."""
         if self.data is None:
-            self.data = self.source()
-            self.splits = self._split(self.data)
+            data = self.source()
+            if len(data) == 0:
+                raise DataError("data: the data set is empty (0 rows)")
+            bad = ~(torch.isfinite(data.x).all(dim=1) & torch.isfinite(data.y).flatten())
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0])
+                raise DataError(f"data: row {row} holds a non-finite value "
+                                f"(x={data.x[row].tolist()}, y={float(data.y[row])})")
+            self.data = data
+            self.splits = self._split(data)
         return self.data
 
     def _split(self, data: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -88,7 +97,7 @@ class RegressionDataModule(pl.LightningDataModule):
         n_train = n - n_test - n_val
         if n_train < 1 or (self.test_fraction > 0 and n_test < 1) or (
                 self.val_fraction > 0 and n_val < 1):
-            raise ValueError(
+            raise DataError(
                 f"data: {n} rows cannot be split into train/val/test with val_fraction="
                 f"{self.val_fraction} and test_fraction={self.test_fraction}; every split "
                 "needs at least one row")

@@ -11,25 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-    "softplus": nn.Softplus,
-    "identity": nn.Identity,
-}
+from reglab.validate import ACTIVATIONS, ConfigError
 
 
 def make_activation(name: str) -> nn.Module:
     try:
-        return ACTIVATIONS[name.lower()]()
+        return getattr(nn, ACTIVATIONS[name.lower()])()
     except KeyError:
-        raise ValueError(f"model.activation: unknown activation {name!r}; expected one of "
-                         f"{', '.join(ACTIVATIONS)}") from None
+        raise ConfigError(f"model.activation: expected one of {', '.join(ACTIVATIONS)}, "
+                          f"got {name!r}") from None
 
 
 class LinearRegression(nn.Module):

@@ -63,16 +63,25 @@ class RegressionModule(pl.LightningModule):
         self._epoch_loss = None
         self._epoch_rows = 0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch
         loss = self.loss_fn(self.model(x), y)
+        step = self.trainer.global_step
+        every = max(1, int(self.trainer.log_every_n_steps))
+        if x.device.type == "cpu" or step % every == 0:
+            # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
+            value = loss.item()
+            if not math.isfinite(value):
+                self.diverged_at_step = step
+                self.latest["train/loss"] = value
+                self.trainer.should_stop = True
+                return None  # Lightning skips this step: the weights stay finite
+            if step % every == 0:
+                self._log({"train/loss": value}, step)
         rows = x.shape[0]
         weighted = loss.detach() * rows
         self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
         self._epoch_rows += rows
-        every = max(1, int(self.trainer.log_every_n_steps))
-        if self.trainer.global_step % every == 0:
-            self._log({"train/loss": loss.item()}, self.trainer.global_step)
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -10,25 +10,29 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 METRICS_FILE = "metrics.json"
 
 
-@torch.no_grad()
 def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                chunk: int = 1 << 16) -> float:
     """The loss of ``model`` over a whole split, predicting in chunks."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        pred = torch.cat([model(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])
-        return float(loss_fn(pred, y.to(device)))
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            pred = torch.cat([model(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])
+            return float(loss_fn(pred, y.to(device)))
     finally:
         model.train(was_training)
 
@@ -63,6 +67,8 @@ def param_error(params: dict[str, Any], truth: dict[str, Any] | None) -> dict[st
     """learned − true, per weight and for the bias, where the data knows the truth."""
     if not truth or "weight" not in params:
         return None
+    import torch
+
     learned_w = torch.tensor(params["weight"], dtype=torch.float64)
     true_w = torch.tensor(truth["weight"], dtype=torch.float64)
     if learned_w.shape != true_w.shape:

@@ -9,6 +9,7 @@ answer without paying for torch or Lightning.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from reglab import validate
 from reglab.confdir import CONF_DIR
 
 log = logging.getLogger("reglab")
@@ -115,12 +117,29 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+#: Set once Hydra has composed the config and handed it to a job.
+_job_started = False
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float:
     """One job. In a sweep a failed job is recorded and the sweep goes on."""
+    global _job_started
+    _job_started = True
     multirun = _is_multirun()
     try:
+        validate.check(cfg)  # before torch is imported: a typo answers at once
         metrics = train(cfg)
+    except validate.ReglabError as exc:
+        if multirun:
+            _record_failure(cfg, exc)
+            log.error("job failed: %s", exc)
+            return _FAILED
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _discard_unused_run_dir(Path(cfg.paths.run_dir))
+        print(f"reglab-train: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Exception as exc:
         if not multirun:
             raise
@@ -139,11 +158,38 @@ def _main(cfg: DictConfig) -> float:
     return _FAILED if val is None else float(val)  # what a sweeper minimises
 
 
+def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    from reglab import results
+
+    run_dir = Path(cfg.paths.run_dir)
+    if not (run_dir / results.METRICS_FILE).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results.write_json(run_dir / results.METRICS_FILE, results.failure(cfg, exc))
+
+
+def _discard_unused_run_dir(run_dir: Path) -> None:
+    """Remove a run dir that holds nothing but Hydra's own files and a failure record."""
+    import shutil
+
+    disposable = {".hydra", "train.log", "metrics.json"}
+    if run_dir.is_dir() and all(p.name in disposable for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main() -> None:
-    """Console entry point: ``reglab-train [overrides]``."""
+    """Console entry point: ``reglab-train [overrides]``.
+
+    Exit status: 0 done; 1 a run (or some sweep job) failed or diverged; 2 bad input
+    (a config Hydra cannot compose, or a value or data set reglab rejects).
+    """
     from reglab import sweep_callbacks
 
-    _main()
+    try:
+        _main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _job_started:  # Hydra could not compose the config
+            sys.exit(2)
+        raise
     if sweep_callbacks.failed_jobs:  # the sweep ran to the end; its status says who failed
         sys.exit(1)
 

@@ -1,0 +1,82 @@
+"""Checks on a composed config, run before torch or Lightning is imported.
+
+Each problem becomes one :class:`ConfigError` line naming the key, what it holds and
+what was expected, so a typo costs a second, not a traceback after a slow import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omegaconf import DictConfig
+
+#: Activation names accepted by ``model.activation`` → ``torch.nn`` class names.
+ACTIVATIONS: dict[str, str] = {
+    "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU", "silu": "SiLU",
+    "elu": "ELU", "leaky_relu": "LeakyReLU", "softplus": "Softplus", "identity": "Identity",
+}
+
+
+class ReglabError(ValueError):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+class ConfigError(ReglabError):
+    """A config value that cannot work."""
+
+
+class DataError(ReglabError):
+    """Data that cannot be used: empty, non-finite, or too small to split."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str,
+           optional: bool = False) -> None:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return  # not every data set or model has every key
+        node = node[part]
+    if node is None and optional:
+        return
+    if not ok(node):
+        raise ConfigError(f"{key}: expected {expected}, got {node!r}")
+
+
+def _positive_ints(values: Any) -> bool:
+    return isinstance(values, Iterable) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot work."""
+    positive = lambda v: _is_number(v) and v > 0  # noqa: E731
+    fraction = lambda v: _is_number(v) and 0 <= v <= 1  # noqa: E731
+    _check(cfg, "optimizer.lr", positive, "a number > 0")
+    _check(cfg, "data.batch_size", lambda v: isinstance(v, int) and v > 0,
+           "a whole number > 0, or null for full batch", optional=True)
+    _check(cfg, "trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1,
+           "a whole number >= 1")
+    _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
+    _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
+    data = cfg.get("data") or {}
+    held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
+    if held_out >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "
+                          f"so rows remain for training, got {held_out:g}")
+    _check(cfg, "data.source.num_samples", lambda v: isinstance(v, int) and v >= 1,
+           "a whole number >= 1")
+    _check(cfg, "data.source.num", lambda v: isinstance(v, int) and v >= 1,
+           "a whole number >= 1")
+    _check(cfg, "data.source.noise", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "data.source.high", lambda v: _is_number(v) and v > cfg.data.source.low,
+           "a number above data.source.low")
+    _check(cfg, "model.hidden", _positive_ints, "a list of whole numbers > 0, e.g. [10, 10]")
+    _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in ACTIVATIONS,
+           f"one of {', '.join(ACTIVATIONS)}")
+    _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
+    _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")

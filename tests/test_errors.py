@@ -1,0 +1,55 @@
+"""Bad input through the real command: one line naming the key, exit status 2, no run dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, script
+
+BAD = [
+    (["optimizer.lr=-1"], "optimizer.lr: expected a number > 0, got -1"),
+    (["optimizer.lr=0"], "optimizer.lr: expected a number > 0"),
+    (["data.batch_size=0"], "data.batch_size: expected a whole number > 0"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs: expected a whole number >= 1"),
+    (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1]"),
+    (["data.test_fraction=-0.1"], "data.test_fraction: expected a fraction in [0, 1]"),
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "expected a sum below 1"),
+    (["model=mlp", "model.hidden=[10,0]"], "model.hidden: expected a list of whole numbers"),
+    (["model=mlp", "model.activation=swish2"], "model.activation: expected one of relu"),
+    (["loss.reduction=avg"], "loss.reduction: expected mean or sum"),
+    (["experiment=d2l", "data.source.num_samples=0"], "data.source.num_samples"),
+    (["experiment=origin", "data.test_fraction=0.1"], "3 rows cannot be split"),
+    (["data.nosuchkey=1"], "Could not override 'data.nosuchkey'"),
+    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str):
+    out = run_cli([script("reglab-train"), *args], cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    runs = list((tmp_path / "outputs").glob("*/runs/*"))
+    assert runs == [], "a run dir was left behind"
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "experiment=noisy_line", "optimizer.lr=10",
+                   "logger=none"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert "reglab-train: error: training diverged at step" in out.stderr
+    run_dir = next((tmp_path / "outputs" / "noisy_line" / "runs").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged"
+    assert metrics["epochs"] < 5  # not after the remaining 100 epochs
+    assert metrics["steps"] <= metrics["diverged_at_step"] + 1  # stopped at that step
+    import torch
+
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert state["global_step"] < metrics["diverged_at_step"]
+    assert not list((run_dir / "checkpoints").glob("*.part"))
