@@ -46,8 +46,10 @@ class ThrottledCheckpoint(ModelCheckpoint):
         return not final and time.monotonic() - self._last_write < self.min_interval_seconds
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._diverged(trainer):
-            super().on_train_end(trainer, pl_module)
+        """Make ``last.ckpt`` current however the fit ended (but never after divergence)."""
+        if self.save_last and not self._diverged(trainer) and (
+                self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """Write to a temporary file and rename it, so a kill mid-write never leaves a

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -39,6 +42,9 @@ class RegressionModule(pl.LightningModule):
         self.history: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
         #: The optimizer step at which the loss was first seen non-finite, if ever.
         self.diverged_at_step: int | None = None
+        #: SIGINT or SIGTERM, when one asked the fit to stop.
+        self.interrupted_by: str | None = None
+        self._previous_handlers: dict[int, Any] = {}
         self._test_sums = RegressionSums()
         self._epoch_loss: torch.Tensor | None = None
         self._epoch_rows = 0
@@ -48,6 +54,29 @@ class RegressionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
+
+    # -- signals ------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Turn SIGINT/SIGTERM into a clean stop: finish the step, checkpoint, report.
+
+        Installed here, after Lightning registers its own SIGTERM handler (which would
+        end the fit with an exception and no report), and removed at train end.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def on_train_end(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.interrupted_by is not None:  # asked twice: stop now, no clean-up
+            raise KeyboardInterrupt
+        self.interrupted_by = signal.Signals(signum).name
+        self.trainer.should_stop = True
 
     # -- training -----------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int) -> None:

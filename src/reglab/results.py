@@ -151,10 +151,13 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
     truth = datamodule.data.true_params if params is not None else None
     if module.diverged_at_step is not None:
         status = "diverged"
+    elif module.interrupted_by is not None:
+        status = "interrupted"
     test = module.test_metrics
     return {
         "status": status,
         "diverged_at_step": module.diverged_at_step,
+        "interrupted_by": module.interrupted_by,
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 4),

@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from reglab import results
-    from reglab.artifacts import save_model
+    from reglab.artifacts import check_checkpoint, save_model
     from reglab.module import RegressionModule
 
     _quiet_lightning()
@@ -63,10 +63,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                      for c in callbacks),
             enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
 
+        if cfg.get("ckpt_path"):
+            check_checkpoint(cfg.ckpt_path, module)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         fit_seconds = time.perf_counter() - start
-        if cfg.get("test", True) and datamodule.has_test and module.diverged_at_step is None:
+        finished = module.diverged_at_step is None and module.interrupted_by is None
+        if cfg.get("test", True) and datamodule.has_test and finished:
             trainer.test(module, datamodule=datamodule, verbose=False)
 
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices)
@@ -146,6 +149,12 @@ def _main(cfg: DictConfig) -> float:
         log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,
                   exc_info=True)
         return _FAILED
+    if metrics["status"] == "interrupted":
+        run_dir = Path(cfg.paths.run_dir)
+        print(f"reglab-train: interrupted by {metrics['interrupted_by']} after "
+              f"{metrics['epochs']} epochs; checkpoint in {run_dir / 'checkpoints'}; "
+              f"continue with: reglab-train resume={run_dir}", file=sys.stderr, flush=True)
+        sys.exit(130 if metrics["interrupted_by"] == "SIGINT" else 143)
     if metrics["status"] == "diverged":
         message = (f"training diverged at step {metrics['diverged_at_step']}: the loss became "
                    f"non-finite (optimizer.lr={metrics['hparams']['lr']}; try a smaller one)")
@@ -176,6 +185,33 @@ def _discard_unused_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _resume_argv(argv: list[str]) -> list[str]:
+    """``resume=<run dir>``: that run's own overrides, its dir and its newest checkpoint.
+
+    Later arguments still win, e.g. ``resume=<dir> trainer.max_epochs=200``.
+    """
+    resume = [a for a in argv[1:] if a.startswith("resume=")]
+    if not resume:
+        return argv
+    import yaml
+
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not saved.is_file():
+        raise validate.ReglabError(f"resume: {run_dir} is not a reglab run dir "
+                                   "(no .hydra/overrides.yaml)")
+    if not ckpt.is_file():
+        raise validate.ReglabError(f"resume: {run_dir} has no checkpoints/last.ckpt to "
+                                   "resume from")
+    extra = [a for a in argv[1:] if not a.startswith("resume=")]
+    given = {a.split("=", 1)[0].lstrip("+~") for a in extra}
+    skip = given | {"ckpt_path", "hydra.run.dir"}
+    previous = [o for o in yaml.safe_load(saved.read_text()) or []
+                if o.split("=", 1)[0].lstrip("+~") not in skip]
+    return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
+
+
 def main() -> None:
     """Console entry point: ``reglab-train [overrides]``.
 
@@ -184,6 +220,11 @@ def main() -> None:
     """
     from reglab import sweep_callbacks
 
+    try:
+        sys.argv = _resume_argv(sys.argv)
+    except validate.ReglabError as exc:
+        print(f"reglab-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     try:
         _main()
     except SystemExit as exc:

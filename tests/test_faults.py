@@ -1,0 +1,103 @@
+"""Faults through the real command: SIGTERM, kill -9 and resume, untrusted checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from conftest import run_cli, script
+
+LONG = ["experiment=noisy_line", "trainer.max_epochs=3000", "logger=none",
+        "callbacks.model_checkpoint.min_interval_seconds=0", "callbacks.progress_bar=null"]
+
+
+def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    proc = subprocess.Popen([script("reglab-train"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ckpts = list((tmp_path / "outputs").glob("*/runs/*/checkpoints/last.ckpt"))
+        if ckpts:
+            time.sleep(1.0)  # let it train (and checkpoint) a while longer
+            return proc, ckpts[0].parents[1]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigterm_checkpoints_and_reports_interrupted(tmp_path: Path):
+    proc, run_dir = _start(tmp_path, *LONG)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)  # exits promptly
+    assert proc.returncode == 143
+    assert f"resume={run_dir}" in err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["interrupted_by"] == "SIGTERM"
+    assert 0 < metrics["epochs"] < 3000
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == metrics["steps"]  # the checkpoint is the stopping point
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, run_train):
+    args = [*LONG[:1], "trainer.max_epochs=600", *LONG[2:]]
+    proc, run_dir = _start(tmp_path, *args)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not (run_dir / "metrics.json").exists()
+    assert not list((run_dir / "checkpoints").glob("*.part"))
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < saved["epoch"] < 600  # it really stopped part-way
+
+    out = run_cli([script("reglab-train"), f"resume={run_dir}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["epochs"] == 600
+
+    straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=600", "logger=none")
+    assert resumed["params"] == straight["params"]  # bit for bit
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    with path.open("wb") as fh:
+        pickle.dump({"state_dict": {}, "x": Payload()}, fh)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path):
+    ckpt, marker = tmp_path / "evil.ckpt", tmp_path / "marker.txt"
+    _malicious_checkpoint(ckpt, marker)
+    out = run_cli([script("reglab-train"), f"ckpt_path={ckpt}", "logger=none"], cwd=tmp_path)
+    assert out.returncode == 2 and "refused" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists()
+
+    import reglab
+
+    try:
+        reglab.load_model(ckpt)
+    except ValueError as exc:
+        assert "not a loadable reglab model" in str(exc)
+    assert not marker.exists()
+
+
+def test_truncated_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path, run_train):
+    _, run_dir = run_train("experiment=d2l", "trainer.max_epochs=1", "logger=none")
+    good = run_dir / "checkpoints" / "last.ckpt"
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:200])
+    out = run_cli([script("reglab-train"), f"ckpt_path={cut}"], cwd=tmp_path)
+    assert out.returncode == 2 and "truncated or corrupt" in out.stderr
+
+    # A two-feature model's checkpoint offered to the one-feature line experiment.
+    out = run_cli([script("reglab-train"), f"ckpt_path={good}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert "model.linear.weight has shape (1, 2) in the checkpoint but (1, 1)" in out.stderr
