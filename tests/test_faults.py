@@ -101,3 +101,12 @@ def test_truncated_and_mismatched_checkpoints_are_clear_errors(tmp_path: Path, r
     out = run_cli([script("reglab-train"), f"ckpt_path={good}"], cwd=tmp_path)
     assert out.returncode == 2
     assert "model.linear.weight has shape (1, 2) in the checkpoint but (1, 1)" in out.stderr
+
+
+def test_checkpoint_of_another_model_class_names_both(tmp_path: Path, run_train):
+    _, run_dir = run_train("experiment=quadratic_mlp", "trainer.max_epochs=1", "logger=none")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["reglab"]["model"] == "MLP"
+    out = run_cli([script("reglab-train"), f"ckpt_path={ckpt}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert "holds a MLP" in out.stderr and "builds a LinearRegression" in out.stderr

@@ -95,6 +95,16 @@ def check_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ReglabError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    stamp = ckpt.get("reglab") or {}
+    if stamp and stamp.get("format_version") != FORMAT_VERSION:
+        raise ReglabError(f"{path}: written by reglab {stamp.get('version')} (format "
+                          f"{stamp.get('format_version')}); this reglab {__version__} reads "
+                          f"format {FORMAT_VERSION}")
+    model = getattr(module, "model", None)
+    if stamp and model is not None and stamp.get("model") != type(model).__name__:
+        raise ReglabError(f"{path}: the checkpoint holds a {stamp.get('model')} "
+                          f"({stamp.get('model_kwargs')}) but this run builds a "
+                          f"{type(model).__name__} ({getattr(model, 'init_kwargs', {})})")
     expected = module.state_dict()
     for key in sorted(set(expected) | set(state)):
         if key not in state:

@@ -55,6 +55,18 @@ class RegressionModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
 
+    # -- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stamp which reglab and which model wrote it, so a mismatch can be named."""
+        from reglab import __version__
+        from reglab.artifacts import FORMAT_VERSION
+
+        checkpoint["reglab"] = {
+            "version": __version__, "format_version": FORMAT_VERSION,
+            "model": type(self.model).__name__,
+            "model_kwargs": dict(getattr(self.model, "init_kwargs", {})),
+        }
+
     # -- signals ------------------------------------------------------------------------
     def on_train_start(self) -> None:
         """Turn SIGINT/SIGTERM into a clean stop: finish the step, checkpoint, report.
