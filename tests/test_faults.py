@@ -51,7 +51,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, run_tra
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not (run_dir / "metrics.json").exists()
-    assert not list((run_dir / "checkpoints").glob("*.part"))
+    # A kill mid-write may leave a .part file behind, never a truncated last.ckpt.
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < saved["epoch"] < 600  # it really stopped part-way
 
