@@ -7,7 +7,7 @@ produced it, so a run can report how far its learned parameters are from the tru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -19,7 +19,6 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor
     true_params: dict[str, list[list[float]] | float | None] | None = None
-    feature_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] != 1:
@@ -27,8 +26,6 @@ class Dataset:
                              f"{tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
-        if not self.feature_names:
-            self.feature_names = [f"x{i}" for i in range(self.x.shape[1])]
 
     @property
     def num_features(self) -> int:

@@ -73,14 +73,10 @@ def param_error(params: dict[str, Any], truth: dict[str, Any] | None) -> dict[st
     true_w = torch.tensor(truth["weight"], dtype=torch.float64)
     if learned_w.shape != true_w.shape:
         return None
-    out: dict[str, Any] = {"weight": (learned_w - true_w).tolist()}
-    if params.get("bias") is not None:
-        out["bias"] = params["bias"] - (truth.get("bias") or 0.0)
-    else:
-        out["bias"] = None
-    out["max_abs"] = max(abs(v) for v in [*(learned_w - true_w).flatten().tolist(),
-                                          out["bias"] or 0.0])
-    return out
+    diff = learned_w - true_w
+    bias = None if params.get("bias") is None else params["bias"] - (truth.get("bias") or 0.0)
+    return {"weight": diff.tolist(), "bias": bias,
+            "max_abs": max(abs(v) for v in [*diff.flatten().tolist(), bias or 0.0])}
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -86,9 +86,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+_quieted = False
+
+
 def _quiet_lightning() -> None:
     """Drop Lightning messages that say nothing about this run (adverts, own deprecations)."""
-    import logging
+    global _quieted
+    if _quieted:  # once per process: repeated runs must not stack filters
+        return
+    _quieted = True
     import warnings
 
     class _NoTips(logging.Filter):
