@@ -44,7 +44,10 @@ def test_metrics_json(run_train):
     for key in ("epochs", "steps", "fit_seconds", "train_loss", "val_loss", "test", "params",
                 "true_params", "param_error", "hparams"):
         assert key in on_disk, key
-    assert set(on_disk["test"]) == {"mse", "rmse", "mae", "r2"}
+    assert set(on_disk["test"]) == {"mse", "rmse", "mae", "r2", "adjusted_r2"}
+    closed = on_disk["closed_form"]
+    assert closed["train_loss"] <= on_disk["train_loss"]
+    assert closed["optimality_gap"]["absolute"] >= 0
     hp = on_disk["hparams"]
     assert hp["lr"] == 0.03 and hp["batch_size"] == 10 and hp["optimizer"] == "sgd"
     assert hp["model"] == "linear" and hp["max_epochs"] == 3 and hp["seed"] == 42

@@ -1,7 +1,7 @@
-"""Synthetic regression data sets, each reproducible from a seed.
+"""Regression data sets: synthetic ones reproducible from a seed, and tables from files.
 
-Every generator returns a :class:`Dataset` of float32 tensors plus the parameters that
-produced it, so a run can report how far its learned parameters are from the truth.
+Every source returns a :class:`Dataset` of float32 tensors. Synthetic sets also carry the
+parameters that produced them, so a run can report how far its learned ones are.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor
     true_params: dict[str, list[list[float]] | float | None] | None = None
+    #: Column names, for tables read from files and for prediction CSVs.
+    feature_names: list[str] | None = None
+    target_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] != 1:
@@ -26,6 +29,11 @@ class Dataset:
                              f"{tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if self.feature_names is None:
+            self.feature_names = ["x"] if self.x.shape[1] == 1 else [
+                f"x{i}" for i in range(self.x.shape[1])]
+        if self.target_name is None:
+            self.target_name = "y"
 
     @property
     def num_features(self) -> int:
@@ -90,4 +98,13 @@ def quadratic(start: float = -1.0, stop: float = 1.0, num: int = 100, noise: flo
     g = _generator(seed)
     x = _grid(start, stop, num)
     y = x.pow(2) + noise * torch.rand(num, 1, generator=g, dtype=torch.float64)
+    return _finish(x, y, None)
+
+
+def sine(start: float = -3.0, stop: float = 3.0, num: int = 60, noise: float = 0.1,
+         seed: int = 0) -> Dataset:
+    """y = sin(x) + N(0, noise²) on an evenly spaced grid: a curve for polynomial fits."""
+    g = _generator(seed)
+    x = _grid(start, stop, num)
+    y = torch.sin(x) + noise * torch.randn(num, 1, generator=g, dtype=torch.float64)
     return _finish(x, y, None)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from reglab.datagen import Dataset
+from reglab.scaling import Scaling
 from reglab.validate import DataError
 
 
@@ -59,11 +60,15 @@ class RegressionDataModule(pl.LightningDataModule):
 
     ``val_fraction=0`` validates on the training rows, so problems of a handful of points
     (3 or 11) still get a validation loss; ``test_fraction=0`` means no test split.
+    ``standardize`` (features) and ``standardize_target`` fit their statistics on the
+    training split only; every split is then served in those units. A given ``scaling``
+    (from a trained model, at evaluation time) is applied instead of fitting one.
     """
 
     def __init__(self, source: Callable[[], Dataset], batch_size: int | None = None,
                  shuffle: bool = False, val_fraction: float = 0.0,
-                 test_fraction: float = 0.0, seed: int = 0) -> None:
+                 test_fraction: float = 0.0, seed: int = 0, standardize: bool = False,
+                 standardize_target: bool = False, scaling: Scaling | None = None) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -71,6 +76,9 @@ class RegressionDataModule(pl.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.seed = int(seed)
+        self.standardize = bool(standardize)
+        self.standardize_target = bool(standardize_target)
+        self.scaling = scaling
         self.data: Dataset | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -86,8 +94,21 @@ class RegressionDataModule(pl.LightningDataModule):
                 row = int(bad.nonzero()[0])
                 raise DataError(f"data: row {row} holds a non-finite value "
                                 f"(x={data.x[row].tolist()}, y={float(data.y[row])})")
+            splits = self._split(data)
+            if self.scaling is None:
+                self.scaling = Scaling.fit(*splits["train"], features=self.standardize,
+                                           target=self.standardize_target)
+            if self.scaling.x_mean is not None and len(self.scaling.x_mean) != data.num_features:
+                raise DataError(f"data: {data.num_features} feature columns, but the model was "
+                                f"trained on {len(self.scaling.x_mean)}")
+            if self.scaling.active:
+                val_is_train = splits["val"] is splits["train"]
+                splits = {k: (self.scaling.x(x), self.scaling.y(y)) for k, (x, y) in
+                          splits.items() if not (k == "val" and val_is_train)}
+                if val_is_train:
+                    splits["val"] = splits["train"]
             self.data = data
-            self.splits = self._split(data)
+            self.splits = splits
         return self.data
 
     def _split(self, data: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

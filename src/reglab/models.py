@@ -31,8 +31,16 @@ class LinearRegression(nn.Module):
                             "out_features": int(out_features)}
         self.linear = nn.Linear(in_features, out_features, bias=bias)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns the weights multiply: the design matrix of least squares."""
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+        return self.linear(self.features(x))
+
+    @property
+    def has_bias(self) -> bool:
+        return self.linear.bias is not None
 
     def param_scalars(self) -> dict[str, float]:
         """Every learned number by name, for per-epoch TensorBoard scalars."""
@@ -47,6 +55,26 @@ class LinearRegression(nn.Module):
         bias = self.linear.bias
         return {"weight": self.linear.weight.detach().cpu().tolist(),
                 "bias": None if bias is None else float(bias.detach().flatten()[0])}
+
+
+class PolynomialRegression(LinearRegression):
+    """y = w₁x + w₂x² + … + w_d·x^d + b on a single input column."""
+
+    def __init__(self, in_features: int = 1, degree: int = 2, bias: bool = True,
+                 out_features: int = 1) -> None:
+        if in_features != 1:
+            raise ConfigError(f"model.degree: a polynomial model takes one input column, "
+                              f"but the data has {in_features}")
+        if int(degree) < 1:
+            raise ConfigError(f"model.degree: expected a whole number >= 1, got {degree!r}")
+        super().__init__(int(degree), bias=bias, out_features=out_features)
+        self.degree = int(degree)
+        self.init_kwargs = {"in_features": 1, "degree": self.degree, "bias": bool(bias),
+                            "out_features": int(out_features)}
+        self.register_buffer("powers", torch.arange(1, self.degree + 1), persistent=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pow(self.powers.to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -73,5 +101,6 @@ class MLP(nn.Module):
 #: Classes that ``reglab.load_model`` may rebuild; a file naming anything else is refused.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "LinearRegression": LinearRegression,
+    "PolynomialRegression": PolynomialRegression,
     "MLP": MLP,
 }

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from reglab.metrics import RegressionSums
+from reglab.scaling import Scaling
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -30,11 +31,20 @@ class RegressionModule(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 loss: nn.Module) -> None:
+                 loss: nn.Module, scaling: Scaling | None = None,
+                 data_info: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
+        #: The data's standardization, undone for test metrics and stored in checkpoints.
+        self.scaling = scaling or Scaling()
+        #: Feature and target names, stored with checkpoints for prediction files.
+        self.data_info = data_info or {}
+        #: The least-squares optimum's training loss, drawn beside the loss curve.
+        self.reference_loss: float | None = None
+        #: That optimum itself (a ``closed_form.LeastSquares``), for the fit plot.
+        self.closed_form: Any = None
         self.test_metrics: dict[str, float] | None = None
         #: The latest logged values, for the progress bar and the end-of-run summary.
         self.latest: dict[str, float] = {}
@@ -65,6 +75,8 @@ class RegressionModule(pl.LightningModule):
             "version": __version__, "format_version": FORMAT_VERSION,
             "model": type(self.model).__name__,
             "model_kwargs": dict(getattr(self.model, "init_kwargs", {})),
+            "scaling": self.scaling.to_dict(),
+            "data": dict(self.data_info),
         }
 
     # -- signals ------------------------------------------------------------------------
@@ -74,12 +86,16 @@ class RegressionModule(pl.LightningModule):
         Installed here, after Lightning registers its own SIGTERM handler (which would
         end the fit with an exception and no report), and removed at train end.
         """
+        if self.reference_loss is not None:
+            self._log({"train/loss_closed_form": self.reference_loss}, self.trainer.global_step)
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def on_train_end(self) -> None:
+        if self.reference_loss is not None:  # two points: a flat reference line
+            self._log({"train/loss_closed_form": self.reference_loss}, self.trainer.global_step)
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers = {}
@@ -154,7 +170,8 @@ class RegressionModule(pl.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
-        self._test_sums.update(self.model(x), y)
+        # In the data's own units, so MSE and MAE read as the target does.
+        self._test_sums.update(self.scaling.y_inverse(self.model(x)), self.scaling.y_inverse(y))
 
     def on_test_epoch_end(self) -> None:
         centered = getattr(self.model, "init_kwargs", {}).get("bias", True)

@@ -23,18 +23,98 @@ METRICS_FILE = "metrics.json"
 
 def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                chunk: int = 1 << 16) -> float:
-    """The loss of ``model`` over a whole split, predicting in chunks."""
+    """The loss of ``model`` over a whole split, evaluated in float64 in chunks.
+
+    Float64 so that the comparison with the least-squares optimum is not blurred by
+    float32 rounding of the predictions (about 1e-4 of a small MSE).
+    """
+    import copy
+
     import torch
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            pred = torch.cat([model(x[i:i + chunk].to(device)) for i in range(0, len(x), chunk)])
-            return float(loss_fn(pred, y.to(device)))
-    finally:
-        model.train(was_training)
+    model64 = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        device = next(model64.parameters()).device
+        pred = torch.cat([model64(x[i:i + chunk].to(device, torch.float64))
+                          for i in range(0, len(x), chunk)])
+        return float(loss_fn(pred, y.to(device, torch.float64)))
+
+
+def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
+                ) -> tuple[dict[str, Any] | None, Any]:
+    """The least-squares optimum of a linear or polynomial model on the training split.
+
+    Returns (the ``closed_form`` record for metrics.json, the solution) or (None, None)
+    where no closed form applies (an MLP), and a record saying why for losses other
+    than MSE, whose optimum least squares is not.
+    """
+    import torch
+
+    from reglab import closed_form as cf
+    from reglab.metrics import RegressionSums
+    from reglab.models import LinearRegression
+
+    if not isinstance(model, LinearRegression) or model.linear.out_features != 1:
+        return None, None
+    if not isinstance(loss_fn, torch.nn.MSELoss):
+        return {"skipped": f"loss is {type(loss_fn).__name__}; least squares is the optimum "
+                           "of MSE only"}, None
+    x, y = datamodule.splits["train"]
+    solution = cf.solve(x, y, bias=model.has_bias, features=model.features)
+
+    def loss(split: str) -> float:
+        xs, ys = datamodule.splits[split]
+        sse = solution.sse(xs, ys, features=model.features)
+        return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
+
+    record: dict[str, Any] = {
+        "params": {"weight": [solution.weight.tolist()], "bias": solution.bias},
+        "train_loss": loss("train"), "val_loss": loss("val"), "test": None,
+        "condition_number": solution.condition, "rank": solution.rank,
+    }
+    if "test" in datamodule.splits:
+        sums = RegressionSums()
+        scaling = datamodule.scaling
+        xs, ys = datamodule.splits["test"]
+        for i in range(0, int(xs.shape[0]), cf.CHUNK):
+            pred = solution.predict(xs[i:i + cf.CHUNK].cpu(), model.features)
+            sums.update(scaling.y_inverse(pred), scaling.y_inverse(ys[i:i + cf.CHUNK].cpu()))
+        record["test"] = sums.compute(centered=model.has_bias)
+        record["test"].update(adjusted_r2(record["test"]["r2"], sums.n,
+                                          int(solution.weight.shape[0]), model.has_bias))
+    return record, solution
+
+
+def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
+    """Adjusted R² for ``p`` regressors on ``n`` rows; empty where it is undefined."""
+    dof = n - p - (1 if intercept else 0)
+    if dof <= 0 or not math.isfinite(r2):
+        return {}
+    return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
+
+
+def optimality_gap(train_loss: float | None, optimum: float | None) -> dict[str, Any] | None:
+    """How far the trained model's training loss is above the least-squares optimum."""
+    if train_loss is None or optimum is None:
+        return None
+    gap = train_loss - optimum
+    return {"absolute": gap, "relative": gap / optimum if optimum > 0 else None}
+
+
+def params_in_data_units(params: dict[str, Any], scaling: Any) -> dict[str, Any] | None:
+    """A linear model's weights and bias as they act on unscaled inputs and targets."""
+    if not scaling.active or "weight" not in params or params.get("bias") is None:
+        return None
+    weight = list(params["weight"][0])
+    bias = params.get("bias") or 0.0
+    if scaling.x_mean is not None:
+        stats = zip(weight, scaling.x_mean, scaling.x_std, strict=True)
+        bias -= sum(w * m / s for w, m, s in stats)
+        weight = [w / s for w, s in zip(weight, scaling.x_std, strict=True)]
+    if scaling.y_mean is not None:
+        weight = [w * scaling.y_std for w in weight]
+        bias = bias * scaling.y_std + scaling.y_mean
+    return {"weight": [weight], "bias": bias}
 
 
 def _target_name(node: Any) -> str | None:
@@ -109,6 +189,18 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str]) 
         writer.flush()
 
 
+def log_reference_layout(loggers: list[Any]) -> None:
+    """A Custom Scalars chart with the training loss and the least-squares optimum on
+    one set of axes, so the distance between them is visible at a glance."""
+    layout = {"reglab": {"train loss vs least-squares optimum": [
+        "Multiline", ["train/loss_epoch", "train/loss_closed_form"]]}}
+    for logger in loggers:
+        writer = getattr(logger, "experiment", None)
+        if writer is not None and hasattr(writer, "add_custom_scalars"):
+            writer.add_custom_scalars(layout)
+            writer.flush()
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
@@ -124,32 +216,56 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     if test:
         lines.append(f"  test  mse {_fmt(test['mse'])}  rmse {_fmt(test['rmse'])}  "
                      f"mae {_fmt(test['mae'])}  r2 {_fmt(test['r2'])}")
-    params = metrics.get("params")
+    params = metrics.get("params_data_units") or metrics.get("params")
     if params and "weight" in params:
-        weight = ", ".join(f"{w:.6g}" for w in params["weight"][0])
+        weights = params["weight"][0]
+        weight = ", ".join(f"{w:.6g}" for w in weights[:6]) + (", …" if len(weights) > 6 else "")
         line = f"  learned weight [{weight}]   bias {_fmt(params.get('bias'))}"
         truth = metrics.get("true_params")
         if truth:
             true_w = ", ".join(f"{w:.6g}" for w in truth["weight"][0])
             line += f"   (true [{true_w}], {_fmt(truth.get('bias'))})"
         lines.append(line)
+    closed = metrics.get("closed_form") or {}
+    gap = closed.get("optimality_gap")
+    if gap:
+        rel = "" if gap["relative"] is None else f" ({gap['relative']:.3g} relative)"
+        lines.append(f"  least-squares optimum: train loss {_fmt(closed['train_loss'])}; "
+                     f"this fit is {gap['absolute']:.3g} above it{rel}")
     lines += [f"  run dir: {run_dir}", f"  review:  tensorboard --logdir {run_dir}"]
     return lines
 
 
 def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_seconds: float,
-            choices: dict[str, str] | None = None, status: str = "completed") -> dict[str, Any]:
-    """Everything ``metrics.json`` records about a finished fit."""
+            choices: dict[str, str] | None = None, closed: dict[str, Any] | None = None,
+            status: str = "completed") -> dict[str, Any]:
+    """Everything ``metrics.json`` records about a finished fit.
+
+    ``closed`` is the record :func:`closed_form` made before the fit, if any.
+    """
     model, loss_fn = module.model, module.loss_fn
     losses = {split: _finite_or_none(split_loss(model, loss_fn, *datamodule.splits[split]))
               for split in ("train", "val")}
     params = model.params() if hasattr(model, "params") else None
+    data_params = None
+    if params is not None and type(model).__name__ == "LinearRegression":
+        data_params = params_in_data_units(params, datamodule.scaling)
     truth = datamodule.data.true_params if params is not None else None
     if module.diverged_at_step is not None:
         status = "diverged"
     elif module.interrupted_by is not None:
         status = "interrupted"
     test = module.test_metrics
+    if test is not None:
+        test = {k: _finite_or_none(v) for k, v in test.items()}
+        n_params = sum(len(w) for w in params["weight"]) if params else None
+        if n_params is not None and test.get("r2") is not None:
+            test.update(adjusted_r2(test["r2"], int(datamodule.splits["test"][0].shape[0]),
+                                    n_params, bool(params.get("bias") is not None)))
+    if closed is not None and "train_loss" in closed:
+        closed = {**closed, "optimality_gap": optimality_gap(losses["train"],
+                                                             closed["train_loss"])}
+    data = datamodule.data
     return {
         "status": status,
         "diverged_at_step": module.diverged_at_step,
@@ -160,11 +276,16 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         "train_loss": losses["train"],
         "val_loss": losses["val"],
         "val_is_train": datamodule.splits["val"] is datamodule.splits["train"],
-        "test": None if test is None else {k: _finite_or_none(v) for k, v in test.items()},
+        "test": test,
         "params": params,
+        "params_data_units": data_params,
         "true_params": truth,
-        "param_error": param_error(params, truth) if params is not None else None,
+        "param_error": param_error(data_params or params, truth) if params is not None
+        else None,
+        "closed_form": closed,
         "rows": {split: int(x.shape[0]) for split, (x, _) in datamodule.splits.items()},
+        "data": {"features": data.feature_names, "target": data.target_name,
+                 "scaling": datamodule.scaling.to_dict()},
         "hparams": hparams(cfg, choices),
         "history": {k: [[e, _finite_or_none(v)] for e, v in pairs]
                     for k, pairs in module.history.items()},

@@ -48,8 +48,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         data = datamodule.prepare()
         model = instantiate(cfg.model)(in_features=data.num_features)
+        data_info = {"features": data.feature_names, "target": data.target_name}
         module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
-                                  loss=instantiate(cfg.loss))
+                                  loss=instantiate(cfg.loss), scaling=datamodule.scaling,
+                                  data_info=data_info)
+
+        # The exact optimum of linear and polynomial models: the bar the fit is held to.
+        closed, solution = results.closed_form(model, module.loss_fn, datamodule)
+        if closed and "train_loss" in closed:
+            module.reference_loss = closed["train_loss"]
+            module.closed_form = solution
 
         # Each is a named entry (callbacks.progress_bar=null switches one off).
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -72,8 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("test", True) and datamodule.has_test and finished:
             trainer.test(module, datamodule=datamodule, verbose=False)
 
-        metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices)
-        save_model(model, run_dir / "model.pt", extra={"hparams": metrics["hparams"]})
+        metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
+                                  closed=closed)
+        save_model(model, run_dir / "model.pt", scaling=datamodule.scaling,
+                   extra={"hparams": metrics["hparams"], "data": data_info})
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
         results.write_json(run_dir / results.METRICS_FILE, results.failure(cfg, exc, choices))
@@ -82,6 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
                                                        *(["test/mse", "test/r2"]
                                                          if metrics["test"] else [])])
+    if closed and "train_loss" in closed:
+        results.log_reference_layout(loggers)
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
 

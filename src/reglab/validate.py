@@ -7,6 +7,7 @@ what was expected, so a typo costs a second, not a traceback after a slow import
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -54,6 +55,12 @@ def _positive_ints(values: Any) -> bool:
 
 def check(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
+                          "to the command line")
     positive = lambda v: _is_number(v) and v > 0  # noqa: E731
     fraction = lambda v: _is_number(v) and 0 <= v <= 1  # noqa: E731
     _check(cfg, "optimizer.lr", positive, "a number > 0")
@@ -78,5 +85,14 @@ def check(cfg: DictConfig) -> None:
     _check(cfg, "model.hidden", _positive_ints, "a list of whole numbers > 0, e.g. [10, 10]")
     _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in ACTIVATIONS,
            f"one of {', '.join(ACTIVATIONS)}")
+    _check(cfg, "model.degree", lambda v: isinstance(v, int) and not isinstance(v, bool)
+           and v >= 1, "a whole number >= 1")
+    _check(cfg, "data.source.target", lambda v: isinstance(v, str) and v != "",
+           "the name of the column to predict")
+    _check(cfg, "data.source.features", lambda v: isinstance(v, Iterable) and not isinstance(
+        v, str) and len(list(v)) > 0 and all(isinstance(c, str) for c in v),
+           "a list of column names, or null for every column but the target", optional=True)
+    _check(cfg, "data.source.path", lambda v: isinstance(v, str) and Path(v).expanduser()
+           .is_file(), "an existing file (a .csv or .parquet table)")
     _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
     _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
