@@ -21,8 +21,9 @@ def test_help_lists_groups_without_importing_torch(tmp_path: Path):
     out = run_cli([sys.executable, "-c", code], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
-    for line in ("experiment: d2l, d2l_lbfgs, diabetes, line, noisy_line, origin, poly_ill, quadratic_mlp",
-                 "optimizer: adam, adamw, lbfgs, sgd", "model: linear, mlp",
+    for line in ("experiment: d2l, d2l_lbfgs, diabetes, line, noisy_line, origin, poly_ill, "
+                 "quadratic_mlp", "optimizer: adam, adamw, lbfgs, sgd",
+                 "model: linear, mlp, polynomial",
                  "logger: csv, none, tensorboard", "trainer: cpu, default, gpu"):
         assert line in out.stdout
     assert not (tmp_path / "outputs").exists()

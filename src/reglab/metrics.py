@@ -6,6 +6,7 @@ Sums rather than stored predictions keep evaluation O(1) in memory on large data
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -41,3 +42,22 @@ class RegressionSums:
         total = self.syy - self.sy ** 2 / self.n if centered else self.syy
         r2 = 1.0 - self.sse / total if total > 0 else float("nan")
         return {"mse": mse, "rmse": math.sqrt(mse), "mae": self.sae / self.n, "r2": r2}
+
+
+def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
+    """Adjusted R² for ``p`` regressors on ``n`` rows; empty where it is undefined."""
+    dof = n - p - (1 if intercept else 0)
+    if dof <= 0 or not math.isfinite(r2):
+        return {}
+    return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
+
+
+def score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+          y_inverse: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+          chunk: int = 1 << 16) -> RegressionSums:
+    """Sums over a whole split, predicting in chunks; ``y_inverse`` undoes target scaling."""
+    sums = RegressionSums()
+    with torch.no_grad():
+        for i in range(0, int(x.shape[0]), chunk):
+            sums.update(y_inverse(model(x[i:i + chunk])), y_inverse(y[i:i + chunk]))
+    return sums

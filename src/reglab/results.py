@@ -51,7 +51,7 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
     import torch
 
     from reglab import closed_form as cf
-    from reglab.metrics import RegressionSums
+    from reglab.metrics import RegressionSums, adjusted_r2
     from reglab.models import LinearRegression
 
     if not isinstance(model, LinearRegression) or model.linear.out_features != 1:
@@ -83,14 +83,6 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         record["test"].update(adjusted_r2(record["test"]["r2"], sums.n,
                                           int(solution.weight.shape[0]), model.has_bias))
     return record, solution
-
-
-def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
-    """Adjusted R² for ``p`` regressors on ``n`` rows; empty where it is undefined."""
-    dof = n - p - (1 if intercept else 0)
-    if dof <= 0 or not math.isfinite(r2):
-        return {}
-    return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
 
 
 def optimality_gap(train_loss: float | None, optimum: float | None) -> dict[str, Any] | None:
@@ -257,6 +249,8 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         status = "interrupted"
     test = module.test_metrics
     if test is not None:
+        from reglab.metrics import adjusted_r2
+
         test = {k: _finite_or_none(v) for k, v in test.items()}
         n_params = sum(len(w) for w in params["weight"]) if params else None
         if n_params is not None and test.get("r2") is not None:

@@ -18,10 +18,11 @@ from reglab.validate import DataError
 
 
 def _columns(path: Path, header: list[str], features: Sequence[str] | None,
-             target: str) -> list[str]:
-    """The feature columns to read, with the target last; names every missing one."""
+             target: str | None) -> list[str]:
+    """The feature columns to read, then the target (if any); names every missing one."""
     wanted = list(features) if features is not None else [c for c in header if c != target]
-    missing = [c for c in [*wanted, target] if c not in header]
+    targets = [] if target is None else [target]
+    missing = [c for c in [*wanted, *targets] if c not in header]
     if missing:
         raise DataError(f"{path}: no column {', '.join(map(repr, missing))} "
                         f"(the file has: {', '.join(header)})")
@@ -29,7 +30,7 @@ def _columns(path: Path, header: list[str], features: Sequence[str] | None,
         raise DataError(f"{path}: column {target!r} is both the target and a feature")
     if not wanted:
         raise DataError(f"{path}: no feature columns left besides the target {target!r}")
-    return [*wanted, target]
+    return [*wanted, *targets]
 
 
 def _number(text: str, where: str) -> float:
@@ -45,7 +46,7 @@ def _number(text: str, where: str) -> float:
     return value
 
 
-def _read_csv(path: Path, features: Sequence[str] | None, target: str,
+def _read_csv(path: Path, features: Sequence[str] | None, target: str | None,
               delimiter: str) -> tuple[list[str], list[list[float]]]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
@@ -68,7 +69,7 @@ def _read_csv(path: Path, features: Sequence[str] | None, target: str,
 
 
 def _read_parquet(path: Path, features: Sequence[str] | None,
-                  target: str) -> tuple[list[str], list[list[float]]]:
+                  target: str | None) -> tuple[list[str], list[list[float]]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -109,6 +110,36 @@ def read_table(path: str, target: str, features: Sequence[str] | None = None,
     table = torch.tensor(rows, dtype=torch.float64)
     return Dataset(table[:, :-1].float().contiguous(), table[:, -1:].float().contiguous(),
                    None, feature_names=names[:-1], target_name=names[-1])
+
+
+def read_inputs(path: str | Path, features: Sequence[str] | None,
+                delimiter: str = ",") -> tuple[list[str], torch.Tensor]:
+    """The named feature columns of a table (for prediction): (names, float32 rows)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"input_path: {file}: no such file")
+    if file.suffix.lower() in (".parquet", ".pq"):
+        names, rows = _read_parquet(file, features, None)
+    else:
+        names, rows = _read_csv(file, features, None, delimiter)
+    if not rows:
+        raise DataError(f"{file}: no data rows below the header")
+    return names, torch.tensor(rows, dtype=torch.float64).float()
+
+
+def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
+    """A delimited file's header and non-blank rows as text, to copy into an output."""
+    file = Path(path)
+    if file.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(file)
+        columns = [[str(v) for v in table.column(c).to_pylist()] for c in table.column_names]
+        return list(table.column_names), [list(r) for r in zip(*columns, strict=True)]
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader, [])
+        return header, [row for row in reader if row and any(c.strip() for c in row)]
 
 
 def diabetes() -> Dataset:

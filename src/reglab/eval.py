@@ -1,0 +1,152 @@
+"""``reglab-eval``: score a trained model on a split of its own data, or of other data.
+
+The flow: checkpoint → its run's saved config (+ data overrides) → data module with the
+model's stored scaling → metrics table and ``eval_metrics.json`` in this command's own
+run dir. Torch is imported only once the config has been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from reglab import validate
+from reglab.confdir import CONF_DIR
+
+EVAL_FILE = "eval_metrics.json"
+SPLITS = ("test", "val", "train", "all")
+
+#: ``data…`` arguments, held back from Hydra and applied to the training run's config.
+_data_overrides: list[str] = []
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """The run dir a model file or checkpoint belongs to."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
+    """The config the model was trained with, its data replaced where overrides say so."""
+    run_dir = run_dir_of(ckpt_path)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise validate.ReglabError(f"ckpt_path: {ckpt_path} is not inside a reglab run dir "
+                                   f"(no {saved}); the data to score cannot be rebuilt")
+    cfg = OmegaConf.load(saved)
+    if data_overrides:
+        import yaml
+        from hydra import compose
+
+        previous = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        keep = [o for o in previous if not o.lstrip("+~").startswith(
+            ("data", "hydra", "ckpt_path", "resume"))]
+        composed = compose(config_name="train", overrides=[*keep, *data_overrides])
+        with open_dict(cfg):
+            cfg.data = composed.data
+    return cfg
+
+
+def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` on ``cfg.split``; returns what ``eval_metrics.json`` holds."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise validate.ConfigError("ckpt_path: required; add ckpt_path=<run dir>/model.pt")
+    if cfg.split not in SPLITS:
+        raise validate.ConfigError(f"split: expected one of {', '.join(SPLITS)}, "
+                                   f"got {cfg.split!r}")
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    if not ckpt_path.is_file():
+        raise validate.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
+    train_cfg = training_config(ckpt_path, data_overrides or [])
+    validate.check(OmegaConf.create({"data": OmegaConf.to_container(train_cfg.data),
+                                     "seed": train_cfg.seed}))
+
+    import torch
+    from hydra.utils import instantiate
+
+    from reglab import results
+    from reglab.artifacts import read_trained
+    from reglab.metrics import adjusted_r2, score
+
+    trained = read_trained(ckpt_path)
+    datamodule = instantiate(train_cfg.data)
+    datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
+    data = datamodule.prepare()
+    width = int(trained.model.init_kwargs["in_features"])
+    if data.num_features != width:
+        raise validate.DataError(f"data: {data.num_features} feature columns, but the model "
+                                 f"takes {width} ({', '.join(trained.features or [])})")
+    if cfg.split == "all":
+        parts = {id(v): v for v in datamodule.splits.values()}.values()  # val may be train
+        x, y = (torch.cat(t) for t in zip(*parts, strict=True))
+    elif cfg.split in datamodule.splits:
+        x, y = datamodule.splits[cfg.split]
+    else:
+        raise validate.DataError(f"split: this data has no {cfg.split} split (test_fraction "
+                                 f"is {datamodule.test_fraction}); try split=all")
+    model = trained.model
+    intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
+    sums = score(model, x, y, trained.scaling.y_inverse)
+    metrics = sums.compute(centered=intercept)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "bias" not in n)
+    if hasattr(model, "params"):
+        metrics.update(adjusted_r2(metrics["r2"], sums.n, n_params, intercept))
+    out = {
+        "status": "completed",
+        "ckpt_path": str(ckpt_path.resolve()),
+        "run_dir": str(run_dir_of(ckpt_path).resolve()),
+        "split": cfg.split,
+        "rows": sums.n,
+        "data": OmegaConf.to_container(train_cfg.data, resolve=True),
+        "metrics": metrics,
+    }
+    out_dir = Path(cfg.paths.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.write_json(out_dir / EVAL_FILE, out)
+    print(table(out, out_dir))
+    return out
+
+
+def table(out: dict[str, Any], out_dir: Path) -> str:
+    rows = [("metric", "value"), *((k, f"{v:.6g}") for k, v in out["metrics"].items())]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"reglab-eval: {out['split']} split, {out['rows']} rows, {out['ckpt_path']}"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"  written: {out_dir / EVAL_FILE}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg, _data_overrides)
+    except validate.ReglabError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        import shutil
+
+        shutil.rmtree(cfg.paths.run_dir, ignore_errors=True)  # nothing was scored
+        print(f"reglab-eval: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: ``reglab-eval ckpt_path=<file> [split=…] [data overrides]``."""
+    global _data_overrides
+    args = sys.argv[1:]
+    _data_overrides = [a for a in args if a.lstrip("+~").startswith(("data=", "data."))]
+    sys.argv = [sys.argv[0], *(a for a in args if a not in _data_overrides)]
+    try:
+        _main()
+    except SystemExit as exc:
+        if exc.code == 1:  # Hydra could not compose the config
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``reglab-predict``: a trained model's predictions for inline rows or a table.
+
+Inputs are taken in the data's own units; the model's stored scaling is applied around
+it. Output files are written whole or not at all (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from reglab import validate
+from reglab.confdir import CONF_DIR
+
+
+def _inline_rows(x: Any, width: int) -> list[list[float]]:
+    """``x`` as rows of ``width`` numbers: [[1, 2]] or, for one input, [1, 2, 3]."""
+    values = OmegaConf.to_container(x) if isinstance(x, ListConfig) else x
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, list) or not values:
+        raise validate.ConfigError(f"x: expected a list of rows such as [[4.0]], got {x!r}")
+    if width == 1 and all(isinstance(v, (int, float)) for v in values):
+        values = [[v] for v in values]
+    for i, row in enumerate(values):
+        if not isinstance(row, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+            raise validate.ConfigError(f"x: row {i} is {row!r}; expected a list of numbers")
+        if len(row) != width:
+            raise validate.ConfigError(f"x: row {i} has {len(row)} values, but the model "
+                                       f"takes {width} per row")
+    return [[float(v) for v in row] for row in values]
+
+
+def _write_csv(input_path: Path, output_path: Path, column: str, preds: list[float],
+               delimiter: str) -> None:
+    """The input's rows, every column kept, with the prediction appended."""
+    from reglab.tables import read_rows
+
+    header, rows = read_rows(input_path, delimiter)
+    if len(rows) != len(preds):  # cannot happen for a file that read cleanly
+        raise validate.DataError(f"{input_path}: {len(rows)} rows but {len(preds)} predictions")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow([*header, column])
+        for row, pred in zip(rows, preds, strict=True):
+            writer.writerow([*row, repr(pred)])
+    os.replace(tmp, output_path)
+
+
+def predict(cfg: DictConfig) -> list[float]:
+    """Predictions for ``cfg.x`` or the rows of ``cfg.input_path``."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise validate.ConfigError("ckpt_path: required; add ckpt_path=<run dir>/model.pt")
+    if (cfg.x is None) == (cfg.input_path is None):
+        raise validate.ConfigError("x / input_path: give exactly one, e.g. x='[[4.0]]' or "
+                                   "input_path=rows.csv")
+    if cfg.output_path is not None and cfg.input_path is None:
+        raise validate.ConfigError("output_path: needs input_path (inline x is printed)")
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    if not ckpt_path.is_file():
+        raise validate.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
+
+    import torch
+
+    from reglab.artifacts import read_trained
+
+    trained = read_trained(ckpt_path)
+    width = int(trained.model.init_kwargs["in_features"])
+    if cfg.x is not None:
+        names = trained.features or [f"x{i}" for i in range(width)]
+        x = torch.tensor(_inline_rows(cfg.x, width), dtype=torch.float32)
+    else:
+        from reglab.tables import read_inputs
+
+        names, x = read_inputs(cfg.input_path, trained.features, cfg.delimiter)
+        if x.shape[1] != width:
+            raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
+                                     f"({', '.join(names)}), but the model takes {width}")
+    with torch.no_grad():
+        preds = trained.standardized()(x).reshape(-1).tolist()
+    column = f"{trained.target or 'y'}_predicted"
+    if cfg.output_path is not None:
+        _write_csv(Path(cfg.input_path), Path(cfg.output_path), column, preds, cfg.delimiter)
+        print(f"reglab-predict: {len(preds)} predictions written to {cfg.output_path}")
+    else:
+        print(",".join([*names, column]))
+        for row, pred in zip(x.tolist(), preds, strict=True):
+            print(",".join([*(f"{v:g}" for v in row), f"{pred:.8g}"]))
+    return preds
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+def _main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except validate.ReglabError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"reglab-predict: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: ``reglab-predict ckpt_path=<file> x=… | input_path=…``."""
+    try:
+        _main()
+    except SystemExit as exc:
+        if exc.code == 1:  # Hydra could not compose the config
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()
