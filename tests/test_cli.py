@@ -70,3 +70,21 @@ def test_unknown_group_option_is_a_short_error(tmp_path: Path):
     out = run_cli([script("reglab-train"), "optimizer=rmsprop"], cwd=tmp_path)
     assert out.returncode != 0
     assert "optimizer/rmsprop" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_and_predict_help_and_errors_stay_light(tmp_path: Path):
+    missing = f"ckpt_path={tmp_path / 'missing.pt'}"
+    for command, module, extra in (("reglab-eval", "eval", []),
+                                   ("reglab-predict", "predict", ["x=[1]"])):
+        for args in (["--help"], [missing, *extra]):
+            code = (f"import sys; sys.argv = ['{command}', *{args!r}]\n"
+                    f"from reglab.{module} import main\n"
+                    "try:\n    main()\nexcept SystemExit as e:\n    print('EXIT', e.code)\n"
+                    "print('HEAVY', sorted(m for m in ('torch', 'pytorch_lightning',"
+                    " 'matplotlib') if m in sys.modules))")
+            out = run_cli([sys.executable, "-c", code], cwd=tmp_path)
+            assert "HEAVY []" in out.stdout, (command, args, out.stdout, out.stderr)
+            if args == ["--help"]:
+                assert f"{command}:" in out.stdout
+            else:
+                assert "EXIT 2" in out.stdout and "no such file" in out.stderr

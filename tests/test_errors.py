@@ -24,11 +24,40 @@ BAD = [
     (["data.nosuchkey=1"], "Could not override 'data.nosuchkey'"),
     (["experiment=nope"], "Could not find 'experiment/nope'"),
     (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'"),
+    (["model=polynomial", "model.degree=0"], "model.degree: expected a whole number >= 1"),
+    (["experiment=d2l", "model=polynomial"], "a polynomial model takes one input column, "
+                                             "but the data has 2"),
+    (["data=csv"], "data.source.path: required but not set"),
+    (["data=csv", "data.source.path=missing.csv", "data.source.target=y"],
+     "data.source.path: expected an existing file"),
+    (["data=csv", "data.source.path=good.csv", "data.source.target=price"],
+     "good.csv: no column 'price' (the file has: a, b, y)"),
+    (["data=csv", "data.source.path=good.csv", "data.source.target=y",
+      "data.source.features=[a,q]"], "good.csv: no column 'q'"),
+    (["data=csv", "data.source.path=text.csv", "data.source.target=y"],
+     "text.csv, line 3, column 'b': 'x' is not a number"),
+    (["data=csv", "data.source.path=hole.csv", "data.source.target=y"],
+     "hole.csv, line 2, column 'a': empty cell (expected a number)"),
+    (["data=csv", "data.source.path=nan.csv", "data.source.target=y"],
+     "nan.csv, line 4, column 'y': 'nan' is not a finite number"),
+    (["data=csv", "data.source.path=header.csv", "data.source.target=y"],
+     "header.csv: no data rows below the header"),
 ]
+
+#: Tables the data-file cases above read, written into each test's working directory.
+FILES = {
+    "good.csv": "a,b,y\n" + "".join(f"{i},{i % 3},{2 * i + 1}\n" for i in range(20)),
+    "text.csv": "a,b,y\n1,2,3\n2,x,5\n",
+    "hole.csv": "a,b,y\n,2,3\n2,1,5\n",
+    "nan.csv": "a,b,y\n1,2,3\n2,1,5\n3,3,nan\n",
+    "header.csv": "a,b,y\n",
+}
 
 
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
     out = run_cli([script("reglab-train"), *args], cwd=tmp_path, timeout=120)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert message in out.stderr

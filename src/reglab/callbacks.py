@@ -131,3 +131,103 @@ class FitProgressBar(ProgressBar):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class FitPlots(pl.Callback):
+    """Pictures of the fit: TensorBoard images as it evolves, and PNGs in the run dir.
+
+    Model states are copied ``frames`` times over the fit, first and last included (and
+    a one-input linear model's (w, b) every epoch, for the landscape path); drawing waits
+    until training ends, so the figures cost nothing per step. See :mod:`reglab.figures` for which
+    pictures a run gets.
+    """
+
+    def __init__(self, dirpath: str, frames: int = 10) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+        self.frames = max(1, int(frames))
+        self._states: list[tuple[int, int, dict[str, Any]]] = []
+        self._path: list[list[float]] = []
+        self._every = 1
+        self._track_path = False
+        #: Wall time spent drawing, which the run reports apart from the fit's own time.
+        self.draw_seconds = 0.0
+
+    @staticmethod
+    def _state(pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from reglab import figures
+
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        # ``frames`` images in all, the start and the end included: TensorBoard shows up
+        # to 10 per tag unless started with --samples_per_plugin images=N.
+        self._every = max(1, math.ceil(max_epochs / max(1, self.frames - 1)))
+        self._states = [(trainer.current_epoch, trainer.global_step, self._state(pl_module))]
+        self._track_path = figures.landscape_applies(pl_module.model, pl_module.loss_fn)
+        self._path = [figures.param_vector(pl_module.model)] if self._track_path else []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from reglab import figures
+
+        done = trainer.current_epoch + 1
+        if self._track_path:
+            self._path.append(figures.param_vector(pl_module.model))
+        if done % self._every == 0:
+            self._states.append((done, trainer.global_step, self._state(pl_module)))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        start = time.perf_counter()
+        try:
+            self._draw(trainer, pl_module)
+        except Exception as exc:  # a picture must never cost the run its results
+            import logging
+
+            logging.getLogger("reglab").warning("plots skipped: %s: %s",
+                                                type(exc).__name__, exc)
+        finally:
+            self.draw_seconds += time.perf_counter() - start
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import copy
+        from pathlib import Path
+
+        from reglab import figures, plots
+
+        datamodule = trainer.datamodule
+        out = Path(self.dirpath)
+        out.mkdir(parents=True, exist_ok=True)
+        writers = [w for w in (getattr(lg, "experiment", None) for lg in trainer.loggers)
+                   if w is not None and hasattr(w, "add_image")]
+        model, closed = pl_module.model, getattr(pl_module, "closed_form", None)
+
+        def publish(tag: str, fig: Any, step: int, filename: str | None = None) -> None:
+            image = plots.to_array(fig)
+            for writer in writers:
+                writer.add_image(tag, image, step, dataformats="HWC")
+            if filename:
+                plots.save(fig, str(out / filename))
+
+        if datamodule.data.num_features == 1:
+            frame_model = copy.deepcopy(model)
+            if self._states and self._states[-1][1] == trainer.global_step:
+                self._states.pop()  # the final state is drawn below, from the model itself
+            for epoch, step, state in self._states:
+                frame_model.load_state_dict(state)
+                fig = figures.fit(frame_model, datamodule, closed, title=f"epoch {epoch}")
+                publish("plots/fit", fig, step)
+            fig = figures.fit(model, datamodule, closed,
+                              title=f"epoch {trainer.current_epoch} (final)")
+            publish("plots/fit", fig, trainer.global_step, "fit.png")
+        else:
+            fig = figures.pred_vs_actual(model, datamodule)
+            if fig is not None:
+                publish("plots/pred_vs_actual", fig, trainer.global_step, "pred_vs_actual.png")
+        fig = figures.landscape(model, pl_module.loss_fn, datamodule, self._path, closed)
+        if fig is not None:
+            publish("plots/landscape", fig, trainer.global_step, "landscape.png")
+        for writer in writers:
+            writer.flush()

@@ -75,13 +75,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             check_checkpoint(cfg.ckpt_path, module)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        fit_seconds = time.perf_counter() - start
+        # The fit's own time: drawing its pictures at the end is reported apart.
+        draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
+        fit_seconds = time.perf_counter() - start - draw_seconds
         finished = module.diverged_at_step is None and module.interrupted_by is None
         if cfg.get("test", True) and datamodule.has_test and finished:
             trainer.test(module, datamodule=datamodule, verbose=False)
 
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
                                   closed=closed)
+        metrics["plot_seconds"] = round(draw_seconds, 4)
         save_model(model, run_dir / "model.pt", scaling=datamodule.scaling,
                    extra={"hparams": metrics["hparams"], "data": data_info})
     except Exception as exc:

@@ -1,0 +1,122 @@
+"""Which pictures a run gets, drawn from its model and data in the data's own units.
+
+* one input column: the fitted curve through the data (``fit.png``, and frames in
+  TensorBoard as the fit evolves), with the least-squares curve where one applies;
+* several inputs: predicted against actual, and residuals (``pred_vs_actual.png``);
+* a linear model with one or two parameters: the loss landscape around the optimum
+  with the optimizer's path over it (``landscape.png``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reglab.models import LinearRegression
+from reglab.scaling import Standardized
+
+#: At most this many points are scattered; curves and sums always use every row.
+MAX_POINTS = 2000
+
+
+def _subsample(n: int, k: int = MAX_POINTS) -> torch.Tensor:
+    if n <= k:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].sort().values
+
+
+def _raw(datamodule: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split in the data's own units (undoing standardization), on the CPU."""
+    x, y = (t.detach().cpu().double() for t in datamodule.splits[split])
+    s = datamodule.scaling
+    if s.x_mean is not None:
+        x = x * torch.tensor(s.x_std, dtype=x.dtype) + torch.tensor(s.x_mean, dtype=x.dtype)
+    return x, s.y_inverse(y)
+
+
+def _in_data_units(model: nn.Module, scaling: Any) -> nn.Module:
+    import copy
+
+    cpu = copy.deepcopy(model).cpu().double().eval()
+    return Standardized(cpu, scaling) if scaling.active else cpu
+
+
+def fit(model: nn.Module, datamodule: Any, closed_form: Any = None, title: str = "") -> Any:
+    """Data, model curve and least-squares curve for one-input data; else None."""
+    from reglab import plots
+
+    data = datamodule.data
+    if data is None or data.num_features != 1:
+        return None
+    x, y = _raw(datamodule, "train")
+    pick = _subsample(len(x))
+    grid = torch.linspace(float(x.min()), float(x.max()), 300, dtype=torch.float64)[:, None]
+    scaling = datamodule.scaling
+    with torch.no_grad():
+        curve = _in_data_units(model, scaling)(grid)
+        optimum = None
+        if closed_form is not None and isinstance(model, LinearRegression):
+            optimum = scaling.y_inverse(closed_form.predict(scaling.x(grid), model.features))
+    return plots.fit(x[pick, 0].numpy(), y[pick, 0].numpy(), grid[:, 0].numpy(),
+                     curve[:, 0].numpy(), None if optimum is None else optimum[:, 0].numpy(),
+                     title=title, xlabel=data.feature_names[0], ylabel=data.target_name)
+
+
+def pred_vs_actual(model: nn.Module, datamodule: Any) -> Any:
+    """Predicted against actual on the test split (else validation), for several inputs."""
+    from reglab import plots
+
+    data = datamodule.data
+    if data is None or data.num_features == 1:
+        return None
+    split = "test" if "test" in datamodule.splits else "val"
+    x, y = _raw(datamodule, split)
+    pick = _subsample(len(x))
+    with torch.no_grad():
+        pred = _in_data_units(model, datamodule.scaling)(x[pick])
+    return plots.pred_vs_actual(y[pick, 0].numpy(), pred[:, 0].numpy(),
+                                title=f"{split} split: predicted vs actual",
+                                target=data.target_name or "y")
+
+
+def landscape_applies(model: nn.Module, loss_fn: nn.Module) -> bool:
+    return (type(model) is LinearRegression and model.linear.in_features == 1
+            and model.linear.out_features == 1 and isinstance(loss_fn, nn.MSELoss))
+
+
+def param_vector(model: nn.Module) -> list[float]:
+    """(w) or (w, b) of a one-input linear model, as the landscape's axes."""
+    out = [float(model.linear.weight.detach().reshape(-1)[0])]
+    if model.linear.bias is not None:
+        out.append(float(model.linear.bias.detach().reshape(-1)[0]))
+    return out
+
+
+def landscape(model: nn.Module, loss_fn: nn.Module, datamodule: Any,
+              path: list[list[float]], closed_form: Any) -> Any:
+    """MSE over (w) or (w, b) in the training space, with the path the optimizer took."""
+    from reglab import plots
+
+    if not landscape_applies(model, loss_fn) or closed_form is None or not path:
+        return None
+    x, y = (t.detach().cpu().double()[:, 0] for t in datamodule.splits["train"])
+    n = len(x)
+    # MSE(w, b) from sufficient statistics: exact, and O(1) per grid point.
+    sxx, sx, sxy = float((x * x).mean()), float(x.mean()), float((x * y).mean())
+    sy, syy = float(y.mean()), float((y * y).mean())
+    factor = n if loss_fn.reduction == "sum" else 1.0
+
+    def loss_at(w: np.ndarray, b: np.ndarray | float = 0.0) -> np.ndarray:
+        return factor * (w * w * sxx + 2 * w * b * sx + b * b - 2 * w * sxy - 2 * b * sy + syy)
+
+    optimum = [float(closed_form.weight[0])]
+    if closed_form.bias is not None:
+        optimum.append(float(closed_form.bias))
+    names = ["weight w", "bias b"][:len(optimum)]
+    steps = np.asarray(path, dtype=float)
+    finite = np.isfinite(steps).all(axis=1)
+    return plots.landscape(steps[finite], optimum, loss_at, names,
+                           title=f"loss landscape and {len(steps) - 1} epochs of the optimizer")

@@ -1,0 +1,110 @@
+"""Pictures of a fit: the curve through the data, predicted against actual, and the loss
+landscape with the optimizer's path. Matplotlib (Agg, no display) is imported here only,
+so nothing on the command line's fast paths pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+from matplotlib.figure import Figure
+
+SIZE = (5.5, 4.0)
+DPI = 90
+
+
+def _figure(ncols: int = 1) -> Figure:
+    fig = Figure(figsize=(SIZE[0] * ncols, SIZE[1]), dpi=DPI, layout="constrained")
+    fig.subplots(1, ncols)
+    return fig
+
+
+def fit(x: np.ndarray, y: np.ndarray, grid: np.ndarray, curve: np.ndarray,
+        optimum: np.ndarray | None = None, title: str = "", xlabel: str = "x",
+        ylabel: str = "y") -> Figure:
+    """Data points, the model's curve and (where it applies) the least-squares curve."""
+    fig = _figure()
+    ax = fig.axes[0]
+    ax.scatter(x, y, s=12, alpha=0.6, color="tab:blue", label="data")
+    if optimum is not None:
+        ax.plot(grid, optimum, color="tab:green", lw=2.5, ls="--", alpha=0.8,
+                label="least-squares optimum")
+    ax.plot(grid, curve, color="tab:red", lw=2, label="model")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def pred_vs_actual(actual: np.ndarray, pred: np.ndarray, title: str = "",
+                   target: str = "y") -> Figure:
+    """Predicted against actual (on the diagonal when perfect), and residuals."""
+    fig = _figure(2)
+    ax, res = fig.axes
+    lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--")
+    ax.scatter(actual, pred, s=10, alpha=0.6)
+    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title=title)
+    ax.grid(alpha=0.3)
+    res.axhline(0.0, color="gray", lw=1, ls="--")
+    res.scatter(pred, actual - pred, s=10, alpha=0.6, color="tab:orange")
+    res.set(xlabel=f"predicted {target}", ylabel="residual (actual − predicted)",
+            title="residuals")
+    res.grid(alpha=0.3)
+    return fig
+
+
+def landscape(path: np.ndarray, optimum: Sequence[float], loss_at: object,
+              names: Sequence[str], title: str = "") -> Figure:
+    """The loss over one or two parameters around the optimum, with the optimizer's path.
+
+    ``path`` is (steps, 1 or 2); ``loss_at(w)`` or ``loss_at(w, b)`` takes arrays.
+    """
+    fig = _figure()
+    ax = fig.axes[0]
+    pts = np.vstack([path, np.asarray(optimum, dtype=float)[None, :]])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pad = np.maximum((hi - lo) * 0.15, np.maximum(np.abs(hi), 1.0) * 0.05)
+    lo, hi = lo - pad, hi + pad
+    if path.shape[1] == 1:
+        w = np.linspace(lo[0], hi[0], 400)
+        ax.plot(w, loss_at(w), color="tab:blue", lw=2, label="loss")
+        ax.plot(path[:, 0], loss_at(path[:, 0]), "o-", color="tab:red", ms=3, lw=1,
+                label="optimizer path")
+        ax.plot([optimum[0]], [loss_at(np.asarray([optimum[0]]))[0]], "*", ms=14,
+                color="tab:green", label="optimum")
+        ax.set(xlabel=names[0], ylabel="loss")
+        ax.set_yscale("symlog", linthresh=1e-6)
+    else:
+        w, b = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
+        z = loss_at(w, b)
+        floor = max(float(z.min()), 1e-12)
+        levels = np.geomspace(floor, float(z.max()), 25)
+        cs = ax.contourf(w, b, np.maximum(z, floor), levels=levels, cmap="viridis",
+                         norm=matplotlib.colors.LogNorm())
+        fig.colorbar(cs, ax=ax, label="loss (log scale)")
+        ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", ms=3, lw=1,
+                label="optimizer path")
+        ax.plot(path[:1, 0], path[:1, 1], "o", color="white", ms=6, label="start")
+        ax.plot([optimum[0]], [optimum[1]], "*", ms=14, color="tab:green", label="optimum")
+        ax.set(xlabel=names[0], ylabel=names[1])
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def to_array(fig: Figure) -> np.ndarray:
+    """The rendered figure as an H×W×3 uint8 image, for TensorBoard."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save(fig: Figure, path: str) -> None:
+    fig.savefig(path)

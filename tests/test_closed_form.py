@@ -1,0 +1,107 @@
+"""The least-squares optimum: exact on an ill-conditioned design, equal to scikit-learn on
+real data, and reached by L-BFGS; recorded beside every linear and polynomial run."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from hydra.utils import instantiate
+
+from reglab.closed_form import solve
+from reglab.metrics import RegressionSums
+
+
+def exact_least_squares(design: np.ndarray, y: np.ndarray) -> list[Fraction]:
+    """Solve the normal equations in rational arithmetic: no rounding anywhere."""
+    a = [[Fraction(float(v)) for v in row] for row in design]
+    b = [Fraction(float(v)) for v in y]
+    p = len(a[0])
+    m = [[sum(r[i] * r[j] for r in a) for j in range(p)] + [sum(r[i] * t for r, t in
+                                                           zip(a, b, strict=True))]
+         for i in range(p)]
+    for c in range(p):
+        pivot = next(r for r in range(c, p) if m[r][c] != 0)
+        m[c], m[pivot] = m[pivot], m[c]
+        for r in range(p):
+            if r != c and m[r][c] != 0:
+                f = m[r][c] / m[c][c]
+                m[r] = [u - f * v for u, v in zip(m[r], m[c], strict=True)]
+    return [m[i][p] / m[i][i] for i in range(p)]
+
+
+def ill_conditioned(n: int = 40, degree: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    x = np.linspace(-9.0, -3.0, n)
+    design = np.stack([x ** k for k in range(1, degree + 1)], axis=1)
+    y = np.sin(x) + 0.1 * np.random.default_rng(0).standard_normal(n)
+    return design, y
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk", [7, 1 << 16])  # several QR chunks, and one
+def test_degree_10_design_matches_exact_rational_solution(bias: bool, chunk: int):
+    design, y = ill_conditioned()
+    full = np.hstack([design, np.ones((len(y), 1))]) if bias else design
+    assert np.linalg.cond(full) > 1e13  # ~1e15 with the intercept column, 5e13 without
+    exact = np.array([float(v) for v in exact_least_squares(full, y)])
+    got = solve(design, y, bias=bias, chunk=chunk)
+    coef = np.append(got.weight, got.bias) if bias else got.weight
+    rel = np.abs(coef - exact) / np.abs(exact)
+    assert rel.max() < 1e-7, rel  # at least 7 significant digits per coefficient
+    assert got.rank == design.shape[1]
+
+
+def test_uncentred_r2_without_intercept():
+    pred, y = torch.tensor([[1.0], [2.0], [2.5]]), torch.tensor([[1.2], [1.9], [3.0]])
+    sums = RegressionSums()
+    sums.update(pred, y)
+    rss = float(((pred - y) ** 2).sum())
+    assert sums.compute(centered=False)["r2"] == pytest.approx(1 - rss / float((y ** 2).sum()))
+    centred = 1 - rss / float(((y - y.mean()) ** 2).sum())
+    assert sums.compute(centered=True)["r2"] == pytest.approx(centred)
+
+
+def test_diabetes_closed_form_equals_scikit_learn(run_train, tmp_path):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    metrics, _ = run_train("experiment=diabetes", "trainer.max_epochs=2", "logger=none",
+                           "callbacks=none")
+    assert metrics["rows"] == {"train": 310, "val": 44, "test": 88}
+    # The same split in raw units: reglab's data module with standardization off.
+    cfg = compose_config(["experiment=diabetes", "data.standardize=false",
+                          "data.standardize_target=false"], tmp_path / "raw")
+    dm = instantiate(cfg.data)
+    dm.prepare()
+    (x_tr, y_tr), (x_te, y_te) = dm.splits["train"], dm.splits["test"]
+    sk = LinearRegression().fit(x_tr.double().numpy(), y_tr.double().numpy().ravel())
+    sk_r2 = r2_score(y_te.double().numpy().ravel(), sk.predict(x_te.double().numpy()))
+    closed = metrics["closed_form"]
+    assert closed["test"]["r2"] == pytest.approx(sk_r2, abs=1e-6)
+    assert closed["optimality_gap"]["absolute"] > 0
+
+
+@pytest.mark.parametrize("experiment", ["d2l_lbfgs", "poly_ill"])
+def test_lbfgs_reaches_the_closed_form_loss(run_train, experiment: str):
+    metrics, _ = run_train(f"experiment={experiment}", "logger=none", "callbacks=none")
+    closed = metrics["closed_form"]
+    assert closed["optimality_gap"]["relative"] < 1e-6, closed["optimality_gap"]
+    assert metrics["train_loss"] >= closed["train_loss"] * (1 - 1e-12)
+
+
+def test_sgd_gap_is_recorded_and_logged(run_train):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=5")
+    closed = metrics["closed_form"]
+    assert set(closed) >= {"params", "train_loss", "val_loss", "test", "optimality_gap"}
+    gap = closed["optimality_gap"]
+    assert gap["absolute"] == pytest.approx(metrics["train_loss"] - closed["train_loss"])
+    assert gap["relative"] == pytest.approx(gap["absolute"] / closed["train_loss"])
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    ref = acc.Scalars("train/loss_closed_form")
+    assert len(ref) == 2 and ref[0].value == pytest.approx(closed["train_loss"], rel=1e-6)

@@ -1,0 +1,132 @@
+"""Pictures of a run: PNGs in the run dir, images in TensorBoard, and a real TensorBoard
+server that serves the run's scalars, images and HPARAMS."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import script
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def images(run_dir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG, path
+    from matplotlib.image import imread
+
+    height, width = imread(path).shape[:2]
+    assert height > 200 and width > 300
+
+
+@pytest.fixture(scope="module")
+def line_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import compose_config
+    from omegaconf import open_dict
+
+    from reglab.train import train
+
+    run_dir = tmp_path_factory.mktemp("line") / "run"
+    cfg = compose_config(["trainer.max_epochs=200"], run_dir)
+    with open_dict(cfg):
+        del cfg.callbacks["progress_bar"]
+    train(cfg)
+    return run_dir
+
+
+def test_one_input_run_gets_fit_frames_and_a_landscape(line_run: Path):
+    assert_png(line_run / "fit.png")
+    assert_png(line_run / "landscape.png")
+    assert not (line_run / "pred_vs_actual.png").exists()
+    steps = images(line_run)
+    assert steps["plots/fit"][0] == 0 and steps["plots/fit"][-1] == 200
+    assert len(steps["plots/fit"]) == 10  # callbacks.plots.frames, start and end included
+    assert steps["plots/fit"] == sorted(steps["plots/fit"])
+    assert steps["plots/landscape"] == [200]
+
+
+def test_several_inputs_get_predicted_vs_actual(run_train):
+    _, run_dir = run_train("experiment=d2l", "trainer.max_epochs=1")
+    assert_png(run_dir / "pred_vs_actual.png")
+    assert not (run_dir / "fit.png").exists() and not (run_dir / "landscape.png").exists()
+    assert "plots/pred_vs_actual" in images(run_dir)
+
+
+def test_one_parameter_landscape_and_mlp_fit(run_train):
+    _, origin = run_train("experiment=origin", "trainer.max_epochs=20")
+    assert_png(origin / "landscape.png")
+    _, mlp = run_train("experiment=quadratic_mlp", "trainer.max_epochs=10")
+    assert_png(mlp / "fit.png")
+    assert not (mlp / "landscape.png").exists()  # no closed form, no 2-D landscape
+
+
+def steps_of(run_dir: Path) -> list[int]:
+    return images(run_dir)["plots/fit"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, data: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
+
+
+def test_real_tensorboard_serves_scalars_images_and_hparams(line_run: Path):
+    port = free_port()
+    exe = script("tensorboard")
+    cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "tensorboard.main"]
+    server = subprocess.Popen([*cmd, "--logdir", str(line_run), "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                scalars = json.loads(get(f"{base}/data/plugin/scalars/tags"))
+                if scalars:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, "tensorboard exited"
+            assert time.monotonic() < deadline, "tensorboard did not answer"
+            time.sleep(0.5)
+        tags = scalars["tensorboard"]
+        for tag in ("train/loss", "train/loss_epoch", "val/loss", "train/loss_closed_form",
+                    "params/weight_0", "params/bias"):
+            assert tag in tags, tag
+        image_tags = json.loads(get(f"{base}/data/plugin/images/tags"))["tensorboard"]
+        assert {"plots/fit", "plots/landscape"} <= set(image_tags)
+        frames = json.loads(get(f"{base}/data/plugin/images/images?run=tensorboard"
+                                "&tag=plots/fit"))
+        assert [f["step"] for f in frames] == steps_of(line_run)
+        blob = get(f"{base}/data/plugin/images/individualImage?{frames[-1]['query']}")
+        assert blob[:8] == PNG
+        experiment = json.loads(get(f"{base}/data/plugin/hparams/experiment",
+                                    data=json.dumps({"experimentName": ""}).encode()))
+        hparams = {h["name"] for h in experiment["hparamInfos"]}
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"lr", "optimizer", "batch_size", "max_epochs"} <= hparams
+        assert {"val/loss", "train/loss_epoch"} <= metrics and "hp_metric" not in metrics
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
