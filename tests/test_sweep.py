@@ -107,6 +107,36 @@ def test_run_dirs_started_together_differ(tmp_path: Path):
     assert len(dirs) == 3
 
 
+def test_two_parallel_sweeps_started_at_once_never_share_files(tmp_path: Path):
+    import os
+    import subprocess
+
+    args = [script("reglab-train"), "-m", *SMALL, "optimizer.lr=0.01,0.05",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "callbacks.plots=null"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    sweeps = sorted((tmp_path / "outputs" / "noisy_line" / "multiruns").iterdir())
+    assert len(sweeps) == 2  # one dir per sweep, though both started together
+    jobs = [d for sweep in sweeps for d in sorted(sweep.iterdir()) if d.is_dir()]
+    assert len(jobs) == 4
+    files: list[Path] = []
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        events = list((job / "tensorboard").rglob("events.out.tfevents.*"))
+        assert events and (job / "checkpoints" / "last.ckpt").is_file()
+        files += [*events, job / "checkpoints" / "last.ckpt", job / "model.pt"]
+    assert len({f.resolve() for f in files}) == len(files)
+    for sweep in sweeps:  # each sweep's report sees its own two jobs, and only those
+        rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+        assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+
+
 def test_report_on_a_folder_that_is_not_a_sweep(tmp_path: Path):
     with pytest.raises(ValueError, match="not a sweep directory"):
         sweep_report.write_report(tmp_path)
