@@ -65,3 +65,14 @@ def test_too_small_split_is_a_clear_error():
     dm = RegressionDataModule(source=lambda: datagen.line(num=3), test_fraction=0.1)
     with pytest.raises(ValueError, match="test_fraction"):
         dm.prepare()
+
+
+def test_grouped_steps_equal_one_step_per_lightning_batch(run_train):
+    """Several optimizer steps per Lightning batch change the pacing, not the arithmetic."""
+    common = ["experiment=noisy_line", "trainer.max_epochs=3", "logger=none",
+              "callbacks=none"]
+    grouped, _ = run_train(*common, "data.steps_per_batch=4")
+    single, _ = run_train(*common, "data.steps_per_batch=1")
+    assert grouped["steps"] == single["steps"] == 3 * 8  # 120 training rows, batches of 20
+    assert grouped["params"] == single["params"]
+    assert grouped["history"]["train_loss"] == single["history"]["train_loss"]

@@ -48,14 +48,14 @@ class LeastSquares:
 
     def sse(self, x: torch.Tensor, y: torch.Tensor, features: Features | None = None,
             chunk: int = CHUNK) -> float:
-        """Σ residual², accumulated in extended precision."""
-        total = np.longdouble(0)
-        w = self.weight.astype(np.longdouble)
-        b = np.longdouble(self.bias or 0.0)
+        """Σ residual², in float64 (pairwise sums): relative error ~1e-14 even when the
+        residuals are 1e-3 of the targets, and BLAS speed on millions of rows."""
+        total = 0.0
+        b = float(self.bias or 0.0)
         for xs, ys in _chunks(x, y, features, chunk):
-            r = ys.astype(np.longdouble) - xs.astype(np.longdouble) @ w - b
-            total += (r * r).sum()
-        return float(total)
+            r = ys - xs @ self.weight - b
+            total += float(r @ r)
+        return total
 
 
 def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -43,6 +43,10 @@ class Dataset:
         return int(self.x.shape[0])
 
 
+#: Rows per block when drawing large synthetic sets (a multiple of 16).
+_BLOCK = 1 << 16
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
@@ -71,14 +75,27 @@ def line(a: float = 2.0, b: float = 1.0, start: float = 0.0, stop: float = 10.0,
 
 def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: float = 0.01,
            num_samples: int = 1000, seed: int = 0) -> Dataset:
-    """y = X·w + b + N(0, noise²) with standard normal features."""
+    """y = X·w + b + N(0, noise²) with standard normal features.
+
+    Drawn in float64 a block of rows at a time straight into float32 tensors, so a
+    million-row set never holds a float64 copy of itself (the values are the same as one
+    draw of the whole set: blocks are whole multiples of the generator's 16-value batch).
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     g = _generator(seed)
     w = torch.tensor(list(weight), dtype=torch.float64).unsqueeze(1)
-    x = torch.randn(num_samples, w.shape[0], generator=g, dtype=torch.float64)
-    y = x @ w + bias + noise * torch.randn(num_samples, 1, generator=g, dtype=torch.float64)
-    return _finish(x, y, _truth(list(weight), bias))
+    x = torch.empty(num_samples, w.shape[0], dtype=torch.float32)
+    y = torch.empty(num_samples, 1, dtype=torch.float64)  # n × 8 bytes: small
+    for i in range(0, num_samples, _BLOCK):
+        block = torch.randn(min(_BLOCK, num_samples - i), w.shape[0], generator=g,
+                            dtype=torch.float64)
+        x[i:i + len(block)] = block
+        y[i:i + len(block)] = block @ w + bias
+    for i in range(0, num_samples, _BLOCK):
+        rows = min(_BLOCK, num_samples - i)
+        y[i:i + rows] += noise * torch.randn(rows, 1, generator=g, dtype=torch.float64)
+    return Dataset(x, y.float(), _truth(list(weight), bias))
 
 
 def uniform_line(a: float = 2.0, b: float = 6.0, low: float = 0.0, high: float = 5.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,9 @@ import torch
 from reglab.datagen import Dataset
 from reglab.scaling import Scaling
 from reglab.validate import DataError
+
+#: Rows per validation/test batch (at least the training batch size).
+EVAL_BATCH_ROWS = 1 << 14
 
 
 class TensorBatches:
@@ -27,32 +31,55 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
                  shuffle: bool = False, seed: int = 0,
-                 epoch_fn: Callable[[], int] | None = None) -> None:
+                 epoch_fn: Callable[[], int] | None = None, block: int = 1) -> None:
         self.x, self.y = x, y
         n = int(x.shape[0])
         self.batch_size = n if batch_size is None else min(int(batch_size), n)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch_fn = epoch_fn
+        self.block = max(1, int(block))
         self._iterations = 0
 
-    def __len__(self) -> int:
+    @property
+    def num_minibatches(self) -> int:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __len__(self) -> int:
+        return math.ceil(self.num_minibatches / self.block)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Mini-batches, or lists of ``block`` mini-batches (one Lightning batch each)."""
+        if self.block == 1:
+            yield from self._minibatches()
+            return
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for pair in self._minibatches():
+            group.append(pair)
+            if len(group) == self.block:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _minibatches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._iterations
         self._iterations += 1
-        if self.shuffle and x.shape[0] > 1:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-            perm = torch.randperm(x.shape[0], generator=g).to(x.device, non_blocking=True)
-            x, y = x[perm], y[perm]
         bs, n = self.batch_size, x.shape[0]
-        if bs >= n:
+        if bs >= n:  # one batch: its gradient does not depend on the row order
             yield x, y
             return
+        if not self.shuffle:
+            for start in range(0, n, bs):
+                yield x[start:start + bs], y[start:start + bs]
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        perm = torch.randperm(n, generator=g).to(x.device, non_blocking=True)
+        # Gather each batch's rows as it is needed: no shuffled copy of the whole set.
         for start in range(0, n, bs):
-            yield x[start:start + bs], y[start:start + bs]
+            idx = perm[start:start + bs]
+            yield x.index_select(0, idx), y.index_select(0, idx)
 
 
 class RegressionDataModule(pl.LightningDataModule):
@@ -68,7 +95,8 @@ class RegressionDataModule(pl.LightningDataModule):
     def __init__(self, source: Callable[[], Dataset], batch_size: int | None = None,
                  shuffle: bool = False, val_fraction: float = 0.0,
                  test_fraction: float = 0.0, seed: int = 0, standardize: bool = False,
-                 standardize_target: bool = False, scaling: Scaling | None = None) -> None:
+                 standardize_target: bool = False, scaling: Scaling | None = None,
+                 steps_per_batch: int = 32) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -78,6 +106,9 @@ class RegressionDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.standardize = bool(standardize)
         self.standardize_target = bool(standardize_target)
+        #: Optimizer steps the module takes per Lightning batch: Lightning's per-batch
+        #: bookkeeping is paid once per group of mini-batches instead of once per step.
+        self.steps_per_batch = max(1, int(steps_per_batch))
         self.scaling = scaling
         self.data: Dataset | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -123,19 +154,19 @@ class RegressionDataModule(pl.LightningDataModule):
                 f"{self.val_fraction} and test_fraction={self.test_fraction}; every split "
                 "needs at least one row")
         if n_val == 0 and n_test == 0:
-            order = torch.arange(n)
+            x, y = data.x, data.y  # one split: views, no copy
         else:
+            # One permuted copy; each split is then a contiguous view of it.
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        train = order[:n_train]
-        splits = {"train": (data.x[train], data.y[train])}
+            x, y = data.x[order], data.y[order]
+            data.x, data.y = x, y  # the unpermuted original can be freed
+        splits = {"train": (x[:n_train], y[:n_train])}
         if n_val:
-            idx = order[n_train:n_train + n_val]
-            splits["val"] = (data.x[idx], data.y[idx])
+            splits["val"] = (x[n_train:n_train + n_val], y[n_train:n_train + n_val])
         else:
             splits["val"] = splits["train"]
         if n_test:
-            idx = order[n_train + n_val:]
-            splits["test"] = (data.x[idx], data.y[idx])
+            splits["test"] = (x[n_train + n_val:], y[n_train + n_val:])
         return splits
 
     @property
@@ -158,16 +189,34 @@ class RegressionDataModule(pl.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _batches(self, split: str, shuffle: bool) -> TensorBatches:
+    def _batches(self, split: str, shuffle: bool, batch_size: int | None,
+                 block: int = 1) -> TensorBatches:
         x, y = self.splits[split]
-        return TensorBatches(x, y, self.batch_size, shuffle=shuffle, seed=self.seed,
-                             epoch_fn=self._current_epoch)
+        return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.seed,
+                             epoch_fn=self._current_epoch, block=block)
+
+    def _train_block(self) -> int:
+        """Mini-batches per Lightning batch: several, unless a Trainer option counts
+        batches (limit_train_batches, overfit_batches, fast_dev_run)."""
+        t = self.trainer
+        if t is None or self.steps_per_batch <= 1:
+            return 1
+        counted = (t.limit_train_batches not in (1.0, None) or t.overfit_batches
+                   or t.fast_dev_run)
+        return 1 if counted else self.steps_per_batch
+
+    def _eval_batch_size(self) -> int | None:
+        """Evaluation needs no gradient, so its batches can be far larger than training's:
+        each batch costs Lightning a fixed dispatch overhead that dwarfs a small model."""
+        if self.batch_size is None:
+            return None
+        return max(int(self.batch_size), EVAL_BATCH_ROWS)
 
     def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.shuffle)
+        return self._batches("train", self.shuffle, self.batch_size, self._train_block())
 
     def val_dataloader(self) -> TensorBatches:
-        return self._batches("val", False)
+        return self._batches("val", False, self._eval_batch_size())
 
     def test_dataloader(self) -> TensorBatches:
-        return self._batches("test", False)
+        return self._batches("test", False, self._eval_batch_size())

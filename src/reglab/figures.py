@@ -28,9 +28,13 @@ def _subsample(n: int, k: int = MAX_POINTS) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].sort().values
 
 
-def _raw(datamodule: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split in the data's own units (undoing standardization), on the CPU."""
-    x, y = (t.detach().cpu().double() for t in datamodule.splits[split])
+def _raw(datamodule: Any, split: str, rows: torch.Tensor | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split (or some of its ``rows``) in the data's own units, on the CPU in float64."""
+    x, y = datamodule.splits[split]
+    if rows is not None:
+        x, y = x[rows.to(x.device)], y[rows.to(y.device)]
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()
     s = datamodule.scaling
     if s.x_mean is not None:
         x = x * torch.tensor(s.x_std, dtype=x.dtype) + torch.tensor(s.x_mean, dtype=x.dtype)
@@ -51,8 +55,7 @@ def fit(model: nn.Module, datamodule: Any, closed_form: Any = None, title: str =
     data = datamodule.data
     if data is None or data.num_features != 1:
         return None
-    x, y = _raw(datamodule, "train")
-    pick = _subsample(len(x))
+    x, y = _raw(datamodule, "train", _subsample(len(datamodule.splits["train"][0])))
     grid = torch.linspace(float(x.min()), float(x.max()), 300, dtype=torch.float64)[:, None]
     scaling = datamodule.scaling
     with torch.no_grad():
@@ -60,7 +63,7 @@ def fit(model: nn.Module, datamodule: Any, closed_form: Any = None, title: str =
         optimum = None
         if closed_form is not None and isinstance(model, LinearRegression):
             optimum = scaling.y_inverse(closed_form.predict(scaling.x(grid), model.features))
-    return plots.fit(x[pick, 0].numpy(), y[pick, 0].numpy(), grid[:, 0].numpy(),
+    return plots.fit(x[:, 0].numpy(), y[:, 0].numpy(), grid[:, 0].numpy(),
                      curve[:, 0].numpy(), None if optimum is None else optimum[:, 0].numpy(),
                      title=title, xlabel=data.feature_names[0], ylabel=data.target_name)
 
@@ -73,11 +76,10 @@ def pred_vs_actual(model: nn.Module, datamodule: Any) -> Any:
     if data is None or data.num_features == 1:
         return None
     split = "test" if "test" in datamodule.splits else "val"
-    x, y = _raw(datamodule, split)
-    pick = _subsample(len(x))
+    x, y = _raw(datamodule, split, _subsample(len(datamodule.splits[split][0])))
     with torch.no_grad():
-        pred = _in_data_units(model, datamodule.scaling)(x[pick])
-    return plots.pred_vs_actual(y[pick, 0].numpy(), pred[:, 0].numpy(),
+        pred = _in_data_units(model, datamodule.scaling)(x)
+    return plots.pred_vs_actual(y[:, 0].numpy(), pred[:, 0].numpy(),
                                 title=f"{split} split: predicted vs actual",
                                 target=data.target_name or "y")
 

@@ -34,6 +34,7 @@ class RegressionModule(pl.LightningModule):
                  loss: nn.Module, scaling: Scaling | None = None,
                  data_info: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.automatic_optimization = False  # see training_step
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -120,32 +121,71 @@ class RegressionModule(pl.LightningModule):
         self._epoch_loss = None
         self._epoch_rows = 0
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        x, y = batch
-        loss = self.loss_fn(self.model(x), y)
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+        """Optimizer steps, driven here (manual optimization).
+
+        Lightning's automatic optimization wraps every step in a closure and a dozen
+        hook dispatches, which cost more than the whole step of a small model; here each
+        step is the plain zero_grad → backward → step, still through Lightning's
+        optimizer wrapper so precision, devices and the step counter stay Lightning's.
+        A batch may be a list of mini-batches (see ``RegressionDataModule``): one step
+        each, so Lightning's per-batch bookkeeping is paid once for all of them.
+        """
+        opt = self.optimizers()
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            if not self._step(opt, x, y):
+                break  # diverged or asked to stop: no further steps in this batch
+
+    def _step(self, opt: Any, x: torch.Tensor, y: torch.Tensor) -> bool:
         step = self.trainer.global_step
         every = max(1, int(self.trainer.log_every_n_steps))
-        if x.device.type == "cpu" or step % every == 0:
+        if isinstance(opt.optimizer, torch.optim.LBFGS):  # evaluates the loss many times
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = self.loss_fn(self.model(x), y)
+                self.manual_backward(loss)
+                return loss
+
+            loss = opt.step(closure=closure).detach()
+            check = True
+        else:
+            loss = self.loss_fn(self.model(x), y)
             # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
+            check = x.device.type == "cpu" or step % every == 0
+            if check and not math.isfinite(loss.item()):
+                self._diverged(step, loss.item())  # before the step: weights stay finite
+                return False
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+        if check:
             value = loss.item()
             if not math.isfinite(value):
-                self.diverged_at_step = step
-                self.latest["train/loss"] = value
-                self.trainer.should_stop = True
-                return None  # Lightning skips this step: the weights stay finite
+                self._diverged(step, value)
+                return False
             if step % every == 0:
                 self._log({"train/loss": value}, step)
         rows = x.shape[0]
         weighted = loss.detach() * rows
         self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
         self._epoch_rows += rows
-        return loss
+        return self.interrupted_by is None
+
+    def _diverged(self, step: int, value: float) -> None:
+        self.diverged_at_step = step
+        self.latest["train/loss"] = value
+        self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         metrics: dict[str, float] = {"epoch": float(self.current_epoch)}
         if self._epoch_loss is not None and self._epoch_rows:
             metrics["train/loss_epoch"] = float(self._epoch_loss) / self._epoch_rows
             self.history["train_loss"].append([self.current_epoch, metrics["train/loss_epoch"]])
+        for i, opt in enumerate(self.trainer.optimizers):
+            suffix = "" if len(opt.param_groups) == 1 else "/pg{}"
+            for j, group in enumerate(opt.param_groups):
+                name = f"lr-{type(opt).__name__}" + ("" if i == 0 else f"-{i}")
+                metrics[name + suffix.format(j)] = float(group["lr"])
         scalars = getattr(self.model, "param_scalars", None)
         if scalars is not None:
             # w and b converging, epoch by epoch, as the seed documents print them.

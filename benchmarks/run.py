@@ -1,0 +1,390 @@
+"""reglab's benchmark suite: each figure measured side by side with its baseline.
+
+    python benchmarks/run.py            # all sections, writes benchmarks/results.md
+    python benchmarks/run.py tiny large # some sections
+    python benchmarks/run.py --gpu      # also trainer=gpu, where CUDA is available
+
+Every pair runs in this one process (or in child processes started from it) after a
+warm-up, several times; the table shows medians and the ratio the issue targets.
+Not part of the test suite: timings belong to a quiet machine, not to CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BIN = Path(sys.executable).parent
+TMP = Path(tempfile.mkdtemp(prefix="reglab-bench-"))
+
+
+def median_of(fn: Callable[[], float], reps: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    runs = [fn() for _ in range(reps)]
+    return statistics.median(runs), runs
+
+
+def quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+# -- reglab through its own train function -------------------------------------------------
+def reglab_fit(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    """One in-process run of ``reglab.train.train`` on the composed config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from reglab.confdir import CONF_DIR
+    from reglab.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return train(cfg)
+
+
+# -- 1. tiny -------------------------------------------------------------------------------
+def line_tensors() -> tuple[Any, Any]:
+    import torch
+
+    x = torch.linspace(0, 10, 11).unsqueeze(1)
+    return x, 2 * x + 1
+
+
+def plain_tiny(out: Path) -> float:
+    """1000 full-batch SGD steps, a TensorBoard scalar every 50, weights saved at the end."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    x, y = line_tensors()
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.MSELoss()
+    writer = SummaryWriter(str(out))
+    for step in range(1000):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            writer.add_scalar("train/loss", loss.item(), step)
+    writer.close()
+    torch.save(model.state_dict(), out / "model.pt")
+    return time.perf_counter() - start
+
+
+def stock_lightning_tiny(out: Path) -> float:
+    """What a Lightning user writes: DataLoader(TensorDataset), self.log, default Trainer."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.model(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    x, y = line_tensors()
+    shutil.rmtree(out, ignore_errors=True)
+    pl.seed_everything(0, verbose=False)
+    start = time.perf_counter()
+    trainer = pl.Trainer(max_epochs=1000, default_root_dir=str(out), enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu",
+                         logger=pl.loggers.TensorBoardLogger(str(out)))
+    trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=11))
+    return time.perf_counter() - start
+
+
+def bench_tiny(reps: int) -> dict[str, Any]:
+    quiet_lightning()
+    run_dir = TMP / "tiny"
+    reglab_s, reglab_runs = median_of(lambda: reglab_fit([], run_dir)["fit_seconds"], reps)
+    plain_s, _ = median_of(lambda: plain_tiny(TMP / "plain"), reps)
+    stock_s, _ = median_of(lambda: stock_lightning_tiny(TMP / "stock"), max(1, reps // 2))
+    return {"reglab_fit_s": reglab_s, "plain_loop_s": plain_s, "stock_lightning_s": stock_s,
+            "reglab_over_plain": reglab_s / plain_s, "stock_over_plain": stock_s / plain_s,
+            "reglab_runs": reglab_runs}
+
+
+# -- 2. large ------------------------------------------------------------------------------
+LARGE_ROWS, LARGE_DIM, LARGE_BATCH, LARGE_EPOCHS = 1_000_000, 32, 1024, 2
+
+
+def large_overrides() -> list[str]:
+    weight = "[" + ",".join(f"{(i % 7) - 3}.0" for i in range(LARGE_DIM)) + "]"
+    return ["data=linear", f"data.source.weight={weight}",
+            f"data.source.num_samples={LARGE_ROWS}", f"data.batch_size={LARGE_BATCH}",
+            "data.test_fraction=0", "optimizer=sgd", "optimizer.lr=0.01",
+            f"trainer.max_epochs={LARGE_EPOCHS}", "trainer.log_every_n_steps=50"]
+
+
+def large_tensors() -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(LARGE_ROWS, LARGE_DIM, generator=g)
+    w = torch.tensor([float((i % 7) - 3) for i in range(LARGE_DIM)]).unsqueeze(1)
+    return x, x @ w + 4.2 + 0.01 * torch.randn(LARGE_ROWS, 1, generator=g)
+
+
+def plain_large(x: Any, y: Any) -> float:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(LARGE_DIM, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.MSELoss()
+    start = time.perf_counter()
+    for epoch in range(LARGE_EPOCHS):
+        perm = torch.randperm(LARGE_ROWS, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, LARGE_ROWS, LARGE_BATCH):
+            idx = perm[i:i + LARGE_BATCH]
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def dataloader_large(x: Any, y: Any) -> float:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(LARGE_DIM, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.MSELoss()
+    loader = DataLoader(TensorDataset(x, y), batch_size=LARGE_BATCH, shuffle=True)
+    start = time.perf_counter()
+    for _ in range(LARGE_EPOCHS):
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def bench_large(reps: int) -> dict[str, Any]:
+    quiet_lightning()
+    rows = LARGE_ROWS * LARGE_EPOCHS
+    x, y = large_tensors()
+    reglab_s, _ = median_of(lambda: reglab_fit(large_overrides(), TMP / "large")["fit_seconds"],
+                            reps, warmup=0)
+    plain_s, _ = median_of(lambda: plain_large(x, y), reps, warmup=0)
+    loader_s, _ = median_of(lambda: dataloader_large(x, y), 1, warmup=0)
+    return {"reglab_rows_per_s": rows / reglab_s, "plain_rows_per_s": rows / plain_s,
+            "dataloader_rows_per_s": rows / loader_s,
+            "reglab_over_plain": plain_s / reglab_s, "dataloader_over_plain": plain_s / loader_s}
+
+
+# -- 3. start-up ---------------------------------------------------------------------------
+def wall(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {out.stderr[-2000:]}")
+    return elapsed, out.stdout
+
+
+def bench_startup(reps: int) -> dict[str, Any]:
+    cwd = TMP / "startup"
+    cwd.mkdir(exist_ok=True)
+    help_s, _ = median_of(lambda: wall([str(BIN / "reglab-train"), "--help"], cwd)[0], reps)
+    import_s, _ = median_of(lambda: wall([sys.executable, "-c",
+                                          "import torch, pytorch_lightning"], cwd)[0], reps)
+    fits: list[float] = []
+
+    def default_run() -> float:
+        elapsed, _ = wall([str(BIN / "reglab-train")], cwd)
+        newest = max((cwd / "outputs" / "line" / "runs").iterdir(), key=lambda p: p.name)
+        metrics = json.loads((newest / "metrics.json").read_text())
+        fits.append(metrics["fit_seconds"] + metrics.get("plot_seconds", 0.0))
+        return elapsed
+
+    run_s, _ = median_of(default_run, reps)
+    fit_s = statistics.median(fits)
+    return {"help_s": help_s, "import_torch_lightning_s": import_s, "default_run_s": run_s,
+            "beyond_imports_s": run_s - import_s,
+            "beyond_imports_and_fit_s": run_s - import_s - fit_s, "fit_and_plots_s": fit_s}
+
+
+# -- 4. sweep ------------------------------------------------------------------------------
+def bench_sweep(reps: int) -> dict[str, Any]:
+    cwd = TMP / "sweep"
+    cwd.mkdir(exist_ok=True)
+    base = [str(BIN / "reglab-train"), "hparams_search=lr_batch"]
+    seq_s, _ = median_of(lambda: wall(base, cwd)[0], reps, warmup=0)
+    par_s, _ = median_of(lambda: wall([*base, "hydra/launcher=joblib",
+                                       "hydra.launcher.n_jobs=2"], cwd)[0], reps, warmup=0)
+    return {"sequential_s": seq_s, "joblib_2_s": par_s, "joblib_over_sequential": par_s / seq_s}
+
+
+# -- 5. memory -----------------------------------------------------------------------------
+def child_peak_rss(code: str) -> int:
+    """Peak resident set (VmHWM) of a fresh child Python process, in bytes.
+
+    Read from /proc rather than getrusage: ru_maxrss survives exec, so a child of this
+    (large) process would report the parent's peak.
+    """
+    probe = ("\nfrom pathlib import Path\nprint('PEAK', next(ln.split()[1] for ln in "
+             "Path('/proc/self/status').read_text().splitlines() if ln.startswith('VmHWM')))")
+    out = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True,
+                         cwd=TMP)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")][-1]
+    return int(line.split()[1]) * 1024  # kB
+
+
+def bench_memory(reps: int) -> dict[str, Any]:
+    base = child_peak_rss("import torch, pytorch_lightning")
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
+            "import run\n"
+            f"run.reglab_fit(run.large_overrides(), run.Path({str(TMP / 'mem')!r}))")
+    peak = child_peak_rss(code)
+    data_bytes = LARGE_ROWS * (LARGE_DIM + 1) * 4
+    return {"imports_peak_mb": base / 2**20, "large_run_peak_mb": peak / 2**20,
+            "data_mb": data_bytes / 2**20, "beyond_imports_over_data": (peak - base) / data_bytes}
+
+
+# -- 6. closed form ------------------------------------------------------------------------
+def bench_closed_form(reps: int) -> dict[str, Any]:
+    from reglab.closed_form import solve
+
+    x, y = large_tensors()
+    solve_s, _ = median_of(lambda: _timed(lambda: solve(x, y)), reps)
+    sum_s, _ = median_of(lambda: _timed(lambda: x.sum()), reps)
+    return {"solve_s": solve_s, "one_pass_sum_s": sum_s, "solve_over_sum": solve_s / sum_s}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "tiny": bench_tiny, "large": bench_large, "startup": bench_startup,
+    "sweep": bench_sweep, "memory": bench_memory, "closed_form": bench_closed_form,
+}
+
+TARGETS = {  # (section, key, comparison, target, label)
+    "tiny": ("reglab_over_plain", "<=", 2.0, "tiny: reglab fit / plain loop"),
+    "large": ("reglab_over_plain", ">=", 0.8, "large: reglab rows/s ÷ plain loop rows/s"),
+    "startup": ("help_s", "<=", 1.0, "`reglab-train --help` (s)"),
+    "sweep": ("joblib_over_sequential", "<=", 0.7, "sweep: joblib ÷ sequential wall"),
+    "memory": ("beyond_imports_over_data", "<=", 2.5, "memory beyond imports ÷ data bytes"),
+}
+
+
+def environment() -> dict[str, str]:
+    import pytorch_lightning
+    import torch
+
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                       f"{platform.system()} {platform.release()}",
+            "cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+            "pytorch_lightning": pytorch_lightning.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def render(env: dict[str, str], results: dict[str, dict[str, Any]]) -> str:
+    lines = ["# reglab benchmark results", "",
+             *(f"- {k}: {v}" for k, v in env.items()), "",
+             "| figure | target | measured | met |", "| --- | --- | --- | --- |"]
+    for section, (key, op, target, label) in TARGETS.items():
+        if section in results:
+            value = results[section][key]
+            met = value <= target if op == "<=" else value >= target
+            lines.append(f"| {label} | {op} {target} | {fmt(value)} | {'yes' if met else 'NO'} |")
+    if "startup" in results:
+        s = results["startup"]
+        lines.append(f"| default run beyond importing torch + Lightning, fit excluded (s) | "
+                     f"<= 1.0 | {fmt(s['beyond_imports_and_fit_s'])} | "
+                     f"{'yes' if s['beyond_imports_and_fit_s'] <= 1.0 else 'NO'} |")
+    for section, values in results.items():
+        lines += ["", f"## {section}", "", "| quantity | value |", "| --- | --- |"]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in values.items() if not isinstance(v, list)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per figure")
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    args = parser.parse_args()
+    wanted = args.sections or list(SECTIONS)
+    results: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        print(f"[bench] {name} …", flush=True)
+        reps = args.reps if name in ("tiny", "startup", "closed_form") else max(1, args.reps // 3)
+        results[name] = SECTIONS[name](reps)
+        print(json.dumps({k: v for k, v in results[name].items() if not isinstance(v, list)},
+                         indent=1), flush=True)
+    text = render(environment(), results)
+    args.out.write_text(text)
+    print(text)
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
