@@ -51,20 +51,10 @@ def quiet_lightning() -> None:
 # -- reglab through its own train function -------------------------------------------------
 def reglab_fit(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     """One in-process run of ``reglab.train.train`` on the composed config."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from reglab.confdir import CONF_DIR
+    from reglab.confdir import compose
     from reglab.train import train
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.run_dir = str(run_dir)
+    cfg = compose(overrides, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     import contextlib
     import io
@@ -210,8 +200,8 @@ def bench_large(reps: int) -> dict[str, Any]:
     rows = LARGE_ROWS * LARGE_EPOCHS
     x, y = large_tensors()
     reglab_s, _ = median_of(lambda: reglab_fit(large_overrides(), TMP / "large")["fit_seconds"],
-                            reps, warmup=0)
-    plain_s, _ = median_of(lambda: plain_large(x, y), reps, warmup=0)
+                            reps)
+    plain_s, _ = median_of(lambda: plain_large(x, y), reps)
     loader_s, _ = median_of(lambda: dataloader_large(x, y), 1, warmup=0)
     return {"reglab_rows_per_s": rows / reglab_s, "plain_rows_per_s": rows / plain_s,
             "dataloader_rows_per_s": rows / loader_s,
@@ -376,7 +366,8 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in wanted:
         print(f"[bench] {name} …", flush=True)
-        reps = args.reps if name in ("tiny", "startup", "closed_form") else max(1, args.reps // 3)
+        reps = args.reps if name in ("tiny", "large", "startup", "closed_form") else max(
+            1, args.reps // 3)
         results[name] = SECTIONS[name](reps)
         print(json.dumps({k: v for k, v in results[name].items() if not isinstance(v, list)},
                          indent=1), flush=True)

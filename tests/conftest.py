@@ -10,25 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from reglab.confdir import CONF_DIR
+from reglab.confdir import compose
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config ``reglab-train <overrides>`` would get, with its run dir at ``run_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.run_dir = str(run_dir)
-    return cfg
+    return compose(overrides, run_dir)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import torch
 Features = Callable[[torch.Tensor], torch.Tensor]
 
 #: Rows per chunk: bounds the temporary float64 / extended-precision copies.
-CHUNK = 1 << 16
+CHUNK = 1 << 14
 #: Refine only designs whose scaled condition number could cost digits in float64.
 REFINE_ABOVE = 1e4
 

@@ -28,3 +28,25 @@ def _sweep_label(mode: Any, override_dirname: str) -> str:
 
 CONF_DIR: Path = _find()
 OmegaConf.register_new_resolver("reglab.sweep_label", _sweep_label, replace=True)
+
+
+def compose(overrides: list[str] | None = None, run_dir: str | Path | None = None,
+            config_name: str = "train") -> Any:
+    """The config ``reglab-train <overrides>`` would get, for notebooks, tests and
+    benchmarks: composed by Hydra's API and registered as the current Hydra config, with
+    its run dir set to ``run_dir`` (nothing is created there)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []),
+                            return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+    return cfg

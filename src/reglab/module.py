@@ -35,6 +35,7 @@ class RegressionModule(pl.LightningModule):
                  data_info: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False  # see training_step
+        self._plain: bool | None = None
         self.model = model
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -81,6 +82,24 @@ class RegressionModule(pl.LightningModule):
         }
 
     # -- signals ------------------------------------------------------------------------
+    @property
+    def _plain_step(self) -> bool:
+        """Whether a step may bypass Lightning's backward/step dispatch: one device, full
+        or double precision, and no callback listening to the hooks it would skip."""
+        if self._plain is None:
+            from pytorch_lightning.plugins.precision import DoublePrecision, Precision
+            from pytorch_lightning.strategies import SingleDeviceStrategy
+
+            hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                     "on_before_zero_grad")
+            listening = any(getattr(type(cb), h) is not getattr(pl.Callback, h)
+                            for cb in self.trainer.callbacks for h in hooks)
+            self._plain = (isinstance(self.trainer.strategy, SingleDeviceStrategy)
+                           and type(self.trainer.precision_plugin) in (Precision,
+                                                                       DoublePrecision)
+                           and not listening)
+        return self._plain
+
     def on_train_start(self) -> None:
         """Turn SIGINT/SIGTERM into a clean stop: finish the step, checkpoint, report.
 
@@ -155,9 +174,18 @@ class RegressionModule(pl.LightningModule):
             if check and not math.isfinite(loss.item()):
                 self._diverged(step, loss.item())  # before the step: weights stay finite
                 return False
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            opt.step()
+            if self._plain_step:
+                # Lightning's own path adds precision and hook dispatch that do nothing
+                # here; its step counter (and profiler) is still kept.
+                opt._on_before_step()
+                opt.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.optimizer.step()
+                opt._on_after_step()
+            else:
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                opt.step()
         if check:
             value = loss.item()
             if not math.isfinite(value):
