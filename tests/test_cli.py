@@ -24,7 +24,7 @@ def test_help_lists_groups_without_importing_torch(tmp_path: Path):
     for line in ("experiment: d2l, d2l_lbfgs, diabetes, line, noisy_line, origin, poly_ill, "
                  "quadratic_mlp", "optimizer: adam, adamw, lbfgs, sgd",
                  "model: linear, mlp, polynomial",
-                 "logger: csv, none, tensorboard", "trainer: cpu, default, gpu"):
+                 "logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu"):
         assert line in out.stdout
     assert not (tmp_path / "outputs").exists()
 

@@ -43,7 +43,10 @@ class ThrottledCheckpoint(ModelCheckpoint):
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         final = trainer.should_stop or (
             max_epochs is not None and trainer.current_epoch + 1 >= max_epochs)
-        return not final and time.monotonic() - self._last_write < self.min_interval_seconds
+        skip = not final and time.monotonic() - self._last_write < self.min_interval_seconds
+        if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or none saves
+            skip = bool(trainer.strategy.broadcast(skip, src=0))
+        return skip
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Make ``last.ckpt`` current however the fit ended (but never after divergence)."""
@@ -93,7 +96,16 @@ class FitProgressBar(ProgressBar):
             return
         from tqdm.auto import tqdm
 
-        total = trainer.estimated_stepping_batches
+        # Optimizer steps, not Lightning batches (a batch may carry several steps).
+        loader = trainer.train_dataloader
+        per_epoch = getattr(loader, "num_minibatches", None)
+        if per_epoch is not None and trainer.max_epochs and trainer.max_epochs > 0:
+            limit = trainer.limit_train_batches
+            if isinstance(limit, float) and limit < 1.0:
+                per_epoch = max(1, int(per_epoch * limit))
+            total = float(per_epoch * trainer.max_epochs)
+        else:
+            total = trainer.estimated_stepping_batches
         self._bar = tqdm(total=None if not math.isfinite(total) else int(total),
                          initial=trainer.global_step, unit="step", dynamic_ncols=True,
                          file=sys.stderr, mininterval=self.refresh_seconds, leave=True)
@@ -116,7 +128,7 @@ class FitProgressBar(ProgressBar):
         epoch = min(trainer.current_epoch + 1, trainer.max_epochs or trainer.current_epoch + 1)
         self._bar.set_description(f"epoch {epoch}/{trainer.max_epochs}", refresh=False)
         self._bar.set_postfix(shown, refresh=False)
-        self._bar.update(self._pending)
+        self._bar.update(max(0, trainer.global_step - self._bar.n))
         self._pending = 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -31,7 +31,8 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
                  shuffle: bool = False, seed: int = 0,
-                 epoch_fn: Callable[[], int] | None = None, block: int = 1) -> None:
+                 epoch_fn: Callable[[], int] | None = None, block: int = 1,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.x, self.y = x, y
         n = int(x.shape[0])
         self.batch_size = n if batch_size is None else min(int(batch_size), n)
@@ -39,28 +40,47 @@ class TensorBatches:
         self.seed = int(seed)
         self.epoch_fn = epoch_fn
         self.block = max(1, int(block))
+        #: Data-parallel training: every rank walks the same (global) batches and keeps
+        #: its own share of each; gradient averaging makes the step the global batch's.
+        self.rank, self.world_size = int(rank), max(1, int(world_size))
         self._iterations = 0
 
     @property
     def num_minibatches(self) -> int:
-        return math.ceil(self.x.shape[0] / self.batch_size)
+        n, bs = int(self.x.shape[0]), self.batch_size
+        if self.world_size > 1 and n % bs and n % bs < self.world_size:
+            return n // bs  # a last batch too small to give every rank a row is dropped
+        return math.ceil(n / bs)
 
     def __len__(self) -> int:
         return math.ceil(self.num_minibatches / self.block)
 
     def __iter__(self) -> Iterator[Any]:
         """Mini-batches, or lists of ``block`` mini-batches (one Lightning batch each)."""
+        batches = self._minibatches()
+        if self.world_size > 1:
+            batches = self._shard(batches)
         if self.block == 1:
-            yield from self._minibatches()
+            yield from batches
             return
         group: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for pair in self._minibatches():
+        for pair in batches:
             group.append(pair)
             if len(group) == self.block:
                 yield group
                 group = []
         if group:
             yield group
+
+    def _shard(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of each global batch (shares differ by at most one row)."""
+        for i, (x, y) in enumerate(batches):
+            if i >= self.num_minibatches:
+                return
+            lo = x.shape[0] * self.rank // self.world_size
+            hi = x.shape[0] * (self.rank + 1) // self.world_size
+            yield x[lo:hi], y[lo:hi]
 
     def _minibatches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
@@ -202,8 +222,14 @@ class RegressionDataModule(pl.LightningDataModule):
     def _batches(self, split: str, shuffle: bool, batch_size: int | None,
                  block: int = 1) -> TensorBatches:
         x, y = self.splits[split]
+        t = self.trainer
+        # Only training is sharded: every rank evaluates whole splits, so validation and
+        # test figures agree across ranks without any collective.
+        shard = split == "train" and t is not None and t.world_size > 1
         return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.seed,
-                             epoch_fn=self._current_epoch, block=block)
+                             epoch_fn=self._current_epoch, block=block,
+                             rank=t.global_rank if shard else 0,
+                             world_size=t.world_size if shard else 1)
 
     def _train_block(self) -> int:
         """Mini-batches per Lightning batch: several, unless a Trainer option counts

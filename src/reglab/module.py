@@ -224,8 +224,10 @@ class RegressionModule(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         # self.log here: checkpointing and early stopping monitor val/loss.
+        # Every rank validates the whole split, so the sync (data-parallel) averages
+        # equal values; it keeps Lightning's checkpoint monitor in step on all ranks.
         self.log("val/loss", self.loss_fn(self.model(x), y), on_step=False, on_epoch=True,
-                 batch_size=x.shape[0])
+                 batch_size=x.shape[0], sync_dist=self.trainer.world_size > 1)
 
     def on_validation_epoch_end(self) -> None:
         value = self.trainer.callback_metrics.get("val/loss")

@@ -32,6 +32,7 @@ class SweepReport(Callback):
             report = write_report(sweep_dir)
         except Exception as exc:  # the jobs' own results are on disk whatever happens here
             log.error("sweep report failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            failed_jobs[:] = ["(sweep report)"]  # unknown outcome: do not claim success
             return
         print(report.markdown, flush=True)
         failed_jobs[:] = [row["job"] for row in report.rows if row["status"] != "completed"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger("reglab")
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
@@ -150,8 +153,8 @@ def _is_log_axis(values: list[Any]) -> bool:
 
 def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> bool:
     """Final val loss over the swept axes: a heat map for two keys, a line for one."""
-    if not swept:
-        return False
+    if not swept or not any((_num(r["val_loss"]) or 0) > 0 for r in rows):
+        return False  # nothing finished: no losses to compare
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,10 +263,13 @@ def write_report(sweep_dir: str | Path) -> Report:
     files = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
     write_csv(files[0], rows, swept)
     files[1].write_text(markdown)
-    if plot_comparison(sweep_dir / HEATMAP_PNG, rows, swept):
-        files.append(sweep_dir / HEATMAP_PNG)
-    if plot_curves(sweep_dir / CURVES_PNG, rows, swept, metrics_by_job):
-        files.append(sweep_dir / CURVES_PNG)
+    for name, draw in ((HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
+                       (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job))):
+        try:  # a chart that cannot be drawn must not cost the table
+            if draw(sweep_dir / name):
+                files.append(sweep_dir / name)
+        except Exception as exc:
+            log.warning("sweep report: %s not drawn: %s: %s", name, type(exc).__name__, exc)
     return Report(rows=rows, swept=swept, markdown=markdown, files=files)
 
 

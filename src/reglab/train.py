@@ -85,11 +85,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
                                   closed=closed)
         metrics["plot_seconds"] = round(draw_seconds, 4)
+        metrics["world_size"] = trainer.world_size
+        metrics["device"] = str(trainer.strategy.root_device)
+        metrics["data_device"] = str(datamodule.splits["train"][0].device)
+        if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
+            return metrics
         save_model(model, run_dir / "model.pt", scaling=datamodule.scaling,
                    extra={"hparams": metrics["hparams"], "data": data_info})
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
-        results.write_json(run_dir / results.METRICS_FILE, results.failure(cfg, exc, choices))
+        if _global_rank() == 0:
+            results.write_json(run_dir / results.METRICS_FILE,
+                               results.failure(cfg, exc, choices))
         raise
     results.write_json(run_dir / results.METRICS_FILE, metrics)
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
@@ -99,6 +106,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.log_reference_layout(loggers)
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
+
+
+def _global_rank() -> int:
+    """This process's rank in data-parallel training (0 when there is none)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 
 
 _quieted = False
@@ -153,6 +165,8 @@ def _main(cfg: DictConfig) -> float:
     multirun = _is_multirun()
     try:
         validate.check(cfg)  # before torch is imported: a typo answers at once
+        if multirun:
+            _check_sweep_can_run_data_parallel(cfg)
         metrics = train(cfg)
     except validate.ReglabError as exc:
         if multirun:
@@ -186,6 +200,25 @@ def _main(cfg: DictConfig) -> float:
         sys.exit(1)
     val = metrics.get("val_loss")
     return _FAILED if val is None else float(val)  # what a sweeper minimises
+
+
+def _check_sweep_can_run_data_parallel(cfg: DictConfig) -> None:
+    """Lightning starts data-parallel ranks by relaunching the command line, which would
+    rerun a whole local sweep; on SLURM the scheduler starts the ranks instead."""
+    from hydra.core.hydra_config import HydraConfig
+
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    name = str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy)
+    devices = trainer.get("devices")
+    parallel = "ddp" in name.lower() or (isinstance(devices, int) and (devices > 1 or
+                                                                        devices == -1))
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if parallel and "SlurmLauncher" not in launcher:
+        raise validate.ConfigError(
+            "trainer: data-parallel training (several devices or a ddp strategy) cannot run "
+            "inside a local sweep; sweep with hydra/launcher=slurm (tasks_per_node = "
+            "devices), or run each configuration as its own reglab-train command")
 
 
 def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
