@@ -166,13 +166,13 @@ class RegressionModule(pl.LightningModule):
                 return loss
 
             loss = opt.step(closure=closure).detach()
-            check = True
+            value: float | None = loss.item()
         else:
             loss = self.loss_fn(self.model(x), y)
             # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
-            check = x.device.type == "cpu" or step % every == 0
-            if check and not math.isfinite(loss.item()):
-                self._diverged(step, loss.item())  # before the step: weights stay finite
+            value = loss.item() if x.device.type == "cpu" or step % every == 0 else None
+            if value is not None and not math.isfinite(value):
+                self._diverged(step, value)  # before the step: the weights stay finite
                 return False
             if self._plain_step:
                 # Lightning's own path adds precision and hook dispatch that do nothing
@@ -186,9 +186,8 @@ class RegressionModule(pl.LightningModule):
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 opt.step()
-        if check:
-            value = loss.item()
-            if not math.isfinite(value):
+        if value is not None:
+            if not math.isfinite(value):  # L-BFGS: seen only after its step
                 self._diverged(step, value)
                 return False
             if step % every == 0:
