@@ -123,3 +123,16 @@ def test_standardized_model_predicts_in_data_units(tmp_path: Path):
 
     model = reglab.load_model(run / "model.pt")
     assert float(model(torch.tensor([[50.0, -200.0]]))) == pytest.approx(350.0, abs=0.05)
+
+
+def test_eval_finds_a_relative_data_file_from_another_directory(tmp_path: Path):
+    (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i},{3 * i + 1}\n" for i in range(40)))
+    run = train(tmp_path, "data=csv", "data.source.path=t.csv", "data.source.target=y",
+                "trainer.max_epochs=2", "callbacks.plots=null")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}"], cwd=elsewhere)
+    assert out.returncode == 0, out.stderr[-2000:]
+    evaluated = json.loads((only_eval_dir(elsewhere) / "eval_metrics.json").read_text())
+    trained = json.loads((run / "metrics.json").read_text())
+    assert evaluated["metrics"]["mse"] == pytest.approx(trained["test"]["mse"], rel=1e-6)

@@ -38,6 +38,7 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
         raise validate.ReglabError(f"ckpt_path: {ckpt_path} is not inside a reglab run dir "
                                    f"(no {saved}); the data to score cannot be rebuilt")
     cfg = OmegaConf.load(saved)
+    _anchor_data_path(cfg, run_dir)
     if data_overrides:
         import yaml
         from hydra import compose
@@ -49,6 +50,21 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
         with open_dict(cfg):
             cfg.data = composed.data
     return cfg
+
+
+def _anchor_data_path(cfg: DictConfig, run_dir: Path) -> None:
+    """A relative data file path was relative to where training was launched; keep it
+    working from any directory by resolving it there (Hydra records that directory)."""
+    source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
+        else None
+    path = source.get("path") if isinstance(source, DictConfig) else None
+    if not isinstance(path, str) or Path(path).expanduser().is_absolute() or Path(path).exists():
+        return
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        launch_dir = OmegaConf.load(hydra_yaml).hydra.runtime.get("cwd")
+        if launch_dir and (Path(launch_dir) / path).is_file():
+            source.path = str(Path(launch_dir) / path)
 
 
 def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[str, Any]:
