@@ -219,25 +219,31 @@ def wall(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def bench_startup(reps: int) -> dict[str, Any]:
+    """`--help`, and the default run's time beyond importing torch + Lightning.
+
+    Each default run is paired with an import-only run just before it, and the figure is
+    the median of the paired differences: the import time alone drifts by a second
+    between minutes on a shared machine.
+    """
     cwd = TMP / "startup"
     cwd.mkdir(exist_ok=True)
     help_s, _ = median_of(lambda: wall([str(BIN / "reglab-train"), "--help"], cwd)[0], reps)
-    import_s, _ = median_of(lambda: wall([sys.executable, "-c",
-                                          "import torch, pytorch_lightning"], cwd)[0], reps)
-    fits: list[float] = []
-
-    def default_run() -> float:
-        elapsed, _ = wall([str(BIN / "reglab-train")], cwd)
+    imports, runs, beyond, beyond_fit = [], [], [], []
+    wall([str(BIN / "reglab-train")], cwd)  # warm-up
+    for _ in range(reps):
+        imp, _ = wall([sys.executable, "-c", "import torch, pytorch_lightning"], cwd)
+        run_s, _ = wall([str(BIN / "reglab-train")], cwd)
         newest = max((cwd / "outputs" / "line" / "runs").iterdir(), key=lambda p: p.name)
         metrics = json.loads((newest / "metrics.json").read_text())
-        fits.append(metrics["fit_seconds"] + metrics.get("plot_seconds", 0.0))
-        return elapsed
-
-    run_s, _ = median_of(default_run, reps)
-    fit_s = statistics.median(fits)
-    return {"help_s": help_s, "import_torch_lightning_s": import_s, "default_run_s": run_s,
-            "beyond_imports_s": run_s - import_s,
-            "beyond_imports_and_fit_s": run_s - import_s - fit_s, "fit_and_plots_s": fit_s}
+        fit = metrics["fit_seconds"] + metrics.get("plot_seconds", 0.0)
+        imports.append(imp)
+        runs.append(run_s)
+        beyond.append(run_s - imp)
+        beyond_fit.append(run_s - imp - fit)
+    med = statistics.median
+    return {"help_s": help_s, "import_torch_lightning_s": med(imports),
+            "default_run_s": med(runs), "beyond_imports_s": med(beyond),
+            "beyond_imports_and_fit_s": med(beyond_fit)}
 
 
 # -- 4. sweep ------------------------------------------------------------------------------
