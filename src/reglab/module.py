@@ -153,7 +153,7 @@ class RegressionModule(pl.LightningModule):
         opt = self.optimizers()
         for x, y in batch if isinstance(batch, list) else [batch]:
             if not self._step(opt, x, y):
-                break  # diverged or asked to stop: no further steps in this batch
+                break  # diverged: no further steps in this batch
 
     def _step(self, opt: Any, x: torch.Tensor, y: torch.Tensor) -> bool:
         step = self.trainer.global_step
@@ -196,7 +196,9 @@ class RegressionModule(pl.LightningModule):
         weighted = loss.detach() * rows
         self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
         self._epoch_rows += rows
-        return self.interrupted_by is None
+        # An interruption is honoured at the end of the Lightning batch (a few ms away),
+        # so the checkpoint sits on a batch boundary and a resumed run skips no step.
+        return True
 
     def _diverged(self, step: int, value: float) -> None:
         self.diverged_at_step = step
