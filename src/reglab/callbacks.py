@@ -204,7 +204,6 @@ class FitPlots(pl.Callback):
             self.draw_seconds += time.perf_counter() - start
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import copy
         from pathlib import Path
 
         from reglab import figures, plots
@@ -224,16 +223,17 @@ class FitPlots(pl.Callback):
                 plots.save(fig, str(out / filename))
 
         if datamodule.data.num_features == 1:
-            frame_model = copy.deepcopy(model)
             if self._states and self._states[-1][1] == trainer.global_step:
                 self._states.pop()  # the final state is drawn below, from the model itself
-            for epoch, step, state in self._states:
-                frame_model.load_state_dict(state)
-                fig = figures.fit(frame_model, datamodule, closed, title=f"epoch {epoch}")
-                publish("plots/fit", fig, step)
-            fig = figures.fit(model, datamodule, closed,
-                              title=f"epoch {trainer.current_epoch} (final)")
-            publish("plots/fit", fig, trainer.global_step, "fit.png")
+            frames = [(f"epoch {epoch}", state) for epoch, _, state in self._states]
+            final_title = f"epoch {trainer.current_epoch} (final)"
+            drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
+            if drawn is not None:
+                animation, images = drawn
+                for (_, step, _), image in zip(self._states, images, strict=True):
+                    for writer in writers:
+                        writer.add_image("plots/fit", image, step, dataformats="HWC")
+                publish("plots/fit", animation.fig, trainer.global_step, "fit.png")
         else:
             fig = figures.pred_vs_actual(model, datamodule)
             if fig is not None:

@@ -48,8 +48,13 @@ def _in_data_units(model: nn.Module, scaling: Any) -> nn.Module:
     return Standardized(cpu, scaling) if scaling.active else cpu
 
 
-def fit(model: nn.Module, datamodule: Any, closed_form: Any = None, title: str = "") -> Any:
-    """Data, model curve and least-squares curve for one-input data; else None."""
+def fit_frames(model: nn.Module, states: list[tuple[str, dict[str, Any]]], datamodule: Any,
+               closed_form: Any = None, final_title: str = ""
+               ) -> tuple[Any, list[np.ndarray]] | None:
+    """For one-input data: the final fit (a ``plots.FitAnimation`` showing ``model``) and
+    one image per (title, model state), all on the same axes; None for several inputs."""
+    import copy
+
     from reglab import plots
 
     data = datamodule.data
@@ -58,14 +63,23 @@ def fit(model: nn.Module, datamodule: Any, closed_form: Any = None, title: str =
     x, y = _raw(datamodule, "train", _subsample(len(datamodule.splits["train"][0])))
     grid = torch.linspace(float(x.min()), float(x.max()), 300, dtype=torch.float64)[:, None]
     scaling = datamodule.scaling
+    frame_model = copy.deepcopy(model)
     with torch.no_grad():
-        curve = _in_data_units(model, scaling)(grid)
+        final = _in_data_units(model, scaling)(grid)[:, 0].numpy()
+        curves = []
+        for _, state in states:
+            frame_model.load_state_dict(state)
+            curves.append(_in_data_units(frame_model, scaling)(grid)[:, 0].numpy())
         optimum = None
         if closed_form is not None and isinstance(model, LinearRegression):
             optimum = scaling.y_inverse(closed_form.predict(scaling.x(grid), model.features))
-    return plots.fit(x[:, 0].numpy(), y[:, 0].numpy(), grid[:, 0].numpy(),
-                     curve[:, 0].numpy(), None if optimum is None else optimum[:, 0].numpy(),
-                     title=title, xlabel=data.feature_names[0], ylabel=data.target_name)
+            optimum = optimum[:, 0].numpy()
+    animation = plots.FitAnimation(x[:, 0].numpy(), y[:, 0].numpy(), grid[:, 0].numpy(),
+                                   optimum, final, xlabel=data.feature_names[0],
+                                   ylabel=data.target_name or "y")
+    images = [animation.frame(c, title) for (title, _), c in zip(states, curves, strict=True)]
+    animation.frame(final, final_title)  # leave the figure showing the trained model
+    return animation, images
 
 
 def pred_vs_actual(model: nn.Module, datamodule: Any) -> Any:

@@ -40,6 +40,31 @@ def fit(x: np.ndarray, y: np.ndarray, grid: np.ndarray, curve: np.ndarray,
     return fig
 
 
+class FitAnimation:
+    """One figure whose model curve is redrawn frame by frame: far cheaper than a new
+    figure per frame, and every frame shares the axes, so the curve visibly moves."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, grid: np.ndarray,
+                 optimum: np.ndarray | None, final: np.ndarray, xlabel: str = "x",
+                 ylabel: str = "y") -> None:
+        self.fig = fit(x, y, grid, final, optimum, xlabel=xlabel, ylabel=ylabel)
+        ax = self.fig.axes[0]
+        self.line = ax.lines[-1]
+        shown = [y, final] + ([] if optimum is None else [optimum])
+        lo = float(min(v.min() for v in shown))
+        hi = float(max(v.max() for v in shown))
+        pad = 0.15 * (hi - lo) if hi > lo else max(1.0, abs(hi)) * 0.1
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title("epoch 000000 (final)")  # room for the longest title the frames use
+        to_array(self.fig)  # lay the figure out once ...
+        self.fig.set_layout_engine("none")  # ... then keep it: frames only redraw
+
+    def frame(self, curve: np.ndarray, title: str) -> np.ndarray:
+        self.line.set_ydata(curve)
+        self.fig.axes[0].set_title(title)
+        return to_array(self.fig)
+
+
 def pred_vs_actual(actual: np.ndarray, pred: np.ndarray, title: str = "",
                    target: str = "y") -> Figure:
     """Predicted against actual (on the diagonal when perfect), and residuals."""
