@@ -82,7 +82,6 @@ class FitProgressBar(ProgressBar):
         self.refresh_seconds = float(refresh_seconds)
         self._enabled = True
         self._bar: Any = None
-        self._pending = 0
         self._last_draw = 0.0
 
     def disable(self) -> None:
@@ -115,7 +114,6 @@ class FitProgressBar(ProgressBar):
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._bar is None:
             return
-        self._pending += 1
         now = time.monotonic()
         if now - self._last_draw >= self.refresh_seconds:
             self._draw(trainer)
@@ -129,7 +127,6 @@ class FitProgressBar(ProgressBar):
         self._bar.set_description(f"epoch {epoch}/{trainer.max_epochs}", refresh=False)
         self._bar.set_postfix(shown, refresh=False)
         self._bar.update(max(0, trainer.global_step - self._bar.n))
-        self._pending = 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is None:
