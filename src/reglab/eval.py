@@ -7,7 +7,6 @@ run dir. Torch is imported only once the config has been checked.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reglab import validate
+from reglab import cli, validate
 from reglab.confdir import CONF_DIR
 
 EVAL_FILE = "eval_metrics.json"
@@ -141,13 +140,10 @@ def _main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg, _data_overrides)
     except validate.ReglabError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         import shutil
 
         shutil.rmtree(cfg.paths.run_dir, ignore_errors=True)  # nothing was scored
-        print(f"reglab-eval: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        cli.fail("reglab-eval", exc)
 
 
 def main() -> None:
@@ -156,12 +152,7 @@ def main() -> None:
     args = sys.argv[1:]
     _data_overrides = [a for a in args if a.lstrip("+~").startswith(("data=", "data."))]
     sys.argv = [sys.argv[0], *(a for a in args if a not in _data_overrides)]
-    try:
-        _main()
-    except SystemExit as exc:
-        if exc.code == 1:  # Hydra could not compose the config
-            sys.exit(2)
-        raise
+    cli.run_hydra_app(_main)
 
 
 if __name__ == "__main__":

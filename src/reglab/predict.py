@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reglab import validate
+from reglab import cli, validate
 from reglab.confdir import CONF_DIR
 
 
@@ -103,20 +102,12 @@ def _main(cfg: DictConfig) -> None:
     try:
         predict(cfg)
     except validate.ReglabError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"reglab-predict: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        cli.fail("reglab-predict", exc)
 
 
 def main() -> None:
     """Console entry point: ``reglab-predict ckpt_path=<file> x=… | input_path=…``."""
-    try:
-        _main()
-    except SystemExit as exc:
-        if exc.code == 1:  # Hydra could not compose the config
-            sys.exit(2)
-        raise
+    cli.run_hydra_app(_main)
 
 
 if __name__ == "__main__":

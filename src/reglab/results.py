@@ -73,9 +73,12 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         sse = solution.sse(xs, ys, features=model.features)
         return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
 
+    train_loss = loss("train")
+    val_is_train = datamodule.splits["val"] is datamodule.splits["train"]
     record: dict[str, Any] = {
         "params": {"weight": [solution.weight.tolist()], "bias": solution.bias},
-        "train_loss": loss("train"), "val_loss": loss("val"), "test": None,
+        "train_loss": train_loss, "val_loss": train_loss if val_is_train else loss("val"),
+        "test": None,
         "condition_number": solution.condition, "rank": solution.rank,
     }
     if "test" in datamodule.splits:
@@ -242,8 +245,10 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
     ``closed`` is the record :func:`closed_form` made before the fit, if any.
     """
     model, loss_fn = module.model, module.loss_fn
-    losses = {split: _finite_or_none(split_loss(model, loss_fn, *datamodule.splits[split]))
-              for split in ("train", "val")}
+    train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"]))
+    val_is_train = datamodule.splits["val"] is datamodule.splits["train"]
+    losses = {"train": train_loss, "val": train_loss if val_is_train else _finite_or_none(
+        split_loss(model, loss_fn, *datamodule.splits["val"]))}
     params = model.params() if hasattr(model, "params") else None
     data_params = None
     if params is not None and type(model).__name__ == "LinearRegression":
@@ -275,7 +280,7 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         "fit_seconds": round(fit_seconds, 4),
         "train_loss": losses["train"],
         "val_loss": losses["val"],
-        "val_is_train": datamodule.splits["val"] is datamodule.splits["train"],
+        "val_is_train": val_is_train,
         "test": test,
         "params": params,
         "params_data_units": data_params,

@@ -91,6 +91,21 @@ def _read_parquet(path: Path, features: Sequence[str] | None,
     return names, [list(r) for r in zip(*columns, strict=True)]
 
 
+def _read(file: Path, features: Sequence[str] | None, target: str | None, delimiter: str,
+          key: str) -> tuple[list[str], torch.Tensor]:
+    """(column names, float64 rows) of a CSV or Parquet table; ``key`` names the setting
+    that gave the path, for the error when the file is missing."""
+    if not file.is_file():
+        raise DataError(f"{key}: {file}: no such file")
+    if file.suffix.lower() in (".parquet", ".pq"):
+        names, rows = _read_parquet(file, features, target)
+    else:
+        names, rows = _read_csv(file, features, target, delimiter)
+    if not rows:
+        raise DataError(f"{file}: no data rows below the header")
+    return names, torch.tensor(rows, dtype=torch.float64)
+
+
 def read_table(path: str, target: str, features: Sequence[str] | None = None,
                delimiter: str = ",") -> Dataset:
     """Read ``features`` (default: every other column) and ``target`` from a table.
@@ -98,16 +113,8 @@ def read_table(path: str, target: str, features: Sequence[str] | None = None,
     ``.parquet``/``.pq`` files are read with pyarrow; anything else as delimited text
     with a header line.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"data.source.path: {file}: no such file")
-    if file.suffix.lower() in (".parquet", ".pq"):
-        names, rows = _read_parquet(file, features, target)
-    else:
-        names, rows = _read_csv(file, features, target, delimiter)
-    if not rows:
-        raise DataError(f"{file}: no data rows below the header")
-    table = torch.tensor(rows, dtype=torch.float64)
+    names, table = _read(Path(path).expanduser(), features, target, delimiter,
+                         "data.source.path")
     return Dataset(table[:, :-1].float().contiguous(), table[:, -1:].float().contiguous(),
                    None, feature_names=names[:-1], target_name=names[-1])
 
@@ -115,16 +122,8 @@ def read_table(path: str, target: str, features: Sequence[str] | None = None,
 def read_inputs(path: str | Path, features: Sequence[str] | None,
                 delimiter: str = ",") -> tuple[list[str], torch.Tensor]:
     """The named feature columns of a table (for prediction): (names, float32 rows)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"input_path: {file}: no such file")
-    if file.suffix.lower() in (".parquet", ".pq"):
-        names, rows = _read_parquet(file, features, None)
-    else:
-        names, rows = _read_csv(file, features, None, delimiter)
-    if not rows:
-        raise DataError(f"{file}: no data rows below the header")
-    return names, torch.tensor(rows, dtype=torch.float64).float()
+    names, table = _read(Path(path).expanduser(), features, None, delimiter, "input_path")
+    return names, table.float()
 
 
 def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:

@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from reglab import validate
+from reglab import cli, validate
 from reglab.confdir import CONF_DIR
 
 log = logging.getLogger("reglab")
@@ -173,11 +173,8 @@ def _main(cfg: DictConfig) -> float:
             _record_failure(cfg, exc)
             log.error("job failed: %s", exc)
             return _FAILED
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         _discard_unused_run_dir(Path(cfg.paths.run_dir))
-        print(f"reglab-train: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        cli.fail("reglab-train", exc)
     except Exception as exc:
         if not multirun:
             raise
@@ -277,8 +274,7 @@ def main() -> None:
     try:
         sys.argv = _resume_argv(sys.argv)
     except validate.ReglabError as exc:
-        print(f"reglab-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("reglab-train", exc)
     try:
         _main()
     except SystemExit as exc:
