@@ -27,8 +27,10 @@ def test_tensorboard_scalars_and_hparams(run_train):
             "params/bias", "lr-SGD"} <= tags
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert len(loss) == 20 and loss[-1] < loss[0] / 100
-    bias = [e.value for e in acc.Scalars("params/bias")]
-    assert len(bias) == 200 and abs(bias[-1] - m["params"]["bias"]) < 1e-6
+    # Epoch scalars for the epochs holding a logging step (0, 10, ..., 190) and the last.
+    bias = acc.Scalars("params/bias")
+    assert [int(e.value) for e in acc.Scalars("epoch")] == [*range(0, 200, 10), 199]
+    assert len(bias) == 21 and abs(bias[-1].value - m["params"]["bias"]) < 1e-6
     # The HPARAMS tab: hyper-parameters with real metrics, not a placeholder hp_metric.
     assert "hp_metric" not in tags
     hp = acc.PluginTagToContent("hparams")

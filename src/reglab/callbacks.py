@@ -40,13 +40,22 @@ class ThrottledCheckpoint(ModelCheckpoint):
             return True  # after divergence, the last finite checkpoint is the one to keep
         if self.min_interval_seconds <= 0 or self._last_write is None:
             return False
-        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        final = trainer.should_stop or (
-            max_epochs is not None and trainer.current_epoch + 1 >= max_epochs)
+        # The module stops the fit after the last data epoch, so this marks the end.
+        final = trainer.should_stop
         skip = not final and time.monotonic() - self._last_write < self.min_interval_seconds
         if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or none saves
             skip = bool(trainer.strategy.broadcast(skip, src=0))
         return skip
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """``{epoch}`` in file names is the last data epoch, not Lightning's round."""
+        import torch
+
+        candidates = super()._monitor_candidates(trainer)
+        done = getattr(trainer.lightning_module, "epochs_done", None)
+        if done is not None:
+            candidates["epoch"] = torch.tensor(max(0, done - 1))
+        return candidates
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Make ``last.ckpt`` current however the fit ended (but never after divergence)."""
@@ -73,8 +82,9 @@ class ThrottledCheckpoint(ModelCheckpoint):
 class FitProgressBar(ProgressBar):
     """One bar over every optimizer step of the fit, redrawn every ``refresh_seconds``.
 
-    Shows the epoch and the latest train/val loss. Validation and test passes over
-    in-memory data take milliseconds and get no bar of their own.
+    Shows the epoch and the latest train/val loss. The bar appears once the fit has run
+    ``refresh_seconds``: a fit done sooner ends with reglab's summary alone. Validation
+    and test passes over in-memory data take milliseconds and get no bar of their own.
     """
 
     def __init__(self, refresh_seconds: float = 0.5) -> None:
@@ -82,6 +92,7 @@ class FitProgressBar(ProgressBar):
         self.refresh_seconds = float(refresh_seconds)
         self._enabled = True
         self._bar: Any = None
+        self._pending = False  # the bar is due once the fit has run refresh_seconds
         self._last_draw = 0.0
 
     def disable(self) -> None:
@@ -91,8 +102,10 @@ class FitProgressBar(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._enabled or not trainer.is_global_zero:
-            return
+        self._pending = self._enabled and trainer.is_global_zero
+        self._last_draw = time.monotonic()
+
+    def _open(self, trainer: pl.Trainer) -> None:
         from tqdm.auto import tqdm
 
         # Optimizer steps, not Lightning batches (a batch may carry several steps).
@@ -108,14 +121,16 @@ class FitProgressBar(ProgressBar):
         self._bar = tqdm(total=None if not math.isfinite(total) else int(total),
                          initial=trainer.global_step, unit="step", dynamic_ncols=True,
                          file=sys.stderr, mininterval=self.refresh_seconds, leave=True)
-        self._last_draw = time.monotonic()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._bar is None:
+        if self._bar is None and not self._pending:
             return
         now = time.monotonic()
         if now - self._last_draw >= self.refresh_seconds:
+            if self._bar is None:
+                self._pending = False
+                self._open(trainer)
             self._draw(trainer)
             self._last_draw = now
 
@@ -123,12 +138,14 @@ class FitProgressBar(ProgressBar):
         latest = getattr(trainer.lightning_module, "latest", {})
         shown = {name: f"{latest[key]:.4g}" for key, name in
                  (("train/loss", "train"), ("val/loss", "val")) if key in latest}
-        epoch = min(trainer.current_epoch + 1, trainer.max_epochs or trainer.current_epoch + 1)
+        done = getattr(trainer.lightning_module, "epochs_done", trainer.current_epoch)
+        epoch = min(done + 1, trainer.max_epochs or done + 1)
         self._bar.set_description(f"epoch {epoch}/{trainer.max_epochs}", refresh=False)
         self._bar.set_postfix(shown, refresh=False)
         self._bar.update(max(0, trainer.global_step - self._bar.n))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pending = False
         if self._bar is None:
             return
         self._draw(trainer)
@@ -146,7 +163,9 @@ class FitPlots(pl.Callback):
     """Pictures of the fit: TensorBoard images as it evolves, and PNGs in the run dir.
 
     Model states are copied ``frames`` times over the fit, first and last included (and
-    a one-input linear model's (w, b) every epoch, for the landscape path); drawing waits
+    a one-input linear model's (w, b) every data epoch, for the landscape path; the
+    module calls ``on_data_epoch_end`` after each, however many make a Lightning
+    epoch); drawing waits
     until training ends, so the figures cost nothing per step. See :mod:`reglab.figures` for which
     pictures a run gets.
     """
@@ -173,16 +192,17 @@ class FitPlots(pl.Callback):
         # ``frames`` images in all, the start and the end included: TensorBoard shows up
         # to 10 per tag unless started with --samples_per_plugin images=N.
         self._every = max(1, math.ceil(max_epochs / max(1, self.frames - 1)))
-        self._states = [(trainer.current_epoch, trainer.global_step, self._state(pl_module))]
+        done = int(getattr(pl_module, "epochs_done", trainer.current_epoch))
+        self._states = [(done, trainer.global_step, self._state(pl_module))]
         self._track_path = figures.landscape_applies(pl_module.model, pl_module.loss_fn)
         self._path = [figures.param_vector(pl_module.model)] if self._track_path else []
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from reglab import figures
-
-        done = trainer.current_epoch + 1
+    def on_data_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = int(pl_module.epochs_done)
         if self._track_path:
-            self._path.append(figures.param_vector(pl_module.model))
+            from reglab.figures import param_vector
+
+            self._path.append(param_vector(pl_module.model))
         if done % self._every == 0:
             self._states.append((done, trainer.global_step, self._state(pl_module)))
 
@@ -223,7 +243,7 @@ class FitPlots(pl.Callback):
             if self._states and self._states[-1][1] == trainer.global_step:
                 self._states.pop()  # the final state is drawn below, from the model itself
             frames = [(f"epoch {epoch}", state) for epoch, _, state in self._states]
-            final_title = f"epoch {trainer.current_epoch} (final)"
+            final_title = f"epoch {pl_module.epochs_done} (final)"
             drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
             if drawn is not None:
                 animation, images = drawn

@@ -2,7 +2,9 @@
 
 Batches are cut by slicing whole tensors (after one seeded permutation per epoch when
 shuffling) instead of a ``DataLoader`` that fetches and collates rows one at a time:
-on small models the per-row path costs more than the model itself.
+on small models the per-row path costs more than the model itself. Training batches
+are lists of mini-batches, and a Lightning epoch may hold several short data epochs,
+so Lightning's own per-batch and per-epoch costs are paid once for many steps.
 """
 
 from __future__ import annotations
@@ -22,28 +24,30 @@ from reglab.validate import DataError
 EVAL_BATCH_ROWS = 1 << 14
 
 
-class TensorBatches:
-    """An iterable of ``(x, y)`` batches over in-memory tensors, re-iterable each epoch.
+#: One training step's worth of data: ``(x, y, data epoch, last mini-batch of that epoch)``.
+Entry = tuple[torch.Tensor, torch.Tensor, int, bool]
 
-    When shuffling, epoch ``e`` uses a permutation seeded by ``(seed, e)``, so the order
-    depends on the epoch number alone and a resumed run sees the same batches.
+
+class TensorBatches:
+    """``(x, y)`` mini-batches over in-memory tensors, cut by slicing, re-iterable.
+
+    When shuffling, data epoch ``e`` uses a permutation seeded by ``(seed, e)``, so the
+    order depends on the epoch number alone and a resumed run sees the same batches.
+    Iterating the object itself gives epoch ``self.epoch`` (validation and test).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
-                 shuffle: bool = False, seed: int = 0,
-                 epoch_fn: Callable[[], int] | None = None, block: int = 1,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 shuffle: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.x, self.y = x, y
         n = int(x.shape[0])
         self.batch_size = n if batch_size is None else min(int(batch_size), n)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.epoch_fn = epoch_fn
-        self.block = max(1, int(block))
+        self.epoch = 0
         #: Data-parallel training: every rank walks the same (global) batches and keeps
         #: its own share of each; gradient averaging makes the step the global batch's.
         self.rank, self.world_size = int(rank), max(1, int(world_size))
-        self._iterations = 0
 
     @property
     def num_minibatches(self) -> int:
@@ -53,24 +57,17 @@ class TensorBatches:
         return math.ceil(n / bs)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_minibatches / self.block)
+        return self.num_minibatches
 
-    def __iter__(self) -> Iterator[Any]:
-        """Mini-batches, or lists of ``block`` mini-batches (one Lightning batch each)."""
-        batches = self._minibatches()
-        if self.world_size > 1:
-            batches = self._shard(batches)
-        if self.block == 1:
-            yield from batches
-            return
-        group: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for pair in batches:
-            group.append(pair)
-            if len(group) == self.block:
-                yield group
-                group = []
-        if group:
-            yield group
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.minibatches(self.epoch)
+
+    def minibatches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's mini-batches of data epoch ``epoch``."""
+        batches = self._global(epoch)
+        if self.world_size == 1:
+            return batches
+        return self._shard(batches)
 
     def _shard(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -82,10 +79,8 @@ class TensorBatches:
             hi = x.shape[0] * (self.rank + 1) // self.world_size
             yield x[lo:hi], y[lo:hi]
 
-    def _minibatches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _global(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self._iterations
-        self._iterations += 1
         bs, n = self.batch_size, x.shape[0]
         if bs >= n:  # one batch: its gradient does not depend on the row order
             yield x, y
@@ -100,6 +95,75 @@ class TensorBatches:
         for start in range(0, n, bs):
             idx = perm[start:start + bs]
             yield x.index_select(0, idx), y.index_select(0, idx)
+
+
+class TrainRounds:
+    """The training iterable: one pass per Lightning epoch (a *round*) over
+    ``epochs_per_round`` data epochs, handed over as lists of ``block`` entries.
+
+    Lightning pays a fixed cost per batch and a larger one per epoch; a list of many
+    optimizer steps per batch, and several short data epochs per Lightning epoch, pay
+    them once for all. ``claim`` names the data epochs of the round about to start.
+    """
+
+    def __init__(self, batches: TensorBatches, block: int, epochs_per_round: int,
+                 claim: Callable[[], range]) -> None:
+        self.batches = batches
+        self.block = max(1, int(block))
+        self.epochs_per_round = max(1, int(epochs_per_round))
+        self.claim = claim
+
+    @property
+    def num_minibatches(self) -> int:
+        """Optimizer steps per data epoch."""
+        return self.batches.num_minibatches
+
+    def __len__(self) -> int:
+        """Lightning batches in a full round (a final, shorter round has fewer)."""
+        return math.ceil(self.num_minibatches * self.epochs_per_round / self.block)
+
+    def __iter__(self) -> Iterator[list[Entry]]:
+        # A generator: the epochs are claimed at the first batch, not when Lightning
+        # merely creates an iterator (it does so once more than it reads one).
+        yield from self._blocks(self.claim())
+
+    def _entries(self, epochs: range) -> Iterator[Entry]:
+        for epoch in epochs:
+            pending: tuple[torch.Tensor, torch.Tensor] | None = None
+            for pair in self.batches.minibatches(epoch):
+                if pending is not None:
+                    yield pending[0], pending[1], epoch, False
+                pending = pair
+            if pending is not None:
+                yield pending[0], pending[1], epoch, True
+
+    def _blocks(self, epochs: range) -> Iterator[list[Entry]]:
+        group: list[Entry] = []
+        for entry in self._entries(epochs):
+            group.append(entry)
+            if len(group) == self.block:
+                yield group
+                group = []
+        if group:
+            yield group
+
+
+def plan_rounds(steps_per_epoch: int, block: int, check_val_every_n_epoch: int | None
+                ) -> tuple[int, int | None]:
+    """Data epochs per Lightning epoch, and Lightning's validation interval in rounds.
+
+    Whole epochs go to a round while they fit in one Lightning batch. The round length
+    is a multiple or a divisor of the validation interval, so validation still falls on
+    multiples of ``check_val_every_n_epoch`` data epochs (at most once per round).
+    """
+    every = check_val_every_n_epoch
+    if block <= 1 or every is None or steps_per_epoch >= block:
+        return 1, every
+    most = block // steps_per_epoch
+    if every <= most:
+        return most // every * every, 1
+    k = max(d for d in range(1, most + 1) if every % d == 0)
+    return k, every // k
 
 
 def _first_nonfinite_row(x: torch.Tensor, y: torch.Tensor, chunk: int = 1 << 16) -> int | None:
@@ -127,7 +191,7 @@ class RegressionDataModule(pl.LightningDataModule):
                  shuffle: bool = False, val_fraction: float = 0.0,
                  test_fraction: float = 0.0, seed: int = 0, standardize: bool = False,
                  standardize_target: bool = False, scaling: Scaling | None = None,
-                 steps_per_batch: int = 32) -> None:
+                 steps_per_batch: int = 100) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -141,6 +205,11 @@ class RegressionDataModule(pl.LightningDataModule):
         #: bookkeeping is paid once per group of mini-batches instead of once per step.
         self.steps_per_batch = max(1, int(steps_per_batch))
         self.scaling = scaling
+        #: Data epochs per Lightning epoch, planned in ``setup``; 1 until then.
+        self.epochs_per_round = 1
+        #: Data epochs served to training so far (a checkpoint restores it).
+        self.epochs_done: int | None = None
+        self._check_val_every: int | None = None
         self.data: Dataset | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -210,35 +279,69 @@ class RegressionDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        """Prepare the data; for a fit, also plan its rounds (see :func:`plan_rounds`).
+
+        When several data epochs make one Lightning epoch, the trainer's
+        ``check_val_every_n_epoch`` is restated in rounds for the fit (and restored in
+        ``teardown``), so validation still falls on the data epochs it names.
+        """
         self.prepare()
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        t = self.trainer
+        device = t.strategy.root_device if t is not None else None
         if device is not None and device.type != "cpu":
             # Move the whole data set once; batches are then cut on the device.
             self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+        if t is not None and stage == "fit":
+            steps = self._batches("train", self.shuffle, self.batch_size).num_minibatches
+            self.epochs_per_round, every = plan_rounds(
+                steps, self._train_block(), t.check_val_every_n_epoch)
+            if self.epochs_per_round > 1:
+                self._check_val_every = t.check_val_every_n_epoch
+                t.check_val_every_n_epoch = every
 
-    def _current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+    def teardown(self, stage: str | None = None) -> None:
+        if stage == "fit" and self._check_val_every is not None and self.trainer is not None:
+            self.trainer.check_val_every_n_epoch = self._check_val_every
+            self._check_val_every = None
 
-    def _batches(self, split: str, shuffle: bool, batch_size: int | None,
-                 block: int = 1) -> TensorBatches:
+    def state_dict(self) -> dict[str, Any]:
+        """Stored in checkpoints: the data epochs already served, where a resume goes on."""
+        return {"epochs_done": self.epochs_done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs_done = state_dict.get("epochs_done")
+
+    def _claim_epochs(self) -> range:
+        """The data epochs of the round that is starting, never past ``max_epochs``."""
+        t = self.trainer
+        start = self.epochs_done
+        if start is None:  # a checkpoint from before rounds: one epoch per Lightning epoch
+            start = t.current_epoch if t is not None else 0
+        stop = start + self.epochs_per_round
+        if t is not None and t.max_epochs is not None and t.max_epochs > 0:
+            stop = max(start, min(stop, t.max_epochs))
+        self.epochs_done = stop
+        return range(start, stop)
+
+    def _batches(self, split: str, shuffle: bool, batch_size: int | None) -> TensorBatches:
         x, y = self.splits[split]
         t = self.trainer
         # Only training is sharded: every rank evaluates whole splits, so validation and
         # test figures agree across ranks without any collective.
         shard = split == "train" and t is not None and t.world_size > 1
         return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.seed,
-                             epoch_fn=self._current_epoch, block=block,
                              rank=t.global_rank if shard else 0,
                              world_size=t.world_size if shard else 1)
 
     def _train_block(self) -> int:
         """Mini-batches per Lightning batch: several, unless a Trainer option counts
-        batches (limit_train_batches, overfit_batches, fast_dev_run)."""
+        batches (limit_train_batches, overfit_batches, fast_dev_run) or validates
+        within an epoch (val_check_interval)."""
         t = self.trainer
         if t is None or self.steps_per_batch <= 1:
             return 1
         counted = (t.limit_train_batches not in (1.0, None) or t.overfit_batches
-                   or t.fast_dev_run)
+                   or t.fast_dev_run or t.val_check_interval not in (1.0, None))
         return 1 if counted else self.steps_per_batch
 
     def _eval_batch_size(self) -> int | None:
@@ -248,8 +351,9 @@ class RegressionDataModule(pl.LightningDataModule):
             return None
         return max(int(self.batch_size), EVAL_BATCH_ROWS)
 
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.shuffle, self.batch_size, self._train_block())
+    def train_dataloader(self) -> TrainRounds:
+        return TrainRounds(self._batches("train", self.shuffle, self.batch_size),
+                           self._train_block(), self.epochs_per_round, self._claim_epochs)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", False, self._eval_batch_size())

@@ -104,10 +104,14 @@ def landscape_applies(model: nn.Module, loss_fn: nn.Module) -> bool:
 
 
 def param_vector(model: nn.Module) -> list[float]:
-    """(w) or (w, b) of a one-input linear model, as the landscape's axes."""
-    out = [float(model.linear.weight.detach().reshape(-1)[0])]
+    """(w) or (w, b) of a one-input linear model, as the landscape's axes.
+
+    Read with ``item()`` on the one-element parameters: recorded every epoch, and any
+    view or copy first would cost more than the training step.
+    """
+    out = [model.linear.weight.item()]
     if model.linear.bias is not None:
-        out.append(float(model.linear.bias.detach().reshape(-1)[0]))
+        out.append(model.linear.bias.item())
     return out
 
 

@@ -16,6 +16,41 @@ from reglab.metrics import RegressionSums
 from reglab.scaling import Scaling
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: ``(x, y, data epoch, last mini-batch of that epoch)``, as ``TrainRounds`` hands them.
+Entry = tuple[torch.Tensor, torch.Tensor, int, bool]
+
+
+class _EpochTally:
+    """The running data epoch's loss sum and rows, and the count of epochs done.
+
+    A plain object: attribute writes on an ``nn.Module`` go through its ``__setattr__``,
+    which costs microseconds each, several times per step.
+    """
+
+    __slots__ = ("device_sum", "done", "host_sum", "log_due", "open_epoch", "rows")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.open_epoch: int | None = None  # the data epoch whose steps are running
+        self.reset()
+
+    def reset(self) -> None:
+        self.host_sum = 0.0  # loss × rows, from values already on the host ...
+        self.device_sum: torch.Tensor | None = None  # ... or left on the device
+        self.rows = 0
+        self.log_due = False  # the open epoch holds a logging step
+
+    def add(self, loss: torch.Tensor, value: float | None, rows: int) -> None:
+        if value is not None:
+            self.host_sum += value * rows
+        else:
+            weighted = loss.detach() * rows
+            self.device_sum = weighted if self.device_sum is None else self.device_sum + weighted
+        self.rows += rows
+
+    def mean(self) -> float:
+        total = self.host_sum + (0.0 if self.device_sum is None else float(self.device_sum))
+        return total / self.rows
 
 
 class RegressionModule(pl.LightningModule):
@@ -26,8 +61,13 @@ class RegressionModule(pl.LightningModule):
 
     Training scalars go straight to the loggers rather than through ``self.log``: that
     path costs about a millisecond per call, more than a whole step of a small model.
-    The step loss is read from the device only every ``log_every_n_steps`` steps and the
-    epoch mean once per epoch, so there is no host sync per step.
+    The step loss is read from the device only every ``log_every_n_steps`` steps, and
+    epoch scalars are written for the epochs that hold such a step (and the last), so
+    there is no host sync per step and a 1000-epoch fit of one step each writes 21 points.
+
+    Epochs here are *data* epochs: a Lightning epoch may hold several (see
+    ``reglab.datamodule.TrainRounds``). Each batch entry says which epoch it belongs to;
+    callbacks that define ``on_data_epoch_end(trainer, module)`` hear of every one.
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
@@ -57,15 +97,36 @@ class RegressionModule(pl.LightningModule):
         #: SIGINT or SIGTERM, when one asked the fit to stop.
         self.interrupted_by: str | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._tally = _EpochTally()
         self._test_sums = RegressionSums()
-        self._epoch_loss: torch.Tensor | None = None
-        self._epoch_rows = 0
+        self._epoch_listeners: list[Any] = []
+
+    @property
+    def epochs_done(self) -> int:
+        """Data epochs completed (a checkpoint restores it)."""
+        return self._tally.done
+
+    @epochs_done.setter
+    def epochs_done(self, value: int) -> None:
+        self._tally.done = int(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.model.parameters())
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        """Training entries are cut from tensors already on the device: pass them through.
+
+        Lightning's default walks every element of a batch, which for a list of a
+        hundred entries costs more than the steps it holds.
+        """
+        if isinstance(batch, list) and batch and isinstance(batch[0], tuple) and (
+                batch[0][0].device == device):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -79,7 +140,12 @@ class RegressionModule(pl.LightningModule):
             "model_kwargs": dict(getattr(self.model, "init_kwargs", {})),
             "scaling": self.scaling.to_dict(),
             "data": dict(self.data_info),
+            "epochs_done": self.epochs_done,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.epochs_done = int(checkpoint.get("reglab", {}).get(
+            "epochs_done", checkpoint.get("epoch", 0)))
 
     # -- signals ------------------------------------------------------------------------
     @property
@@ -108,6 +174,11 @@ class RegressionModule(pl.LightningModule):
         """
         if self.reference_loss is not None:
             self._log({"train/loss_closed_form": self.reference_loss}, self.trainer.global_step)
+        self._epoch_listeners = [cb for cb in self.trainer.callbacks
+                                 if callable(getattr(cb, "on_data_epoch_end", None))]
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 < max_epochs <= self.epochs_done:
+            self.trainer.should_stop = True  # resumed from a finished run: nothing to do
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -127,78 +198,98 @@ class RegressionModule(pl.LightningModule):
         self.trainer.should_stop = True
 
     # -- training -----------------------------------------------------------------------
-    def _log(self, metrics: dict[str, float], step: int) -> None:
+    def _log(self, metrics: dict[str, float], step: int, watch: bool = True) -> None:
+        """Write scalars; with ``watch``, a non-finite one stops the fit as diverged."""
         self.latest.update(metrics)
-        if self.diverged_at_step is None and not all(math.isfinite(v) for v in metrics.values()):
+        if watch and self.diverged_at_step is None and not all(
+                math.isfinite(v) for v in metrics.values()):
             # Checked where values reach the host anyway: no extra sync per step.
             self.diverged_at_step = step
             self.trainer.should_stop = True
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_loss = None
-        self._epoch_rows = 0
-
-    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+    def training_step(self, batch: Batch | list[Entry], batch_idx: int) -> None:
         """Optimizer steps, driven here (manual optimization).
 
         Lightning's automatic optimization wraps every step in a closure and a dozen
         hook dispatches, which cost more than the whole step of a small model; here each
         step is the plain zero_grad → backward → step, still through Lightning's
         optimizer wrapper so precision, devices and the step counter stay Lightning's.
-        A batch may be a list of mini-batches (see ``RegressionDataModule``): one step
-        each, so Lightning's per-batch bookkeeping is paid once for all of them.
+        A batch is a list of entries (see ``RegressionDataModule``), one step each, so
+        Lightning's per-batch bookkeeping is paid once for all of them; a plain
+        ``(x, y)`` batch from any other loader is one step of the current epoch.
         """
         opt = self.optimizers()
-        for x, y in batch if isinstance(batch, list) else [batch]:
-            if not self._step(opt, x, y):
-                break  # diverged: no further steps in this batch
-
-    def _step(self, opt: Any, x: torch.Tensor, y: torch.Tensor) -> bool:
-        step = self.trainer.global_step
+        tally = self._tally
+        if isinstance(batch, tuple):
+            batch = [(batch[0], batch[1], self.current_epoch, False)]
         every = max(1, int(self.trainer.log_every_n_steps))
-        if isinstance(opt.optimizer, torch.optim.LBFGS):  # evaluates the loss many times
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = self.loss_fn(self.model(x), y)
-                self.manual_backward(loss)
-                return loss
+        step_fn = self._lbfgs_step if isinstance(opt.optimizer, torch.optim.LBFGS) else (
+            self._plain_step_fn if self._plain_step else self._lightning_step)
+        # Read once per batch: every entry's tensors sit on one device, and each step
+        # below advances Lightning's step counter by one.
+        on_host = not batch or batch[0][0].device.type == "cpu"
+        step = self.trainer.global_step
+        for x, y, epoch, last in batch:
+            if epoch != tally.open_epoch:
+                if tally.open_epoch is not None:
+                    self._end_epoch()
+                tally.open_epoch = epoch
+            due = step % every == 0
+            loss, value = step_fn(opt, x, y, due or on_host)
+            if value is not None:
+                if not math.isfinite(value):
+                    self._diverged(step, value)
+                    break  # no further steps in this batch
+                if due:
+                    self._log({"train/loss": value}, step)
+                    tally.log_due = True
+            tally.add(loss, value, x.shape[0])
+            step += 1
+            if last:
+                self._end_epoch()
+        # An interruption is honoured here, at the end of the Lightning batch (a few ms
+        # away), so the checkpoint sits on a batch boundary and a resume skips no step.
 
-            loss = opt.step(closure=closure).detach()
-            value: float | None = loss.item()
-        else:
+    # Each returns the loss and, where it is on the host (CPU) or wanted (a logging
+    # step), its value. A non-finite value is caught before the weights take the step,
+    # except with L-BFGS, which only shows its loss after.
+    def _plain_step_fn(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
+                       ) -> tuple[torch.Tensor, float | None]:
+        """Bypasses Lightning's precision and hook dispatch, which do nothing here; its
+        step counter (and profiler) is still kept."""
+        loss = self.loss_fn(self.model(x), y)
+        # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
+        value = loss.item() if read else None
+        if value is None or math.isfinite(value):
+            opt._on_before_step()
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.optimizer.step()
+            opt._on_after_step()
+        return loss, value
+
+    def _lightning_step(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
+                        ) -> tuple[torch.Tensor, float | None]:
+        loss = self.loss_fn(self.model(x), y)
+        value = loss.item() if read else None
+        if value is None or math.isfinite(value):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+        return loss, value
+
+    def _lbfgs_step(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
+                    ) -> tuple[torch.Tensor, float | None]:
+        def closure() -> torch.Tensor:  # L-BFGS evaluates the loss many times
+            opt.zero_grad()
             loss = self.loss_fn(self.model(x), y)
-            # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
-            value = loss.item() if x.device.type == "cpu" or step % every == 0 else None
-            if value is not None and not math.isfinite(value):
-                self._diverged(step, value)  # before the step: the weights stay finite
-                return False
-            if self._plain_step:
-                # Lightning's own path adds precision and hook dispatch that do nothing
-                # here; its step counter (and profiler) is still kept.
-                opt._on_before_step()
-                opt.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.optimizer.step()
-                opt._on_after_step()
-            else:
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                opt.step()
-        if value is not None:
-            if not math.isfinite(value):  # L-BFGS: seen only after its step
-                self._diverged(step, value)
-                return False
-            if step % every == 0:
-                self._log({"train/loss": value}, step)
-        rows = x.shape[0]
-        weighted = loss.detach() * rows
-        self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
-        self._epoch_rows += rows
-        # An interruption is honoured at the end of the Lightning batch (a few ms away),
-        # so the checkpoint sits on a batch boundary and a resumed run skips no step.
-        return True
+            self.manual_backward(loss)
+            return loss
+
+        loss = opt.step(closure=closure).detach()
+        return loss, loss.item()
 
     def _diverged(self, step: int, value: float) -> None:
         self.diverged_at_step = step
@@ -206,10 +297,35 @@ class RegressionModule(pl.LightningModule):
         self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
-        metrics: dict[str, float] = {"epoch": float(self.current_epoch)}
-        if self._epoch_loss is not None and self._epoch_rows:
-            metrics["train/loss_epoch"] = float(self._epoch_loss) / self._epoch_rows
-            self.history["train_loss"].append([self.current_epoch, metrics["train/loss_epoch"]])
+        if self._tally.open_epoch is not None:  # a round cut short (interrupted, diverged)
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        """Close the open data epoch: count it, write its scalars when due, tell listeners.
+
+        Also stops the fit after ``max_epochs`` data epochs: Lightning counts rounds.
+        """
+        tally = self._tally
+        epoch = int(tally.open_epoch or 0)
+        tally.open_epoch = None
+        tally.done = epoch + 1
+        trainer = self.trainer
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and 0 < max_epochs <= tally.done:
+            trainer.should_stop = True
+        if tally.log_due or trainer.should_stop:
+            metrics = self._epoch_metrics(epoch)
+            if "train/loss_epoch" in metrics:
+                self.history["train_loss"].append([epoch, metrics["train/loss_epoch"]])
+            self._log(metrics, trainer.global_step)
+        tally.reset()
+        for listener in self._epoch_listeners:
+            listener.on_data_epoch_end(trainer, self)
+
+    def _epoch_metrics(self, epoch: int) -> dict[str, float]:
+        metrics: dict[str, float] = {"epoch": float(epoch)}
+        if self._tally.rows:
+            metrics["train/loss_epoch"] = self._tally.mean()
         for i, opt in enumerate(self.trainer.optimizers):
             suffix = "" if len(opt.param_groups) == 1 else "/pg{}"
             for j, group in enumerate(opt.param_groups):
@@ -217,9 +333,9 @@ class RegressionModule(pl.LightningModule):
                 metrics[name + suffix.format(j)] = float(group["lr"])
         scalars = getattr(self.model, "param_scalars", None)
         if scalars is not None:
-            # w and b converging, epoch by epoch, as the seed documents print them.
+            # w and b converging, as the seed documents print them.
             metrics.update({f"params/{k}": v for k, v in scalars().items()})
-        self._log(metrics, self.trainer.global_step)
+        return metrics
 
     # -- validation and test ------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -227,14 +343,19 @@ class RegressionModule(pl.LightningModule):
         # self.log here: checkpointing and early stopping monitor val/loss.
         # Every rank validates the whole split, so the sync (data-parallel) averages
         # equal values; it keeps Lightning's checkpoint monitor in step on all ranks.
+        # The loggers get it from on_validation_epoch_end, at the optimizer step (Lightning
+        # would log it at its own batch count and round number).
         self.log("val/loss", self.loss_fn(self.model(x), y), on_step=False, on_epoch=True,
-                 batch_size=x.shape[0], sync_dist=self.trainer.world_size > 1)
+                 batch_size=x.shape[0], sync_dist=self.trainer.world_size > 1, logger=False)
 
     def on_validation_epoch_end(self) -> None:
         value = self.trainer.callback_metrics.get("val/loss")
         if value is not None and not self.trainer.sanity_checking:
-            self.latest["val/loss"] = float(value)
-            self.history["val_loss"].append([self.current_epoch, float(value)])
+            epoch = max(0, self.epochs_done - 1)
+            self.history["val_loss"].append([epoch, float(value)])
+            # Divergence is the training loss's to call: a validation loss can overflow
+            # while the weights are still finite (and worth the checkpoint it triggers).
+            self._log({"val/loss": float(value)}, self.trainer.global_step, watch=False)
 
     def on_test_epoch_start(self) -> None:
         self._test_sums = RegressionSums()

@@ -275,7 +275,7 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         "status": status,
         "diverged_at_step": module.diverged_at_step,
         "interrupted_by": module.interrupted_by,
-        "epochs": int(trainer.current_epoch),
+        "epochs": int(getattr(module, "epochs_done", trainer.current_epoch)),
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 4),
         "train_loss": losses["train"],
