@@ -64,23 +64,31 @@ def reglab_fit(overrides: list[str], run_dir: Path) -> dict[str, Any]:
 
 
 # -- 1. tiny -------------------------------------------------------------------------------
-def line_tensors() -> tuple[Any, Any]:
+def line_tensors(device: str = "cpu") -> tuple[Any, Any]:
     import torch
 
-    x = torch.linspace(0, 10, 11).unsqueeze(1)
+    x = torch.linspace(0, 10, 11, device=device).unsqueeze(1)
     return x, 2 * x + 1
 
 
-def plain_tiny(out: Path) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def plain_tiny(out: Path, device: str = "cpu") -> float:
     """1000 full-batch SGD steps, a TensorBoard scalar every 50, weights saved at the end."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
     torch.manual_seed(0)
-    x, y = line_tensors()
+    x, y = line_tensors(device)
     shutil.rmtree(out, ignore_errors=True)
+    _sync(device)
     start = time.perf_counter()
-    model = torch.nn.Linear(1, 1)
+    model = torch.nn.Linear(1, 1).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.MSELoss()
     writer = SummaryWriter(str(out))
@@ -127,15 +135,28 @@ def stock_lightning_tiny(out: Path) -> float:
     return time.perf_counter() - start
 
 
-def bench_tiny(reps: int) -> dict[str, Any]:
+def bench_tiny(reps: int, device: str = "cpu") -> dict[str, Any]:
+    """reglab and the plain loop alternate, run by run: on a shared machine the load
+    drifts between minutes, so each ratio compares runs made seconds apart."""
     quiet_lightning()
     run_dir = TMP / "tiny"
-    reglab_s, reglab_runs = median_of(lambda: reglab_fit([], run_dir)["fit_seconds"], reps)
-    plain_s, _ = median_of(lambda: plain_tiny(TMP / "plain"), reps)
-    stock_s, _ = median_of(lambda: stock_lightning_tiny(TMP / "stock"), max(1, reps // 2))
-    return {"reglab_fit_s": reglab_s, "plain_loop_s": plain_s, "stock_lightning_s": stock_s,
-            "reglab_over_plain": reglab_s / plain_s, "stock_over_plain": stock_s / plain_s,
-            "reglab_runs": reglab_runs}
+    overrides = ["trainer=gpu"] if device != "cpu" else []
+    reglab_fit(overrides, run_dir), plain_tiny(TMP / "plain", device)  # warm-up
+    pairs = [(reglab_fit(overrides, run_dir)["fit_seconds"], plain_tiny(TMP / "plain", device))
+             for _ in range(reps)]
+    reglab_s = statistics.median(r for r, _ in pairs)
+    plain_s = statistics.median(p for _, p in pairs)
+    out = {"reglab_fit_s": reglab_s, "plain_loop_s": plain_s,
+           "reglab_over_plain": statistics.median(r / p for r, p in pairs),
+           "reglab_runs": [r for r, _ in pairs]}
+    if device == "cpu":
+        stock_s, _ = median_of(lambda: stock_lightning_tiny(TMP / "stock"), max(1, reps // 2))
+        out.update(stock_lightning_s=stock_s, stock_over_plain=stock_s / plain_s)
+    return out
+
+
+def bench_tiny_gpu(reps: int) -> dict[str, Any]:
+    return bench_tiny(reps, "cuda")
 
 
 # -- 2. large ------------------------------------------------------------------------------
@@ -160,20 +181,25 @@ def large_tensors() -> tuple[Any, Any]:
 
 
 def plain_large(x: Any, y: Any) -> float:
+    """Shuffled batches cut by indexing, on whichever device ``x`` lives."""
     import torch
 
+    device = str(x.device)
     torch.manual_seed(0)
-    model = torch.nn.Linear(LARGE_DIM, 1)
+    model = torch.nn.Linear(LARGE_DIM, 1).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.MSELoss()
+    _sync(device)
     start = time.perf_counter()
     for epoch in range(LARGE_EPOCHS):
         perm = torch.randperm(LARGE_ROWS, generator=torch.Generator().manual_seed(epoch))
+        perm = perm.to(device)
         for i in range(0, LARGE_ROWS, LARGE_BATCH):
             idx = perm[i:i + LARGE_BATCH]
             opt.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -195,17 +221,26 @@ def dataloader_large(x: Any, y: Any) -> float:
     return time.perf_counter() - start
 
 
-def bench_large(reps: int) -> dict[str, Any]:
+def bench_large(reps: int, device: str = "cpu") -> dict[str, Any]:
     quiet_lightning()
     rows = LARGE_ROWS * LARGE_EPOCHS
     x, y = large_tensors()
-    reglab_s, _ = median_of(lambda: reglab_fit(large_overrides(), TMP / "large")["fit_seconds"],
-                            reps)
+    overrides = large_overrides() + (["trainer=gpu"] if device != "cpu" else [])
+    reglab_s, _ = median_of(lambda: reglab_fit(overrides, TMP / "large")["fit_seconds"], reps)
+    out: dict[str, Any] = {}
+    if device == "cpu":
+        loader_s, _ = median_of(lambda: dataloader_large(x, y), 1, warmup=0)
+    x, y = x.to(device), y.to(device)
     plain_s, _ = median_of(lambda: plain_large(x, y), reps)
-    loader_s, _ = median_of(lambda: dataloader_large(x, y), 1, warmup=0)
-    return {"reglab_rows_per_s": rows / reglab_s, "plain_rows_per_s": rows / plain_s,
-            "dataloader_rows_per_s": rows / loader_s,
-            "reglab_over_plain": plain_s / reglab_s, "dataloader_over_plain": plain_s / loader_s}
+    out.update(reglab_rows_per_s=rows / reglab_s, plain_rows_per_s=rows / plain_s,
+               reglab_over_plain=plain_s / reglab_s)
+    if device == "cpu":
+        out.update(dataloader_rows_per_s=rows / loader_s, dataloader_over_plain=plain_s / loader_s)
+    return out
+
+
+def bench_large_gpu(reps: int) -> dict[str, Any]:
+    return bench_large(reps, "cuda")
 
 
 # -- 3. start-up ---------------------------------------------------------------------------
@@ -231,7 +266,10 @@ def bench_startup(reps: int) -> dict[str, Any]:
     imports, runs, beyond, beyond_fit = [], [], [], []
     wall([str(BIN / "reglab-train")], cwd)  # warm-up
     for _ in range(reps):
-        imp, _ = wall([sys.executable, "-c", "import torch, pytorch_lightning"], cwd)
+        # The interpreter's start and the imports, without its teardown (which
+        # reglab-train skips too): os._exit ends the process at once.
+        imp, _ = wall([sys.executable, "-c",
+                       "import os, torch, pytorch_lightning; os._exit(0)"], cwd)
         run_s, _ = wall([str(BIN / "reglab-train")], cwd)
         newest = max((cwd / "outputs" / "line" / "runs").iterdir(), key=lambda p: p.name)
         metrics = json.loads((newest / "metrics.json").read_text())
@@ -305,10 +343,16 @@ SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tiny": bench_tiny, "large": bench_large, "startup": bench_startup,
     "sweep": bench_sweep, "memory": bench_memory, "closed_form": bench_closed_form,
 }
+#: With --gpu: the same pairs with reglab on trainer=gpu and the plain loops on CUDA.
+GPU_SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "tiny_gpu": bench_tiny_gpu, "large_gpu": bench_large_gpu,
+}
 
 TARGETS = {  # (section, key, comparison, target, label)
     "tiny": ("reglab_over_plain", "<=", 2.0, "tiny: reglab fit / plain loop"),
+    "tiny_gpu": ("reglab_over_plain", "<=", 2.0, "tiny on the GPU: reglab fit / plain loop"),
     "large": ("reglab_over_plain", ">=", 0.8, "large: reglab rows/s ÷ plain loop rows/s"),
+    "large_gpu": ("reglab_over_plain", ">=", 0.8, "large on the GPU: reglab ÷ plain rows/s"),
     "startup": ("help_s", "<=", 1.0, "`reglab-train --help` (s)"),
     "sweep": ("joblib_over_sequential", "<=", 0.7, "sweep: joblib ÷ sequential wall"),
     "memory": ("beyond_imports_over_data", "<=", 2.5, "memory beyond imports ÷ data bytes"),
@@ -319,11 +363,14 @@ def environment() -> dict[str, str]:
     import pytorch_lightning
     import torch
 
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"{platform.system()} {platform.release()}",
-            "cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
-            "pytorch_lightning": pytorch_lightning.__version__}
+    env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                      f"{platform.system()} {platform.release()}",
+           "cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+           "pytorch_lightning": pytorch_lightning.__version__}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
 
 
 def _cpu_name() -> str:
@@ -367,14 +414,24 @@ def main() -> None:
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
     parser.add_argument("--reps", type=int, default=5, help="repetitions per figure")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument("--gpu", action="store_true",
+                        help="also tiny and large with trainer=gpu (needs CUDA)")
     args = parser.parse_args()
+    sections = dict(SECTIONS)
     wanted = args.sections or list(SECTIONS)
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--gpu: no CUDA device is visible to torch")
+        sections.update(GPU_SECTIONS)
+        wanted += list(GPU_SECTIONS)
     results: dict[str, dict[str, Any]] = {}
     for name in wanted:
         print(f"[bench] {name} …", flush=True)
-        reps = args.reps if name in ("tiny", "large", "startup", "closed_form") else max(
-            1, args.reps // 3)
-        results[name] = SECTIONS[name](reps)
+        reps = args.reps if name in ("tiny", "large", "startup", "closed_form", *GPU_SECTIONS
+                                     ) else max(1, args.reps // 3)
+        results[name] = sections[name](reps)
         print(json.dumps({k: v for k, v in results[name].items() if not isinstance(v, list)},
                          indent=1), flush=True)
     text = render(environment(), results)

@@ -40,6 +40,17 @@ def test_default_run_from_any_directory(tmp_path: Path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 300
+    # The command ends its process without Python's teardown: everything is on disk.
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    events = EventMultiplexer(size_guidance={"images": 0})  # 0: keep every image
+    events.AddRunsFromDirectory(str(run_dir / "tensorboard"))
+    events.Reload()
+    acc = events.GetAccumulator(".")
+    assert acc.Scalars("val/loss")[-1].step == 300
+    assert acc.Scalars("train/loss_epoch")[-1].step == 300
+    assert "_hparams_/session_end_info" in acc.PluginTagToContent("hparams")
+    assert len(acc.Images("plots/fit")) == 10
     # The closing summary names the run dir and how to review it.
     assert "learned weight" in out.stdout
     assert f"tensorboard --logdir {run_dir}" in out.stdout

@@ -1,4 +1,4 @@
-"""What reglab's console commands share: one-line errors and exit statuses.
+"""What reglab's console commands share: one-line errors, exit statuses, a quick exit.
 
 Imports nothing heavy: these run before (or instead of) torch.
 """
@@ -31,3 +31,37 @@ def run_hydra_app(app: Callable[[], object]) -> None:
         if exc.code == 1:
             sys.exit(BAD_INPUT)
         raise
+
+
+def run_console(main: Callable[[], object]) -> NoReturn:
+    """Run a console command, then end the process without Python's teardown once torch
+    is loaded.
+
+    Tearing down torch's and Lightning's modules takes 1.5–2 s on a 2-core machine and
+    writes nothing a finished command needs: its files are closed, its TensorBoard
+    writers flushed, and logging is shut down here first. Exceptions other than
+    ``SystemExit`` propagate as usual, with the usual teardown.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = _status(exc.code)
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _status(code: object) -> int:
+    """The process status ``sys.exit(code)`` would give."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1

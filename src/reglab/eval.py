@@ -155,5 +155,10 @@ def main() -> None:
     cli.run_hydra_app(_main)
 
 
+def console() -> None:
+    """``reglab-eval``: :func:`main`, ending the process as soon as its work is done."""
+    cli.run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    console()
