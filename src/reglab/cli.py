@@ -34,21 +34,19 @@ def run_hydra_app(app: Callable[[], object]) -> None:
 
 
 def run_console(main: Callable[[], object]) -> NoReturn:
-    """Run a console command, then end the process without Python's teardown once torch
-    is loaded.
+    """Run a console command, then end the process without Python's teardown.
 
-    Tearing down torch's and Lightning's modules takes 1.5–2 s on a 2-core machine and
-    writes nothing a finished command needs: its files are closed, its TensorBoard
-    writers flushed, and logging is shut down here first. Exceptions other than
-    ``SystemExit`` propagate as usual, with the usual teardown.
+    Tearing down torch's and Lightning's modules takes 1.5–2 s on a 2-core machine (a
+    sweep's parent, with matplotlib and Hydra's plugins loaded, about 0.4 s) and writes
+    nothing a finished command needs: its files are closed, its TensorBoard writers
+    flushed, and logging is shut down here first. Exceptions other than ``SystemExit``
+    propagate as usual, with the usual teardown.
     """
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = _status(exc.code)
-    if "torch" not in sys.modules:
-        sys.exit(code)
     import logging
 
     logging.shutdown()
