@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ class SweepReport(Callback):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """When the jobs run in other processes (joblib, submitit), this one only waits:
-        load the charts' plotting library meanwhile, so the report follows the last job
-        at once instead of paying that import (about 0.4 s) after it."""
-        launcher = str((config.hydra.get("launcher") or {}).get("_target_", ""))
-        if self.enabled and launcher and "BasicLauncher" not in launcher:
-            threading.Thread(target=_preload_report, name="reglab-report-preload",
-                             daemon=True).start()
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
@@ -46,12 +36,3 @@ class SweepReport(Callback):
             return
         print(report.markdown, flush=True)
         failed_jobs[:] = [row["job"] for row in report.rows if row["status"] != "completed"]
-
-
-def _preload_report() -> None:
-    try:
-        from reglab.sweep_report import preload
-
-        preload()
-    except Exception:  # the report imports it again and reports any failure there
-        log.debug("sweep report preload failed", exc_info=True)

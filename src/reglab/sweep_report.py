@@ -151,15 +151,6 @@ def _is_log_axis(values: list[Any]) -> bool:
     return len(nums) == len(values) and min(nums) > 0 and max(nums) / min(nums) >= 10
 
 
-def preload() -> None:
-    """Import the plotting library the charts use (matplotlib with the Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.colors
-    import matplotlib.pyplot
-
-
 def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> bool:
     """Final val loss over the swept axes: a heat map for two keys, a line for one."""
     if not swept or not any((_num(r["val_loss"]) or 0) > 0 for r in rows):
