@@ -272,6 +272,11 @@ def main() -> None:
     from reglab import sweep_callbacks
 
     try:
+        if cli.fast_help("train", sys.argv):
+            sys.exit(0)
+    except Exception as exc:  # a --help whose overrides do not compose
+        cli.fail("reglab-train", exc)
+    try:
         sys.argv = _resume_argv(sys.argv)
     except validate.ReglabError as exc:
         cli.fail("reglab-train", exc)
