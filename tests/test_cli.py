@@ -71,6 +71,7 @@ def test_default_run_from_any_directory(tmp_path: Path):
     # The closing summary names the run dir and how to review it.
     assert "learned weight" in out.stdout
     assert f"tensorboard --logdir {run_dir}" in out.stdout
+    assert "Warning" not in out.stderr and "transfer_batch_to_device" not in out.stderr
 
 
 def test_module_entry_point_multirun(tmp_path: Path):

@@ -134,6 +134,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # reglab writes step scalars itself, so Lightning's own logging interval is moot.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # The module's transfer hook (pass-through for batches already on the device) is
+    # meant to win over the data module's; Lightning warns that it does.
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 
 
 def _hydra_choices() -> dict[str, str]:
