@@ -141,3 +141,26 @@ def test_resume_goes_on_from_the_data_epoch_reached(run_train, tmp_path):
                         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert more["epochs"] == 330 and more["steps"] == 330
     assert more["params"] == whole["params"]
+
+
+def test_module_trains_from_a_stock_dataloader():
+    """The Lightning module also takes plain [x, y] batches, one data epoch per
+    Lightning epoch, from any loader."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from reglab.models import LinearRegression
+    from reglab.module import RegressionModule
+
+    x = torch.linspace(0, 10, 11).unsqueeze(1)
+    module = RegressionModule(LinearRegression(1), partial(torch.optim.SGD, lr=0.01),
+                              torch.nn.MSELoss())
+    trainer = pl.Trainer(max_epochs=300, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(module, DataLoader(TensorDataset(x, 2 * x + 1), batch_size=11))
+    assert module.epochs_done == 300 and trainer.global_step == 300
+    assert [e for e, _ in module.history["train_loss"]] == [*range(0, 300, 50), 299]
+    assert abs(module.model.params()["weight"][0][0] - 2) < 0.05

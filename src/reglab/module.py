@@ -222,7 +222,7 @@ class RegressionModule(pl.LightningModule):
         """
         opt = self.optimizers()
         tally = self._tally
-        if isinstance(batch, tuple):
+        if len(batch) == 2 and isinstance(batch[0], torch.Tensor):  # (x, y), or [x, y]
             batch = [(batch[0], batch[1], self.current_epoch, False)]
         every = max(1, int(self.trainer.log_every_n_steps))
         step_fn = self._lbfgs_step if isinstance(opt.optimizer, torch.optim.LBFGS) else (
