@@ -41,6 +41,13 @@ def test_help_page_is_hydras_own(tmp_path: Path):
         hydras = run_cli([sys.executable, "-c", hydra_code, *args], cwd=tmp_path)
         assert ours.returncode == 0, ours.stderr
         assert ours.stdout == hydras.stdout and "== Config groups" in ours.stdout, args
+    for command in ("eval", "predict"):
+        code = (f"import sys; sys.argv = ['reglab-{command}', '--help']\n"
+                f"from reglab.{command} import _main\n"
+                "try:\n    _main()\nexcept SystemExit:\n    pass\n")
+        ours = run_cli([script(f"reglab-{command}"), "--help"], cwd=tmp_path)
+        hydras = run_cli([sys.executable, "-c", code], cwd=tmp_path)
+        assert ours.returncode == 0 and ours.stdout == hydras.stdout, command
     bad = run_cli([script("reglab-train"), "experiment=nope", "--help"], cwd=tmp_path)
     assert bad.returncode == 2 and "Could not find 'experiment/nope'" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -72,6 +72,17 @@ _HYDRA_ONLY = ("--hydra-help", "--cfg", "-c", "--info", "-i", "--package", "-p",
                "--config-dir", "-cd", "--experimental-rerun")
 
 
+def answer_help(prog: str, config_name: str, argv: list[str]) -> None:
+    """Exit 0 after printing a plain ``--help`` page (see :func:`fast_help`), or 2 with
+    one line when its overrides do not compose; return otherwise."""
+    try:
+        handled = fast_help(config_name, argv)
+    except Exception as exc:
+        fail(prog, exc)
+    if handled:
+        sys.exit(0)
+
+
 def fast_help(config_name: str, argv: list[str]) -> bool:
     """Print the ``--help`` page Hydra would print for ``config_name``; False when this
     is not a plain ``--help`` request (Hydra then answers as usual).

@@ -152,6 +152,7 @@ def main() -> None:
     args = sys.argv[1:]
     _data_overrides = [a for a in args if a.lstrip("+~").startswith(("data=", "data."))]
     sys.argv = [sys.argv[0], *(a for a in args if a not in _data_overrides)]
+    cli.answer_help("reglab-eval", "eval", sys.argv)
     cli.run_hydra_app(_main)
 
 

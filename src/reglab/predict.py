@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point: ``reglab-predict ckpt_path=<file> x=… | input_path=…``."""
+    cli.answer_help("reglab-predict", "predict", sys.argv)
     cli.run_hydra_app(_main)
 
 

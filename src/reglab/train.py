@@ -274,11 +274,7 @@ def main() -> None:
     """
     from reglab import sweep_callbacks
 
-    try:
-        if cli.fast_help("train", sys.argv):
-            sys.exit(0)
-    except Exception as exc:  # a --help whose overrides do not compose
-        cli.fail("reglab-train", exc)
+    cli.answer_help("reglab-train", "train", sys.argv)
     try:
         sys.argv = _resume_argv(sys.argv)
     except validate.ReglabError as exc:
