@@ -92,7 +92,7 @@ class FitProgressBar(ProgressBar):
         self.refresh_seconds = float(refresh_seconds)
         self._enabled = True
         self._bar: Any = None
-        self._pending = False  # the bar is due once the fit has run refresh_seconds
+        self._wanted = False  # a bar opens once the fit has run refresh_seconds
         self._last_draw = 0.0
 
     def disable(self) -> None:
@@ -102,7 +102,7 @@ class FitProgressBar(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._pending = self._enabled and trainer.is_global_zero
+        self._wanted = self._enabled and trainer.is_global_zero
         self._last_draw = time.monotonic()
 
     def _open(self, trainer: pl.Trainer) -> None:
@@ -124,12 +124,11 @@ class FitProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._bar is None and not self._pending:
+        if not self._wanted:
             return
         now = time.monotonic()
         if now - self._last_draw >= self.refresh_seconds:
             if self._bar is None:
-                self._pending = False
                 self._open(trainer)
             self._draw(trainer)
             self._last_draw = now
@@ -145,7 +144,6 @@ class FitProgressBar(ProgressBar):
         self._bar.update(max(0, trainer.global_step - self._bar.n))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._pending = False
         if self._bar is None:
             return
         self._draw(trainer)
@@ -177,7 +175,7 @@ class FitPlots(pl.Callback):
         self._states: list[tuple[int, int, dict[str, Any]]] = []
         self._path: list[list[float]] = []
         self._every = 1
-        self._track_path = False
+        self._param_vector: Any = None  # set when the landscape applies
         #: Wall time spent drawing, which the run reports apart from the fit's own time.
         self.draw_seconds = 0.0
 
@@ -194,15 +192,15 @@ class FitPlots(pl.Callback):
         self._every = max(1, math.ceil(max_epochs / max(1, self.frames - 1)))
         done = int(getattr(pl_module, "epochs_done", trainer.current_epoch))
         self._states = [(done, trainer.global_step, self._state(pl_module))]
-        self._track_path = figures.landscape_applies(pl_module.model, pl_module.loss_fn)
-        self._path = [figures.param_vector(pl_module.model)] if self._track_path else []
+        # Read every data epoch, so resolved once here rather than imported each time.
+        self._param_vector = (figures.param_vector if figures.landscape_applies(
+            pl_module.model, pl_module.loss_fn) else None)
+        self._path = [] if self._param_vector is None else [self._param_vector(pl_module.model)]
 
     def on_data_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = int(pl_module.epochs_done)
-        if self._track_path:
-            from reglab.figures import param_vector
-
-            self._path.append(param_vector(pl_module.model))
+        if self._param_vector is not None:
+            self._path.append(self._param_vector(pl_module.model))
         if done % self._every == 0:
             self._states.append((done, trainer.global_step, self._state(pl_module)))
 

@@ -66,10 +66,8 @@ def _status(code: object) -> int:
     return 1
 
 
-#: Flags that ask Hydra for something other than the app's help page.
-_HYDRA_ONLY = ("--hydra-help", "--cfg", "-c", "--info", "-i", "--package", "-p",
-               "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--experimental-rerun")
+#: The flags a plain ``--help`` request may carry; any other goes to Hydra.
+_HELP_FLAGS = frozenset({"--help", "-h", "--resolve", "-m", "--multirun"})
 
 
 def answer_help(prog: str, config_name: str, argv: list[str]) -> None:
@@ -95,15 +93,10 @@ def fast_help(config_name: str, argv: list[str]) -> bool:
     own groups or flags) goes back to Hydra; a config that does not compose raises
     Hydra's error, for the caller to report in one line.
     """
-    args = argv[1:]
-    if not any(a in ("--help", "-h") for a in args) or any(
-            a.split("=", 1)[0] in _HYDRA_ONLY for a in args):
+    flags = {a for a in argv[1:] if a.startswith("-")}
+    if not flags & {"--help", "-h"} or not flags <= _HELP_FLAGS:
         return False
-    resolve = "--resolve" in args
-    overrides = [a for a in args if not a.startswith("-")]
-    if any(a.startswith("-") and a not in ("--help", "-h", "--resolve", "-m", "--multirun")
-           for a in args):
-        return False
+    overrides = [a for a in argv[1:] if not a.startswith("-")]
     import string
 
     from omegaconf import OmegaConf, open_dict, read_write
@@ -118,7 +111,7 @@ def fast_help(config_name: str, argv: list[str]) -> bool:
         del cfg["hydra"]
     print(string.Template(template).substitute(
         APP_CONFIG_GROUPS=_config_groups(CONF_DIR),
-        CONFIG=OmegaConf.to_yaml(cfg, resolve=resolve)))
+        CONFIG=OmegaConf.to_yaml(cfg, resolve="--resolve" in flags)))
     return True
 
 

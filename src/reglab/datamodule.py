@@ -33,7 +33,7 @@ class TensorBatches:
 
     When shuffling, data epoch ``e`` uses a permutation seeded by ``(seed, e)``, so the
     order depends on the epoch number alone and a resumed run sees the same batches.
-    Iterating the object itself gives epoch ``self.epoch`` (validation and test).
+    Iterating the object itself gives epoch 0's batches (validation and test).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
@@ -44,7 +44,6 @@ class TensorBatches:
         self.batch_size = n if batch_size is None else min(int(batch_size), n)
         self.shuffle = shuffle
         self.seed = int(seed)
-        self.epoch = 0
         #: Data-parallel training: every rank walks the same (global) batches and keeps
         #: its own share of each; gradient averaging makes the step the global batch's.
         self.rank, self.world_size = int(rank), max(1, int(world_size))
@@ -60,7 +59,7 @@ class TensorBatches:
         return self.num_minibatches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.minibatches(self.epoch)
+        return self.minibatches(0)
 
     def minibatches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's mini-batches of data epoch ``epoch``."""
@@ -271,6 +270,12 @@ class RegressionDataModule(pl.LightningDataModule):
     @property
     def num_features(self) -> int:
         return self.prepare().num_features
+
+    @property
+    def val_is_train(self) -> bool:
+        """Whether validation uses the training rows (``val_fraction=0``)."""
+        self.prepare()
+        return self.splits["val"] is self.splits["train"]
 
     @property
     def has_test(self) -> bool:

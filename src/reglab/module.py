@@ -225,8 +225,8 @@ class RegressionModule(pl.LightningModule):
         if len(batch) == 2 and isinstance(batch[0], torch.Tensor):  # (x, y), or [x, y]
             batch = [(batch[0], batch[1], self.current_epoch, False)]
         every = max(1, int(self.trainer.log_every_n_steps))
-        step_fn = self._lbfgs_step if isinstance(opt.optimizer, torch.optim.LBFGS) else (
-            self._plain_step_fn if self._plain_step else self._lightning_step)
+        step_fn = (self._lbfgs_step if isinstance(opt.optimizer, torch.optim.LBFGS)
+                   else self._gradient_step)
         # Read once per batch: every entry's tensors sit on one device, and each step
         # below advances Lightning's step counter by one.
         on_host = not batch or batch[0][0].device.type == "cpu"
@@ -255,26 +255,22 @@ class RegressionModule(pl.LightningModule):
     # Each returns the loss and, where it is on the host (CPU) or wanted (a logging
     # step), its value. A non-finite value is caught before the weights take the step,
     # except with L-BFGS, which only shows its loss after.
-    def _plain_step_fn(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
+    def _gradient_step(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
                        ) -> tuple[torch.Tensor, float | None]:
-        """Bypasses Lightning's precision and hook dispatch, which do nothing here; its
-        step counter (and profiler) is still kept."""
         loss = self.loss_fn(self.model(x), y)
         # Reading a CPU scalar is free; on a GPU it is a sync, so only at log points.
         value = loss.item() if read else None
-        if value is None or math.isfinite(value):
+        if value is not None and not math.isfinite(value):
+            return loss, value
+        if self._plain_step:
+            # Lightning's precision and hook dispatch do nothing here; its step counter
+            # (and profiler) is still kept.
             opt._on_before_step()
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             opt.optimizer.step()
             opt._on_after_step()
-        return loss, value
-
-    def _lightning_step(self, opt: Any, x: torch.Tensor, y: torch.Tensor, read: bool
-                        ) -> tuple[torch.Tensor, float | None]:
-        loss = self.loss_fn(self.model(x), y)
-        value = loss.item() if read else None
-        if value is None or math.isfinite(value):
+        else:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()

@@ -74,10 +74,10 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
 
     train_loss = loss("train")
-    val_is_train = datamodule.splits["val"] is datamodule.splits["train"]
     record: dict[str, Any] = {
         "params": {"weight": [solution.weight.tolist()], "bias": solution.bias},
-        "train_loss": train_loss, "val_loss": train_loss if val_is_train else loss("val"),
+        "train_loss": train_loss,
+        "val_loss": train_loss if datamodule.val_is_train else loss("val"),
         "test": None,
         "condition_number": solution.condition, "rank": solution.rank,
     }
@@ -246,7 +246,7 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
     """
     model, loss_fn = module.model, module.loss_fn
     train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"]))
-    val_is_train = datamodule.splits["val"] is datamodule.splits["train"]
+    val_is_train = datamodule.val_is_train
     losses = {"train": train_loss, "val": train_loss if val_is_train else _finite_or_none(
         split_loss(model, loss_fn, *datamodule.splits["val"]))}
     params = model.params() if hasattr(model, "params") else None
