@@ -71,7 +71,7 @@ def test_default_run_from_any_directory(tmp_path: Path):
     events.AddRunsFromDirectory(str(run_dir / "tensorboard"))
     events.Reload()
     acc = events.GetAccumulator(".")
-    assert [e.step for e in acc.Scalars("val/loss")] == [200]  # every 200 epochs (line)
+    assert [e.step for e in acc.Scalars("val/loss")] == [199]  # every 200 epochs (line)
     assert acc.Scalars("train/loss_epoch")[-1].step == 300
     assert "_hparams_/session_end_info" in acc.PluginTagToContent("hparams")
     assert len(acc.Images("plots/fit")) == 10

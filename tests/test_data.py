@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reglab import datagen
-from reglab.datamodule import RegressionDataModule, TensorBatches, TrainRounds, plan_rounds
+from reglab.datamodule import RegressionDataModule, TensorBatches, TrainBatches
 
 
 def test_generators_are_seeded():
@@ -42,56 +42,25 @@ def test_full_batch_is_the_whole_split():
     assert len(batches) == 1 and batches[0][0].shape == (11, 1)
 
 
-def test_rounds_tag_each_step_with_its_epoch_and_mark_epoch_ends():
-    x = torch.arange(10, dtype=torch.float32).unsqueeze(1)
-    claims = [range(0, 3), range(3, 4), range(4, 4)]
-    rounds = TrainRounds(TensorBatches(x, x, batch_size=4), block=4, epochs_per_round=3,
-                         claim=lambda: claims.pop(0))
-    assert rounds.num_minibatches == 3 and len(rounds) == 3  # 9 steps in blocks of 4
-    first = list(rounds)
-    assert [len(b) for b in first] == [4, 4, 1]
-    entries = [e for b in first for e in b]
-    assert [(epoch, last) for _, _, epoch, last in entries] == [
-        (0, False), (0, False), (0, True), (1, False), (1, False), (1, True),
-        (2, False), (2, False), (2, True)]
-    assert [[e[2] for e in b] for b in list(rounds)] == [[3, 3, 3]]  # a shorter last round
-    iter(rounds)  # an iterator that is never read claims nothing
-    assert len(claims) == 1
-
-
-@pytest.mark.parametrize(("steps", "block", "every", "expected"), [
-    (1, 100, 100, (100, 1)),   # the line job: 100 one-step epochs a round, val each
-    (1, 100, 10, (100, 1)),    # validation at most once a round, on a multiple of 10
-    (1, 100, 1, (100, 1)),
-    (1, 100, 300, (100, 3)),
-    (1, 100, 250, (50, 5)),    # a round length that divides the interval
-    (6, 100, 1, (16, 1)),      # 16 six-step epochs fit in a batch of 100 steps
-    (6, 100, 7, (14, 1)),
-    (120, 100, 1, (1, 1)),     # epochs longer than a batch: one per round
-    (1, 1, 10, (1, 10)),       # steps_per_batch=1: stock Lightning
-    (1, 100, None, (1, None)),  # step-based validation: no rounds
-])
-def test_plan_rounds(steps, block, every, expected):
-    assert plan_rounds(steps, block, every) == expected
-    k, rounds = expected
-    if every is not None and k > 1:
-        assert (k * rounds) % every == 0  # validation lands on a multiple of every
-
-
-def _module(**kw) -> RegressionDataModule:
-    return RegressionDataModule(source=lambda: datagen.linear(num_samples=100, seed=0), **kw)
-
-
-def test_splits_are_disjoint_and_val_defaults_to_train():
-    dm = _module(val_fraction=0.1, test_fraction=0.2, seed=5)
-    dm.prepare()
-    sizes = {k: len(x) for k, (x, _) in dm.splits.items()}
-    assert sizes == {"train": 70, "val": 10, "test": 20}
-    rows = torch.cat([x for x, _ in dm.splits.values()])
-    assert torch.unique(rows, dim=0).shape[0] == 100
-    dm0 = _module(test_fraction=0.2)
-    dm0.prepare()
-    assert dm0.splits["val"] is dm0.splits["train"] and dm0.has_test
+def test_train_batches_resume_mid_epoch_in_the_same_order():
+    """Lightning's loader protocol: state_dict says how far into which epoch it got;
+    load_state_dict makes the next pass serve the rest of that epoch, in order."""
+    x = torch.arange(23, dtype=torch.float32).unsqueeze(1)
+    epoch = [3]
+    whole = [bx for bx, _ in TrainBatches(TensorBatches(x, x, 5, shuffle=True, seed=1),
+                                          lambda: epoch[0])]
+    loader = TrainBatches(TensorBatches(x, x, 5, shuffle=True, seed=1), lambda: epoch[0])
+    it = iter(loader)
+    served = [next(it)[0], next(it)[0]]
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches": 2}
+    fresh = TrainBatches(TensorBatches(x, x, 5, shuffle=True, seed=1), lambda: epoch[0])
+    fresh.load_state_dict(state)
+    rest = [bx for bx, _ in fresh]
+    assert len(rest) == 3
+    assert all(torch.equal(a, b) for a, b in zip(served + rest, whole, strict=True))
+    epoch[0] = 4  # the next epoch starts from its first batch again
+    assert len(list(fresh)) == 5
 
 
 def test_too_small_split_is_a_clear_error():
@@ -100,39 +69,20 @@ def test_too_small_split_is_a_clear_error():
         dm.prepare()
 
 
-def test_grouped_steps_equal_one_step_per_lightning_batch(run_train):
-    """Several optimizer steps per Lightning batch, and several data epochs per Lightning
-    epoch, change the pacing, not the arithmetic."""
-    common = ["experiment=noisy_line", "trainer.max_epochs=30", "logger=none",
-              "callbacks=none"]
-    fused, _ = run_train(*common)  # 8 steps an epoch: 12 epochs a Lightning epoch
-    grouped, _ = run_train(*common, "data.steps_per_batch=4")
-    single, _ = run_train(*common, "data.steps_per_batch=1")
-    assert fused["steps"] == grouped["steps"] == single["steps"] == 30 * 8
-    assert fused["epochs"] == grouped["epochs"] == single["epochs"] == 30
-    assert fused["params"] == grouped["params"] == single["params"]
-    assert fused["history"]["train_loss"] == single["history"]["train_loss"]
+def test_one_lightning_epoch_is_one_pass_over_the_data(run_train):
+    """Epochs are Lightning's: validation at every check_val_every_n_epoch, a point of
+    train/loss_epoch for every epoch, a step per mini-batch."""
+    m, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=12",
+                           "trainer.check_val_every_n_epoch=3", "logger=none")
+    assert m["steps"] == 12 * 8 and m["epochs"] == 12
+    assert [e for e, _ in m["history"]["train_loss"]] == list(range(12))
+    assert [e for e, _ in m["history"]["val_loss"]] == [2, 5, 8, 11]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
 
 
-def test_short_epochs_fused_keep_steps_logging_and_validation(run_train):
-    """The line job: 1000 one-step epochs run 100 to a Lightning epoch."""
-    fused, run_dir = run_train("trainer.max_epochs=250", "trainer.check_val_every_n_epoch=50")
-    stock, _ = run_train("trainer.max_epochs=250", "trainer.check_val_every_n_epoch=50",
-                         "data.steps_per_batch=1")
-    assert fused["steps"] == stock["steps"] == 250 and fused["epochs"] == 250
-    assert fused["params"] == stock["params"]
-    # Epoch scalars for the epochs holding a logging step (every 50), and the last.
-    logged = [e for e, _ in fused["history"]["train_loss"]]
-    assert logged == [0, 50, 100, 150, 200, 249]
-    assert logged == [e for e, _ in stock["history"]["train_loss"]]
-    # Rounds of 100 epochs (a multiple of 50): validation once a round, and at the end.
-    assert [e for e, _ in fused["history"]["val_loss"]] == [99, 199, 249]
-    assert [e for e, _ in stock["history"]["val_loss"]] == [49, 99, 149, 199, 249]
-    assert (run_dir / "checkpoints" / "best-epoch0249.ckpt").is_file()
-
-
-def test_resume_goes_on_from_the_data_epoch_reached(run_train, tmp_path):
-    """A finished fused run resumed for more epochs ends where one longer run ends."""
+def test_resume_goes_on_from_the_epoch_reached(run_train, tmp_path):
+    """A finished run resumed for more epochs ends where one longer run ends."""
     whole, _ = run_train("trainer.max_epochs=330", "logger=none", "callbacks.plots=null")
     first, run_dir = run_train("trainer.max_epochs=150", "logger=none",
                                "callbacks.plots=null")
@@ -144,8 +94,7 @@ def test_resume_goes_on_from_the_data_epoch_reached(run_train, tmp_path):
 
 
 def test_module_trains_from_a_stock_dataloader():
-    """The Lightning module also takes plain [x, y] batches, one data epoch per
-    Lightning epoch, from any loader."""
+    """The Lightning module also takes plain [x, y] batches from any loader."""
     from functools import partial
 
     import pytorch_lightning as pl
@@ -161,6 +110,6 @@ def test_module_trains_from_a_stock_dataloader():
                          enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu")
     trainer.fit(module, DataLoader(TensorDataset(x, 2 * x + 1), batch_size=11))
-    assert module.epochs_done == 300 and trainer.global_step == 300
-    assert [e for e, _ in module.history["train_loss"]] == [*range(0, 300, 50), 299]
+    assert trainer.current_epoch == 300 and trainer.global_step == 300
+    assert [e for e, _ in module.history["train_loss"]] == list(range(300))
     assert abs(module.model.params()["weight"][0][0] - 2) < 0.05

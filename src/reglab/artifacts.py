@@ -2,7 +2,9 @@
 
 The file holds only tensors, strings, numbers and lists, so it loads with
 ``torch.load(path, weights_only=True)`` and rebuilds with :func:`load_model` — no
-Lightning, no Hydra, and no unpickling of arbitrary objects.
+Lightning, no Hydra, and no unpickling of arbitrary objects. It names the model's class
+by its import path with the constructor's arguments; a class outside reglab is imported
+(which runs its module's code) only when the caller allows its package.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ FORMAT_VERSION = 1
 
 
 def save_model(model: nn.Module, path: str | os.PathLike[str],
-               scaling: Scaling | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (and the data scaling it was trained with) to ``path`` atomically."""
-    name = type(model).__name__
-    if name not in MODEL_CLASSES or not hasattr(model, "init_kwargs"):
-        raise TypeError(f"save_model: {name} is not a reglab model "
-                        f"(expected one of {', '.join(MODEL_CLASSES)})")
+               scaling: Scaling | None = None, extra: dict[str, Any] | None = None,
+               kwargs: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and the data scaling it was trained with) to ``path`` atomically.
+
+    ``kwargs`` are the constructor arguments that rebuild it (reglab's models record
+    their own as ``init_kwargs``); they must be plain values: numbers, strings, lists.
+    """
+    cls = type(model)
+    if kwargs is None:
+        kwargs = getattr(model, "init_kwargs", None)
+    if kwargs is None:
+        raise TypeError(f"save_model: pass kwargs= for {cls.__qualname__}: the constructor "
+                        "arguments that rebuild it")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "reglab_version": __version__,
-        "model": {"class": name, "kwargs": dict(model.init_kwargs)},
+        "model": {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": dict(kwargs)},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "scaling": (scaling or Scaling()).to_dict(),
         "extra": extra or {},
@@ -80,12 +89,48 @@ class Trained:
             else self.model
 
 
-def _build(path: Path, name: Any, kwargs: Any, state: dict[str, Any]) -> nn.Module:
-    cls = MODEL_CLASSES.get(name)
-    if cls is None:
-        raise ReglabError(f"{path}: unknown model class {name!r}; expected one of "
-                          f"{', '.join(MODEL_CLASSES)}")
-    model = cls(**kwargs)
+def _allowed(module: str, allow: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in ("reglab", *allow))
+
+
+def model_class(name: Any, allow_modules: tuple[str, ...] = (), where: str = "model"
+                ) -> type[nn.Module]:
+    """The class ``name`` (``"pkg.mod.Class"``; reglab's short names are accepted too),
+    imported only when it is reglab's or its module is under one of ``allow_modules``."""
+    import importlib
+
+    if not isinstance(name, str) or not name:
+        raise ReglabError(f"{where}: names no model class")
+    if name in MODEL_CLASSES:  # files written before classes were named by path
+        return MODEL_CLASSES[name]
+    module, _, qualname = name.rpartition(".")
+    if not module:
+        raise ReglabError(f"{where}: unknown model class {name!r}")
+    if not _allowed(module, tuple(allow_modules)):
+        top = module.split(".")[0]
+        raise ReglabError(
+            f"{where}: the model class {name} is not reglab's; rebuilding it imports "
+            f"{module}, which runs that module's code. If you trust it, allow it: "
+            f"load_model(path, allow_modules=['{top}']), or allow_modules=[{top}] on the "
+            "reglab-eval / reglab-predict command line")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ReglabError(f"{where}: cannot import the model class {name} ({exc}); is its "
+                          "package installed, or on PYTHONPATH?") from None
+    return obj
+
+
+def _build(path: Path, name: Any, kwargs: Any, state: dict[str, Any],
+           allow_modules: tuple[str, ...] = ()) -> nn.Module:
+    cls = model_class(name, allow_modules, where=str(path))
+    try:
+        model = cls(**(kwargs or {}))
+    except Exception as exc:
+        raise ReglabError(f"{path}: {name}({kwargs}) could not be built: "
+                          f"{type(exc).__name__}: {exc}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -94,8 +139,11 @@ def _build(path: Path, name: Any, kwargs: Any, state: dict[str, Any]) -> nn.Modu
     return model.eval()
 
 
-def read_trained(path: str | os.PathLike[str]) -> Trained:
-    """Read ``model.pt`` or a reglab Lightning checkpoint (``.ckpt``), safely."""
+def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Trained:
+    """Read ``model.pt`` or a reglab Lightning checkpoint (``.ckpt``), safely: the file
+    is loaded as weights only, and a model class outside reglab is imported only when
+    its package is in ``allow_modules``."""
+    allow = tuple(str(a) for a in (allow_modules or ()))
     path = Path(path).expanduser()
     payload = _safe_load(path, "model file or checkpoint")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
@@ -103,7 +151,8 @@ def read_trained(path: str | os.PathLike[str]) -> Trained:
             raise ReglabError(f"{path}: model file format {payload.get('format_version')} is "
                               f"not supported (this reglab reads {FORMAT_VERSION})")
         spec = payload["model"]
-        model = _build(path, spec.get("class"), spec.get("kwargs"), payload["state_dict"])
+        model = _build(path, spec.get("class"), spec.get("kwargs"), payload["state_dict"],
+                       allow)
         data = (payload.get("extra") or {}).get("data") or {}
         scaling = Scaling.from_dict(payload.get("scaling"))
     elif isinstance(payload, dict) and isinstance(payload.get("reglab"), dict):
@@ -114,7 +163,8 @@ def read_trained(path: str | os.PathLike[str]) -> Trained:
                               f"{FORMAT_VERSION}")
         state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
                  if k.startswith("model.")}
-        model = _build(path, stamp.get("model"), stamp.get("model_kwargs"), state)
+        model = _build(path, stamp.get("model_class") or stamp.get("model"),
+                       stamp.get("model_kwargs"), state, allow)
         data = stamp.get("data") or {}
         scaling = Scaling.from_dict(stamp.get("scaling"))
     else:
@@ -122,13 +172,15 @@ def read_trained(path: str | os.PathLike[str]) -> Trained:
     return Trained(model, scaling, data.get("features"), data.get("target"))
 
 
-def load_model(path: str | os.PathLike[str]) -> nn.Module:
+def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Module:
     """Rebuild a trained model from ``model.pt`` (or a checkpoint), in eval mode.
 
     It takes inputs and returns predictions in the data's own units: the
-    standardization it was trained with, if any, is applied around it.
+    standardization it was trained with, if any, is applied around it. A model class
+    of your own is imported only when you allow its package:
+    ``load_model(path, allow_modules=["mymodels"])``.
     """
-    return read_trained(path).standardized()
+    return read_trained(path, allow_modules).standardized()
 
 
 def check_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:

@@ -2,7 +2,8 @@
 
 Stock Lightning redraws its progress bar and may write a checkpoint every epoch; on a
 1000-epoch fit of an 11-point line those cost far more than the model. These keep the
-same behaviour a person relies on, paced by wall-clock time instead of by step.
+same behaviour a person relies on, paced by wall-clock time instead of by step, through
+Lightning's public callback and plugin APIs only.
 """
 
 from __future__ import annotations
@@ -12,70 +13,74 @@ import os
 import sys
 import time
 from typing import Any
-from weakref import proxy
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 
-class ThrottledCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that writes at most once every ``min_interval_seconds``.
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing to a temporary file renamed into place, so
+    a kill mid-write never leaves a truncated checkpoint where the last good one was.
 
-    The final epoch, an exception and the end of training always write, so
-    ``last.ckpt`` is current when a run ends; in between, the best checkpoint is the best
-    among the epochs at which a write was due.
+    A ``CheckpointIO`` plugin (``trainer.plugins``): every checkpoint Lightning writes,
+    from any callback or ``trainer.save_checkpoint``, goes through it.
     """
 
-    def __init__(self, *args: Any, min_interval_seconds: float = 5.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.min_interval_seconds = float(min_interval_seconds)
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        path = os.fspath(path)
+        partial = f"{path}.part"
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+class LastCheckpoint(pl.Callback):
+    """Keeps ``<dirpath>/last.ckpt`` current: at the end of a training epoch when
+    ``every_seconds`` have passed since the last write, and always when the fit ends
+    (finished, stopped early or interrupted by a signal), so a run can be resumed.
+
+    After a divergence it writes nothing more: the last finite state is the one kept.
+    Stock ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` every epoch, which on
+    a 1000-epoch fit of a two-parameter model costs far more than the fit itself.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt",
+                 every_seconds: float = 5.0) -> None:
+        super().__init__()
+        self.dirpath = str(dirpath)
+        self.filename = filename
+        self.every_seconds = float(every_seconds)
         self._last_write: float | None = None
+        self._saved_step: int | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.dirpath, self.filename)
 
     @staticmethod
-    def _diverged(trainer: pl.Trainer) -> bool:
-        return getattr(trainer.lightning_module, "diverged_at_step", None) is not None
+    def _may_save(trainer: pl.Trainer) -> bool:
+        module = trainer.lightning_module
+        return (not trainer.fast_dev_run and not trainer.sanity_checking
+                and getattr(module, "diverged_at_step", None) is None)
 
-    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
-        if super()._should_skip_saving_checkpoint(trainer) or self._diverged(trainer):
-            return True  # after divergence, the last finite checkpoint is the one to keep
-        if self.min_interval_seconds <= 0 or self._last_write is None:
-            return False
-        # The module stops the fit after the last data epoch, so this marks the end.
-        final = trainer.should_stop
-        skip = not final and time.monotonic() - self._last_write < self.min_interval_seconds
-        if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or none saves
-            skip = bool(trainer.strategy.broadcast(skip, src=0))
-        return skip
-
-    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, Any]:
-        """``{epoch}`` in file names is the last data epoch, not Lightning's round."""
-        import torch
-
-        candidates = super()._monitor_candidates(trainer)
-        done = getattr(trainer.lightning_module, "epochs_done", None)
-        if done is not None:
-            candidates["epoch"] = torch.tensor(max(0, done - 1))
-        return candidates
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._may_save(trainer):
+            return
+        due = (self._last_write is None
+               or time.monotonic() - self._last_write >= self.every_seconds)
+        if trainer.world_size > 1:  # clocks differ: every rank follows rank 0
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        if due:
+            self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Make ``last.ckpt`` current however the fit ended (but never after divergence)."""
-        if self.save_last and not self._diverged(trainer) and (
-                self._last_global_step_saved != trainer.global_step):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self._may_save(trainer) and self._saved_step != trainer.global_step:
+            self._save(trainer)
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        """Write to a temporary file and rename it, so a kill mid-write never leaves a
-        truncated checkpoint where the last good one was."""
-        partial = f"{filepath}.part"
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-        # The bookkeeping ModelCheckpoint._save_checkpoint does after writing:
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
         self._last_write = time.monotonic()
 
 
@@ -108,16 +113,7 @@ class FitProgressBar(ProgressBar):
     def _open(self, trainer: pl.Trainer) -> None:
         from tqdm.auto import tqdm
 
-        # Optimizer steps, not Lightning batches (a batch may carry several steps).
-        loader = trainer.train_dataloader
-        per_epoch = getattr(loader, "num_minibatches", None)
-        if per_epoch is not None and trainer.max_epochs and trainer.max_epochs > 0:
-            limit = trainer.limit_train_batches
-            if isinstance(limit, float) and limit < 1.0:
-                per_epoch = max(1, int(per_epoch * limit))
-            total = float(per_epoch * trainer.max_epochs)
-        else:
-            total = trainer.estimated_stepping_batches
+        total = float(trainer.estimated_stepping_batches)  # optimizer steps in the fit
         self._bar = tqdm(total=None if not math.isfinite(total) else int(total),
                          initial=trainer.global_step, unit="step", dynamic_ncols=True,
                          file=sys.stderr, mininterval=self.refresh_seconds, leave=True)
@@ -134,12 +130,15 @@ class FitProgressBar(ProgressBar):
             self._last_draw = now
 
     def _draw(self, trainer: pl.Trainer) -> None:
-        latest = getattr(trainer.lightning_module, "latest", {})
-        shown = {name: f"{latest[key]:.4g}" for key, name in
+        latest = trainer.callback_metrics
+        shown = {name: f"{float(latest[key]):.4g}" for key, name in
                  (("train/loss", "train"), ("val/loss", "val")) if key in latest}
-        done = getattr(trainer.lightning_module, "epochs_done", trainer.current_epoch)
-        epoch = min(done + 1, trainer.max_epochs or done + 1)
-        self._bar.set_description(f"epoch {epoch}/{trainer.max_epochs}", refresh=False)
+        epoch = trainer.current_epoch + 1
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epoch = min(epoch, trainer.max_epochs)
+            self._bar.set_description(f"epoch {epoch}/{trainer.max_epochs}", refresh=False)
+        else:
+            self._bar.set_description(f"epoch {epoch}", refresh=False)
         self._bar.set_postfix(shown, refresh=False)
         self._bar.update(max(0, trainer.global_step - self._bar.n))
 
@@ -161,11 +160,9 @@ class FitPlots(pl.Callback):
     """Pictures of the fit: TensorBoard images as it evolves, and PNGs in the run dir.
 
     Model states are copied ``frames`` times over the fit, first and last included (and
-    a one-input linear model's (w, b) every data epoch, for the landscape path; the
-    module calls ``on_data_epoch_end`` after each, however many make a Lightning
-    epoch); drawing waits
-    until training ends, so the figures cost nothing per step. See :mod:`reglab.figures` for which
-    pictures a run gets.
+    a one-input linear model's (w, b) every epoch, for the landscape path); drawing waits
+    until training ends, so the figures cost nothing per step. See :mod:`reglab.figures`
+    for which pictures a run gets; a data module other than reglab's gets none.
     """
 
     def __init__(self, dirpath: str, frames: int = 10) -> None:
@@ -190,15 +187,14 @@ class FitPlots(pl.Callback):
         # ``frames`` images in all, the start and the end included: TensorBoard shows up
         # to 10 per tag unless started with --samples_per_plugin images=N.
         self._every = max(1, math.ceil(max_epochs / max(1, self.frames - 1)))
-        done = int(getattr(pl_module, "epochs_done", trainer.current_epoch))
-        self._states = [(done, trainer.global_step, self._state(pl_module))]
+        self._states = [(trainer.current_epoch, trainer.global_step, self._state(pl_module))]
         # Read every data epoch, so resolved once here rather than imported each time.
         self._param_vector = (figures.param_vector if figures.landscape_applies(
             pl_module.model, pl_module.loss_fn) else None)
         self._path = [] if self._param_vector is None else [self._param_vector(pl_module.model)]
 
-    def on_data_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = int(pl_module.epochs_done)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
         if self._param_vector is not None:
             self._path.append(self._param_vector(pl_module.model))
         if done % self._every == 0:
@@ -224,6 +220,8 @@ class FitPlots(pl.Callback):
         from reglab import figures, plots
 
         datamodule = trainer.datamodule
+        if getattr(datamodule, "splits", None) is None or getattr(datamodule, "data", None) is None:
+            return  # not reglab's data module: no in-memory splits to draw
         out = Path(self.dirpath)
         out.mkdir(parents=True, exist_ok=True)
         writers = [w for w in (getattr(lg, "experiment", None) for lg in trainer.loggers)
@@ -241,7 +239,7 @@ class FitPlots(pl.Callback):
             if self._states and self._states[-1][1] == trainer.global_step:
                 self._states.pop()  # the final state is drawn below, from the model itself
             frames = [(f"epoch {epoch}", state) for epoch, _, state in self._states]
-            final_title = f"epoch {pl_module.epochs_done} (final)"
+            final_title = f"epoch {trainer.current_epoch} (final)"
             drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
             if drawn is not None:
                 animation, images = drawn

@@ -2,16 +2,16 @@
 
 Batches are cut by slicing whole tensors (after one seeded permutation per epoch when
 shuffling) instead of a ``DataLoader`` that fetches and collates rows one at a time:
-on small models the per-row path costs more than the model itself. Training batches
-are lists of mini-batches, and a Lightning epoch may hold several short data epochs,
-so Lightning's own per-batch and per-epoch costs are paid once for many steps.
+on small models the per-row path costs more than the model itself. One Lightning epoch
+is one pass over the training split, one batch one optimizer step, as with a
+``DataLoader``; the training batches are resumable mid-epoch (Lightning's
+``state_dict`` / ``load_state_dict`` protocol for loaders).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -22,10 +22,6 @@ from reglab.validate import DataError
 
 #: Rows per validation/test batch (at least the training batch size).
 EVAL_BATCH_ROWS = 1 << 14
-
-
-#: One training step's worth of data: ``(x, y, data epoch, last mini-batch of that epoch)``.
-Entry = tuple[torch.Tensor, torch.Tensor, int, bool]
 
 
 class TensorBatches:
@@ -61,108 +57,87 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.minibatches(0)
 
-    def minibatches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's mini-batches of data epoch ``epoch``."""
-        batches = self._global(epoch)
+    def minibatches(self, epoch: int, start: int = 0
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's mini-batches of epoch ``epoch``, from the ``start``-th on."""
         if self.world_size == 1:
-            return batches
-        return self._shard(batches)
+            return self._global(epoch, start)
+        return self._shard(self._global(epoch, start), start)
 
-    def _shard(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    def _shard(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], start: int
                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's share of each global batch (shares differ by at most one row)."""
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y) in enumerate(batches, start):
             if i >= self.num_minibatches:
                 return
             lo = x.shape[0] * self.rank // self.world_size
             hi = x.shape[0] * (self.rank + 1) // self.world_size
             yield x[lo:hi], y[lo:hi]
 
-    def _global(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _global(self, epoch: int, start: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.x, self.y
         bs, n = self.batch_size, x.shape[0]
+        first = start * bs
         if bs >= n:  # one batch: its gradient does not depend on the row order
-            yield x, y
+            if start == 0:
+                yield x, y
             return
         if not self.shuffle:
-            for start in range(0, n, bs):
-                yield x[start:start + bs], y[start:start + bs]
+            for lo in range(first, n, bs):
+                yield x[lo:lo + bs], y[lo:lo + bs]
             return
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
         perm = torch.randperm(n, generator=g).to(x.device, non_blocking=True)
         # Gather each batch's rows as it is needed: no shuffled copy of the whole set.
-        for start in range(0, n, bs):
-            idx = perm[start:start + bs]
+        for lo in range(first, n, bs):
+            idx = perm[lo:lo + bs]
             yield x.index_select(0, idx), y.index_select(0, idx)
 
 
-class TrainRounds:
-    """The training iterable: one pass per Lightning epoch (a *round*) over
-    ``epochs_per_round`` data epochs, handed over as lists of ``block`` entries.
+class TrainBatches:
+    """The training split's mini-batches for the epoch Lightning is in.
 
-    Lightning pays a fixed cost per batch and a larger one per epoch; a list of many
-    optimizer steps per batch, and several short data epochs per Lightning epoch, pay
-    them once for all. ``claim`` names the data epochs of the round about to start.
+    Resumable mid-epoch through the ``state_dict`` / ``load_state_dict`` protocol that
+    Lightning applies to training loaders: a checkpoint written part-way through an
+    epoch records how many batches were served, and a resumed fit serves the rest of
+    that epoch's (seeded) order, so it ends where an uninterrupted fit would.
     """
 
-    def __init__(self, batches: TensorBatches, block: int, epochs_per_round: int,
-                 claim: Callable[[], range]) -> None:
+    def __init__(self, batches: TensorBatches, epoch: Callable[[], int]) -> None:
         self.batches = batches
-        self.block = max(1, int(block))
-        self.epochs_per_round = max(1, int(epochs_per_round))
-        self.claim = claim
+        self._epoch = epoch
+        self._served = (0, 0)  # (epoch, batches handed out in it)
+        self._resume: tuple[int, int] | None = None
 
     @property
     def num_minibatches(self) -> int:
-        """Optimizer steps per data epoch."""
         return self.batches.num_minibatches
 
     def __len__(self) -> int:
-        """Lightning batches in a full round (a final, shorter round has fewer)."""
-        return math.ceil(self.num_minibatches * self.epochs_per_round / self.block)
+        return self.batches.num_minibatches
 
-    def __iter__(self) -> Iterator[list[Entry]]:
-        # A generator: the epochs are claimed at the first batch, not when Lightning
-        # merely creates an iterator (it does so once more than it reads one).
-        yield from self._blocks(self.claim())
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A generator: the epoch is read at the first batch, when Lightning has set it,
+        # not when Lightning merely creates the iterator.
+        epoch = int(self._epoch())
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                start = self._resume[1]
+            self._resume = None
+        self._served = (epoch, start)
+        for n, batch in enumerate(self.batches.minibatches(epoch, start), start + 1):
+            # Lightning takes batches from a sized loader one at a time (no prefetch),
+            # so what was handed out is what was trained on when a checkpoint is written.
+            self._served = (epoch, n)
+            yield batch
 
-    def _entries(self, epochs: range) -> Iterator[Entry]:
-        for epoch in epochs:
-            pending: tuple[torch.Tensor, torch.Tensor] | None = None
-            for pair in self.batches.minibatches(epoch):
-                if pending is not None:
-                    yield pending[0], pending[1], epoch, False
-                pending = pair
-            if pending is not None:
-                yield pending[0], pending[1], epoch, True
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._served[0], "batches": self._served[1]}
 
-    def _blocks(self, epochs: range) -> Iterator[list[Entry]]:
-        group: list[Entry] = []
-        for entry in self._entries(epochs):
-            group.append(entry)
-            if len(group) == self.block:
-                yield group
-                group = []
-        if group:
-            yield group
-
-
-def plan_rounds(steps_per_epoch: int, block: int, check_val_every_n_epoch: int | None
-                ) -> tuple[int, int | None]:
-    """Data epochs per Lightning epoch, and Lightning's validation interval in rounds.
-
-    Whole epochs go to a round while they fit in one Lightning batch. The round length
-    is a multiple or a divisor of the validation interval, so validation still falls on
-    multiples of ``check_val_every_n_epoch`` data epochs (at most once per round).
-    """
-    every = check_val_every_n_epoch
-    if block <= 1 or every is None or steps_per_epoch >= block:
-        return 1, every
-    most = block // steps_per_epoch
-    if every <= most:
-        return most // every * every, 1
-    k = max(d for d in range(1, most + 1) if every % d == 0)
-    return k, every // k
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
 
 def _first_nonfinite_row(x: torch.Tensor, y: torch.Tensor, chunk: int = 1 << 16) -> int | None:
@@ -189,8 +164,7 @@ class RegressionDataModule(pl.LightningDataModule):
     def __init__(self, source: Callable[[], Dataset], batch_size: int | None = None,
                  shuffle: bool = False, val_fraction: float = 0.0,
                  test_fraction: float = 0.0, seed: int = 0, standardize: bool = False,
-                 standardize_target: bool = False, scaling: Scaling | None = None,
-                 steps_per_batch: int = 100) -> None:
+                 standardize_target: bool = False, scaling: Scaling | None = None) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -200,15 +174,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.standardize = bool(standardize)
         self.standardize_target = bool(standardize_target)
-        #: Optimizer steps the module takes per Lightning batch: Lightning's per-batch
-        #: bookkeeping is paid once per group of mini-batches instead of once per step.
-        self.steps_per_batch = max(1, int(steps_per_batch))
         self.scaling = scaling
-        #: Data epochs per Lightning epoch, planned in ``setup``; 1 until then.
-        self.epochs_per_round = 1
-        #: Data epochs served to training so far (a checkpoint restores it).
-        self.epochs_done: int | None = None
-        self._check_val_every: int | None = None
         self.data: Dataset | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -284,49 +250,13 @@ class RegressionDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Prepare the data; for a fit, also plan its rounds (see :func:`plan_rounds`).
-
-        When several data epochs make one Lightning epoch, the trainer's
-        ``check_val_every_n_epoch`` is restated in rounds for the fit (and restored in
-        ``teardown``), so validation still falls on the data epochs it names.
-        """
+        """Prepare the data; on an accelerator, move every split there once, so batches
+        are cut on the device and nothing is copied per step."""
         self.prepare()
         t = self.trainer
         device = t.strategy.root_device if t is not None else None
         if device is not None and device.type != "cpu":
-            # Move the whole data set once; batches are then cut on the device.
             self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
-        if t is not None and stage == "fit":
-            steps = self._batches("train", self.shuffle, self.batch_size).num_minibatches
-            self.epochs_per_round, every = plan_rounds(
-                steps, self._train_block(), t.check_val_every_n_epoch)
-            if self.epochs_per_round > 1:
-                self._check_val_every = t.check_val_every_n_epoch
-                t.check_val_every_n_epoch = every
-
-    def teardown(self, stage: str | None = None) -> None:
-        if stage == "fit" and self._check_val_every is not None and self.trainer is not None:
-            self.trainer.check_val_every_n_epoch = self._check_val_every
-            self._check_val_every = None
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stored in checkpoints: the data epochs already served, where a resume goes on."""
-        return {"epochs_done": self.epochs_done}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs_done = state_dict.get("epochs_done")
-
-    def _claim_epochs(self) -> range:
-        """The data epochs of the round that is starting, never past ``max_epochs``."""
-        t = self.trainer
-        start = self.epochs_done
-        if start is None:  # a checkpoint from before rounds: one epoch per Lightning epoch
-            start = t.current_epoch if t is not None else 0
-        stop = start + self.epochs_per_round
-        if t is not None and t.max_epochs is not None and t.max_epochs > 0:
-            stop = max(start, min(stop, t.max_epochs))
-        self.epochs_done = stop
-        return range(start, stop)
 
     def _batches(self, split: str, shuffle: bool, batch_size: int | None) -> TensorBatches:
         x, y = self.splits[split]
@@ -338,17 +268,6 @@ class RegressionDataModule(pl.LightningDataModule):
                              rank=t.global_rank if shard else 0,
                              world_size=t.world_size if shard else 1)
 
-    def _train_block(self) -> int:
-        """Mini-batches per Lightning batch: several, unless a Trainer option counts
-        batches (limit_train_batches, overfit_batches, fast_dev_run) or validates
-        within an epoch (val_check_interval)."""
-        t = self.trainer
-        if t is None or self.steps_per_batch <= 1:
-            return 1
-        counted = (t.limit_train_batches not in (1.0, None) or t.overfit_batches
-                   or t.fast_dev_run or t.val_check_interval not in (1.0, None))
-        return 1 if counted else self.steps_per_batch
-
     def _eval_batch_size(self) -> int | None:
         """Evaluation needs no gradient, so its batches can be far larger than training's:
         each batch costs Lightning a fixed dispatch overhead that dwarfs a small model."""
@@ -356,9 +275,13 @@ class RegressionDataModule(pl.LightningDataModule):
             return None
         return max(int(self.batch_size), EVAL_BATCH_ROWS)
 
-    def train_dataloader(self) -> TrainRounds:
-        return TrainRounds(self._batches("train", self.shuffle, self.batch_size),
-                           self._train_block(), self.epochs_per_round, self._claim_epochs)
+    def train_dataloader(self) -> TrainBatches:
+        t = self.trainer
+        # overfit_batches: Lightning trains on the same first batches every epoch (it
+        # turns a DataLoader's shuffling off); the same here.
+        shuffle = self.shuffle and not (t is not None and t.overfit_batches)
+        return TrainBatches(self._batches("train", shuffle, self.batch_size),
+                            lambda: t.current_epoch if t is not None else 0)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", False, self._eval_batch_size())

@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.artifacts import read_trained
     from reglab.metrics import adjusted_r2, score
 
-    trained = read_trained(ckpt_path)
+    trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     datamodule = instantiate(train_cfg.data)
     datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
     data = datamodule.prepare()
@@ -157,8 +157,8 @@ def main() -> None:
 
 
 def console() -> None:
-    """``reglab-eval``: :func:`main`, ending the process as soon as its work is done."""
-    cli.run_console(main)
+    """``reglab-eval``: :func:`main`, then Python's ordinary exit (see :func:`cli.run`)."""
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def predict(cfg: DictConfig) -> list[float]:
 
     from reglab.artifacts import read_trained
 
-    trained = read_trained(ckpt_path)
+    trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     width = int(trained.model.init_kwargs["in_features"])
     if cfg.x is not None:
         names = trained.features or [f"x{i}" for i in range(width)]
@@ -113,8 +113,8 @@ def main() -> None:
 
 
 def console() -> None:
-    """``reglab-predict``: :func:`main`, ending the process as soon as its work is done."""
-    cli.run_console(main)
+    """``reglab-predict``: :func:`main`, then Python's ordinary exit (see :func:`cli.run`)."""
+    cli.run(main)
 
 
 if __name__ == "__main__":

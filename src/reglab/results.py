@@ -133,15 +133,21 @@ def hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str,
         "model": choices.get("model") or _target_name(cfg.model),
         "optimizer": choices.get("optimizer") or _target_name(opt),
         "loss": choices.get("loss") or _target_name(cfg.loss),
-        "lr": float(opt.lr),
+        "lr": float(opt.lr) if _is_number(opt.get("lr")) else None,
         "batch_size": cfg.data.get("batch_size"),
-        "max_epochs": int(cfg.trainer.max_epochs),
-        "seed": int(cfg.seed),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "seed": cfg.get("seed"),
+        "scheduler": choices.get("scheduler") or (_target_name(cfg.scheduler.scheduler)
+                                                  if cfg.get("scheduler") else "none"),
     }
     for key in ("momentum", "weight_decay"):
         if key in opt:
             out[key] = float(opt[key])
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def param_error(params: dict[str, Any], truth: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -171,35 +177,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str]) -> None:
+def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
+                reference_layout: bool = False) -> None:
     """Fill TensorBoard's HPARAMS tab with this run's hyper-parameters.
 
     The tab shows, for each metric tag named here, the last value of that scalar series
-    in the run, so it lists the run's real final losses rather than a placeholder.
+    in the run, so it lists the run's real final losses rather than a placeholder. With
+    ``reference_layout``, a Custom Scalars chart also puts the training loss and the
+    least-squares optimum on one set of axes. Both go to a new event file in the run's
+    own log dir (Lightning has closed its writer by now); TensorBoard reads every event
+    file of a dir as one run.
     """
+    from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     clean = {k: ("full" if v is None else v) for k, v in hp.items()}
-    for logger in loggers:
-        writer = getattr(logger, "experiment", None)
-        if writer is None or not hasattr(writer, "_get_file_writer"):
-            continue
-        file_writer = writer._get_file_writer()
-        for summary in hparams_summary(clean, dict.fromkeys(metric_tags, 0.0)):
-            file_writer.add_summary(summary)
-        writer.flush()
-
-
-def log_reference_layout(loggers: list[Any]) -> None:
-    """A Custom Scalars chart with the training loss and the least-squares optimum on
-    one set of axes, so the distance between them is visible at a glance."""
     layout = {"reglab": {"train loss vs least-squares optimum": [
         "Multiline", ["train/loss_epoch", "train/loss_closed_form"]]}}
-    for logger in loggers:
-        writer = getattr(logger, "experiment", None)
-        if writer is not None and hasattr(writer, "add_custom_scalars"):
-            writer.add_custom_scalars(layout)
-            writer.flush()
+    for log_dir in _tensorboard_dirs(loggers):
+        with SummaryWriter(log_dir=log_dir) as writer:
+            for summary in hparams_summary(clean, dict.fromkeys(metric_tags, 0.0)):
+                writer.file_writer.add_summary(summary)
+            if reference_layout:
+                writer.add_custom_scalars(layout)
+
+
+def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return [lg.log_dir for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
 def _fmt(value: float | None) -> str:
@@ -244,16 +250,25 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
 
     ``closed`` is the record :func:`closed_form` made before the fit, if any.
     """
+    from reglab.parts import is_reglab_data
+
     model, loss_fn = module.model, module.loss_fn
-    train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"]))
-    val_is_train = datamodule.val_is_train
-    losses = {"train": train_loss, "val": train_loss if val_is_train else _finite_or_none(
-        split_loss(model, loss_fn, *datamodule.splits["val"]))}
+    ours = is_reglab_data(datamodule)
+    if ours:
+        train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"]))
+        val_is_train = datamodule.val_is_train
+        losses = {"train": train_loss, "val": train_loss if val_is_train else
+                  _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["val"]))}
+    else:  # another data module: the last epoch means Lightning computed
+        seen = trainer.callback_metrics
+        val_is_train = None
+        losses = {k: _finite_or_none(float(seen[tag])) if tag in seen else None
+                  for k, tag in (("train", "train/loss_epoch"), ("val", "val/loss"))}
     params = model.params() if hasattr(model, "params") else None
     data_params = None
     if params is not None and type(model).__name__ == "LinearRegression":
-        data_params = params_in_data_units(params, datamodule.scaling)
-    truth = datamodule.data.true_params if params is not None else None
+        data_params = params_in_data_units(params, module.scaling)
+    truth = datamodule.data.true_params if params is not None and ours else None
     if module.diverged_at_step is not None:
         status = "diverged"
     elif module.interrupted_by is not None:
@@ -264,18 +279,17 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
 
         test = {k: _finite_or_none(v) for k, v in test.items()}
         n_params = sum(len(w) for w in params["weight"]) if params else None
-        if n_params is not None and test.get("r2") is not None:
+        if n_params is not None and test.get("r2") is not None and ours:
             test.update(adjusted_r2(test["r2"], int(datamodule.splits["test"][0].shape[0]),
                                     n_params, bool(params.get("bias") is not None)))
     if closed is not None and "train_loss" in closed:
         closed = {**closed, "optimality_gap": optimality_gap(losses["train"],
                                                              closed["train_loss"])}
-    data = datamodule.data
     return {
         "status": status,
         "diverged_at_step": module.diverged_at_step,
         "interrupted_by": module.interrupted_by,
-        "epochs": int(getattr(module, "epochs_done", trainer.current_epoch)),
+        "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 4),
         "train_loss": losses["train"],
@@ -288,9 +302,9 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         "param_error": param_error(data_params or params, truth) if params is not None
         else None,
         "closed_form": closed,
-        "rows": {split: int(x.shape[0]) for split, (x, _) in datamodule.splits.items()},
-        "data": {"features": data.feature_names, "target": data.target_name,
-                 "scaling": datamodule.scaling.to_dict()},
+        "rows": {split: int(x.shape[0]) for split, (x, _) in datamodule.splits.items()}
+        if ours else None,
+        "data": {**module.data_info, "scaling": module.scaling.to_dict()},
         "hparams": hparams(cfg, choices),
         "history": {k: [[e, _finite_or_none(v)] for e, v in pairs]
                     for k, pairs in module.history.items()},

@@ -32,8 +32,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment described by ``cfg``; return what ``metrics.json`` holds."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from reglab import results
+    from reglab import parts, results
     from reglab.artifacts import check_checkpoint, save_model
     from reglab.module import RegressionModule
 
@@ -46,30 +47,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         # Data first: the model's input width comes from it.
         datamodule = instantiate(cfg.data)
-        data = datamodule.prepare()
-        model = instantiate(cfg.model)(in_features=data.num_features)
-        data_info = {"features": data.feature_names, "target": data.target_name}
-        module = RegressionModule(model=model, optimizer=instantiate(cfg.optimizer),
-                                  loss=instantiate(cfg.loss), scaling=datamodule.scaling,
-                                  data_info=data_info)
+        in_features, data_info = parts.describe_data(datamodule)
+        model, model_spec = parts.build_model(cfg.model, in_features)
+        scheduler = cfg.get("scheduler")
+        module = RegressionModule(
+            model=model, optimizer=instantiate(cfg.optimizer), loss=instantiate(cfg.loss),
+            scaling=getattr(datamodule, "scaling", None), data_info=data_info,
+            scheduler=None if not scheduler else {
+                **OmegaConf.to_container(scheduler, resolve=True),
+                "scheduler": instantiate(scheduler.scheduler)},
+            model_spec=model_spec)
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to.
-        closed, solution = results.closed_form(model, module.loss_fn, datamodule)
+        closed, solution = (results.closed_form(model, module.loss_fn, datamodule)
+                            if parts.is_reglab_data(datamodule) else (None, None))
         if closed and "train_loss" in closed:
             module.reference_loss = closed["train_loss"]
             module.closed_form = solution
 
-        # Each is a named entry (callbacks.progress_bar=null switches one off).
-        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-        if not loggers:  # a learning-rate monitor has nowhere to write without a logger
-            callbacks = [c for c in callbacks
-                         if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=callbacks,
-            enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint)
-                                     for c in callbacks),
-            enable_progress_bar=any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks))
+        # Each is a named entry (callbacks.progress_bar=null switches one off); the
+        # Trainer's own switches (+trainer.logger=false, ...) win over the groups.
+        loggers, callbacks, switches = parts.trainer_parts(cfg)
+        trainer: pl.Trainer = _instantiate_trainer(parts.trainer_config(cfg), switches)
 
         if cfg.get("ckpt_path"):
             check_checkpoint(cfg.ckpt_path, module)
@@ -79,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
         fit_seconds = time.perf_counter() - start - draw_seconds
         finished = module.diverged_at_step is None and module.interrupted_by is None
-        if cfg.get("test", True) and datamodule.has_test and finished:
+        if cfg.get("test", True) and finished and parts.has_test(datamodule):
             trainer.test(module, datamodule=datamodule, verbose=False)
 
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
@@ -87,11 +86,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["plot_seconds"] = round(draw_seconds, 4)
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
-        metrics["data_device"] = str(datamodule.splits["train"][0].device)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
             return metrics
-        save_model(model, run_dir / "model.pt", scaling=datamodule.scaling,
-                   extra={"hparams": metrics["hparams"], "data": data_info})
+        save_model(model, run_dir / "model.pt", scaling=module.scaling,
+                   extra={"hparams": metrics["hparams"], "data": data_info},
+                   kwargs=model_spec["kwargs"])
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
         if _global_rank() == 0:
@@ -99,13 +98,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                results.failure(cfg, exc, choices))
         raise
     results.write_json(run_dir / results.METRICS_FILE, metrics)
+    test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
-                                                       *(["test/mse", "test/r2"]
-                                                         if metrics["test"] else [])])
-    if closed and "train_loss" in closed:
-        results.log_reference_layout(loggers)
+                                                       *test_tags],
+                        reference_layout=bool(closed and "train_loss" in closed))
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
+
+
+def _instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
+    """``pytorch_lightning.Trainer`` from ``node``; a combination Lightning refuses is
+    bad input (one line naming trainer), not a traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if cause is None or not _is_misconfiguration(cause):
+            raise
+        message = " ".join(str(cause).split())
+        raise validate.ConfigError(f"trainer: {message}") from None
+
+
+def _is_misconfiguration(exc: BaseException) -> bool:
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(exc, (MisconfigurationException, ValueError, TypeError))
 
 
 def _global_rank() -> int:
@@ -134,9 +154,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # reglab writes step scalars itself, so Lightning's own logging interval is moot.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    # The module's transfer hook (pass-through for batches already on the device) is
-    # meant to win over the data module's; Lightning warns that it does.
-    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 
 
 def _hydra_choices() -> dict[str, str]:
@@ -300,8 +317,8 @@ def _stop_idle_workers() -> None:
 
 
 def console() -> None:
-    """``reglab-train``: :func:`main`, ending the process as soon as its work is done."""
-    cli.run_console(main)
+    """``reglab-train``: :func:`main`, then Python's ordinary exit (see :func:`cli.run`)."""
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -63,11 +63,48 @@ def check(cfg: DictConfig) -> None:
                           "to the command line")
     positive = lambda v: _is_number(v) and v > 0  # noqa: E731
     fraction = lambda v: _is_number(v) and 0 <= v <= 1  # noqa: E731
-    _check(cfg, "optimizer.lr", positive, "a number > 0")
+    # Keys of reglab's own classes are checked here, before torch is imported; a class
+    # of the user's own checks its arguments itself (reglab cannot know what they mean).
+    if _target(cfg, "optimizer").startswith("torch.optim."):
+        _check(cfg, "optimizer.lr", positive, "a number > 0")
+    _check(cfg, "trainer.max_epochs", lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
+           "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
+    _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
+    if _target(cfg, "data") == "reglab.datamodule.RegressionDataModule":
+        _check_data(cfg, positive, fraction)
+    model = _target(cfg, "model")
+    if model == "reglab.models.MLP":
+        _check(cfg, "model.hidden", _positive_ints,
+               "a list of whole numbers > 0, e.g. [10, 10]")
+        _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in
+               ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
+    if model == "reglab.models.PolynomialRegression":
+        _check(cfg, "model.degree", lambda v: isinstance(v, int) and not isinstance(v, bool)
+               and v >= 1, "a whole number >= 1")
+    if _target(cfg, "loss").startswith("torch.nn."):
+        _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
+    scheduler = cfg.get("scheduler")
+    if scheduler and "scheduler" not in scheduler:
+        raise ConfigError("scheduler: expected Lightning's lr_scheduler_config, a mapping "
+                          "with a `scheduler` entry holding the _target_ (see "
+                          "conf/scheduler/step.yaml)")
+    if scheduler:
+        _check(cfg, "scheduler.interval", lambda v: v in ("epoch", "step"), "epoch or step")
+        _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
+               "a whole number >= 1")
+
+
+def _target(cfg: DictConfig, key: str) -> str:
+    node = cfg.get(key)
+    return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+
+
+def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
+                fraction: Callable[[Any], bool]) -> None:
+    """The keys of reglab's data module and its sources."""
     _check(cfg, "data.batch_size", lambda v: isinstance(v, int) and v > 0,
            "a whole number > 0, or null for full batch", optional=True)
-    _check(cfg, "trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1,
-           "a whole number >= 1")
     _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
     _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
     data = cfg.get("data") or {}
@@ -75,6 +112,8 @@ def check(cfg: DictConfig) -> None:
     if held_out >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "
                           f"so rows remain for training, got {held_out:g}")
+    if not _target(cfg.data, "source").startswith("reglab."):
+        return
     _check(cfg, "data.source.num_samples", lambda v: isinstance(v, int) and v >= 1,
            "a whole number >= 1")
     _check(cfg, "data.source.num", lambda v: isinstance(v, int) and v >= 1,
@@ -82,11 +121,6 @@ def check(cfg: DictConfig) -> None:
     _check(cfg, "data.source.noise", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "data.source.high", lambda v: _is_number(v) and v > cfg.data.source.low,
            "a number above data.source.low")
-    _check(cfg, "model.hidden", _positive_ints, "a list of whole numbers > 0, e.g. [10, 10]")
-    _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in ACTIVATIONS,
-           f"one of {', '.join(ACTIVATIONS)}")
-    _check(cfg, "model.degree", lambda v: isinstance(v, int) and not isinstance(v, bool)
-           and v >= 1, "a whole number >= 1")
     _check(cfg, "data.source.target", lambda v: isinstance(v, str) and v != "",
            "the name of the column to predict")
     _check(cfg, "data.source.features", lambda v: isinstance(v, Iterable) and not isinstance(
@@ -94,5 +128,3 @@ def check(cfg: DictConfig) -> None:
            "a list of column names, or null for every column but the target", optional=True)
     _check(cfg, "data.source.path", lambda v: isinstance(v, str) and Path(v).expanduser()
            .is_file(), "an existing file (a .csv or .parquet table)")
-    _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
-    _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
