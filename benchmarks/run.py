@@ -1,8 +1,8 @@
 """reglab's benchmark suite: each figure measured side by side with its baseline.
 
-    python benchmarks/run.py            # all sections, writes benchmarks/results.md
-    python benchmarks/run.py tiny large # some sections
-    python benchmarks/run.py --gpu      # also trainer=gpu, where CUDA is available
+    python benchmarks/run.py               # all sections, writes benchmarks/results.md
+    python benchmarks/run.py tiny process  # some sections
+    python benchmarks/run.py --gpu         # also trainer=gpu, where CUDA is available
 
 Every pair runs in this one process (or in child processes started from it) after a
 warm-up, several times; the table shows medians and the ratio the issue targets.
@@ -253,23 +253,49 @@ def wall(cmd: list[str], cwd: Path) -> tuple[float, str]:
     return elapsed, out.stdout
 
 
-def bench_startup(reps: int) -> dict[str, Any]:
-    """`--help`, and the default run's time beyond importing torch + Lightning.
+def wall_and_exit(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds of a child process, and the seconds from its last line of output to
+    its end: for a command that prints when its work is done, what its exit cost."""
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, text=True)
+        last = start
+        assert proc.stdout is not None
+        for _ in proc.stdout:
+            last = time.perf_counter()
+        code = proc.wait()
+        end = time.perf_counter()
+        if code != 0:
+            err.seek(0)
+            raise RuntimeError(f"{cmd} failed ({code}): {err.read()[-2000:]}")
+    return end - start, end - last
 
-    Each default run is paired with an import-only run just before it, and the figure is
+
+#: Importing torch and Lightning, then the exit reglab's commands make: ``gc.freeze()``
+#: and Python's ordinary shutdown (see ``reglab.cli.run``). The print marks the imports'
+#: end, so the exit is timed too.
+IMPORTS_FROZEN = "import gc, torch, pytorch_lightning; print('imported', flush=True); gc.freeze()"
+#: The same without ``gc.freeze()``: what any script importing them pays at exit.
+IMPORTS_PLAIN = "import torch, pytorch_lightning; print('imported', flush=True)"
+
+
+def bench_startup(reps: int) -> dict[str, Any]:
+    """`--help`, the default run's time beyond importing torch + Lightning, and what
+    ``gc.freeze()`` saves at exit.
+
+    Each default run is paired with import-only runs just before it, and the figure is
     the median of the paired differences: the import time alone drifts by a second
     between minutes on a shared machine.
     """
     cwd = TMP / "startup"
     cwd.mkdir(exist_ok=True)
     help_s, _ = median_of(lambda: wall([str(BIN / "reglab-train"), "--help"], cwd)[0], reps)
-    imports, runs, beyond, beyond_fit = [], [], [], []
+    imports, runs, beyond, beyond_fit, exit_frozen, exit_plain = [], [], [], [], [], []
     wall([str(BIN / "reglab-train")], cwd)  # warm-up
     for _ in range(reps):
-        # The interpreter's start and the imports, without its teardown (which
-        # reglab-train skips too): os._exit ends the process at once.
-        imp, _ = wall([sys.executable, "-c",
-                       "import os, torch, pytorch_lightning; os._exit(0)"], cwd)
+        imp, frozen = wall_and_exit([sys.executable, "-c", IMPORTS_FROZEN], cwd)
+        _, plain = wall_and_exit([sys.executable, "-c", IMPORTS_PLAIN], cwd)
         run_s, _ = wall([str(BIN / "reglab-train")], cwd)
         newest = max((cwd / "outputs" / "line" / "runs").iterdir(), key=lambda p: p.name)
         metrics = json.loads((newest / "metrics.json").read_text())
@@ -278,13 +304,122 @@ def bench_startup(reps: int) -> dict[str, Any]:
         runs.append(run_s)
         beyond.append(run_s - imp)
         beyond_fit.append(run_s - imp - fit)
+        exit_frozen.append(frozen)
+        exit_plain.append(plain)
     med = statistics.median
     return {"help_s": help_s, "import_torch_lightning_s": med(imports),
             "default_run_s": med(runs), "beyond_imports_s": med(beyond),
-            "beyond_imports_and_fit_s": med(beyond_fit)}
+            "beyond_imports_and_fit_s": med(beyond_fit),
+            "exit_after_imports_s": med(exit_plain),
+            "exit_after_imports_gc_freeze_s": med(exit_frozen)}
 
 
-# -- 4. sweep ------------------------------------------------------------------------------
+# -- 4. whole processes --------------------------------------------------------------------
+#: The line job by hand: what a PyTorch user writes without any framework.
+HANDWRITTEN_LINE = """\
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+torch.manual_seed(0)
+x = torch.linspace(0, 10, 11).unsqueeze(1)
+y = 2 * x + 1
+model = torch.nn.Linear(1, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+loss_fn = torch.nn.MSELoss()
+writer = SummaryWriter("tensorboard")
+for step in range(1000):
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    if step % 50 == 0:
+        writer.add_scalar("train/loss", loss.item(), step)
+writer.close()
+torch.save(model.state_dict(), "model.pt")
+print("done", flush=True)
+"""
+
+#: The line job as the Lightning docs teach it: a LightningModule with self.log, the
+#: Trainer's defaults (its own ModelCheckpoint included) but for the progress bar.
+STOCK_LIGHTNING_LINE = """\
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Line(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.model(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+if __name__ == "__main__":
+    pl.seed_everything(0)
+    x = torch.linspace(0, 10, 11).unsqueeze(1)
+    data = DataLoader(TensorDataset(x, 2 * x + 1), batch_size=11)  # the full batch
+    trainer = pl.Trainer(max_epochs=1000, log_every_n_steps=50, enable_progress_bar=False,
+                         logger=pl.loggers.TensorBoardLogger("."))
+    trainer.fit(Line(), data)
+    print("done", flush=True)
+"""
+
+
+def bench_process(reps: int) -> dict[str, Any]:
+    """The default job as three whole processes, start to exit: ``reglab-train``, the
+    hand-written loop and stock Lightning. Rounds alternate the three (each round in a
+    rotated order) and the ratios are medians of each round's own ratios."""
+    root = TMP / "process"
+    scripts = {"handwritten": HANDWRITTEN_LINE, "stock": STOCK_LIGHTNING_LINE}
+    commands = {"reglab": [str(BIN / "reglab-train")]}
+    for name, text in scripts.items():
+        path = root / f"{name}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        commands[name] = [sys.executable, str(path)]
+    fit_s: list[float] = []
+
+    def one(name: str) -> tuple[float, float]:
+        cwd = root / name
+        shutil.rmtree(cwd, ignore_errors=True)  # every run starts from an empty folder
+        cwd.mkdir()
+        timed = wall_and_exit(commands[name], cwd)
+        if name == "reglab":
+            (run_dir,) = (cwd / "outputs" / "line" / "runs").iterdir()
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            fit_s.append(metrics["fit_seconds"] + metrics.get("plot_seconds", 0.0))
+            if not (run_dir / "model.pt").is_file():
+                raise RuntimeError("reglab-train wrote no model.pt")
+        return timed
+
+    names = list(commands)
+    for name in names:  # warm-up: the file cache, the byte-code caches
+        one(name)
+    fit_s.clear()
+    rounds: list[dict[str, tuple[float, float]]] = []
+    for i in range(reps):
+        order = names[i % 3:] + names[:i % 3]
+        rounds.append({name: one(name) for name in order})
+    med = statistics.median
+    out: dict[str, Any] = {f"{name}_s": med(r[name][0] for r in rounds) for name in names}
+    out.update(
+        reglab_over_handwritten=med(r["reglab"][0] / r["handwritten"][0] for r in rounds),
+        reglab_over_stock=med(r["reglab"][0] / r["stock"][0] for r in rounds),
+        reglab_fit_and_plots_s=med(fit_s),
+        **{f"{name}_exit_s": med(r[name][1] for r in rounds) for name in names},
+        runs={name: [round(r[name][0], 3) for r in rounds] for name in names})
+    return out
+
+
+# -- 5. sweep ------------------------------------------------------------------------------
 def bench_sweep(reps: int) -> dict[str, Any]:
     """The 9-job grid as shipped, and the same grid with 10× the epochs: with two workers
     the fixed cost each pays first (starting, importing torch and Lightning) is shared by
@@ -304,7 +439,7 @@ def bench_sweep(reps: int) -> dict[str, Any]:
     return out
 
 
-# -- 5. memory -----------------------------------------------------------------------------
+# -- 6. memory -----------------------------------------------------------------------------
 def child_peak_rss(code: str) -> int:
     """Peak resident set (VmHWM) of a fresh child Python process, in bytes.
 
@@ -332,7 +467,7 @@ def bench_memory(reps: int) -> dict[str, Any]:
             "data_mb": data_bytes / 2**20, "beyond_imports_over_data": (peak - base) / data_bytes}
 
 
-# -- 6. closed form ------------------------------------------------------------------------
+# -- 7. closed form ------------------------------------------------------------------------
 def bench_closed_form(reps: int) -> dict[str, Any]:
     from reglab.closed_form import solve
 
@@ -349,7 +484,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "tiny": bench_tiny, "large": bench_large, "startup": bench_startup,
+    "tiny": bench_tiny, "process": bench_process, "large": bench_large, "startup": bench_startup,
     "sweep": bench_sweep, "memory": bench_memory, "closed_form": bench_closed_form,
 }
 #: With --gpu: the same pairs with reglab on trainer=gpu and the plain loops on CUDA.
@@ -357,15 +492,25 @@ GPU_SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tiny_gpu": bench_tiny_gpu, "large_gpu": bench_large_gpu,
 }
 
-TARGETS = {  # (section, key, comparison, target, label)
-    "tiny": ("reglab_over_plain", "<=", 2.0, "tiny: reglab fit / plain loop"),
-    "tiny_gpu": ("reglab_over_plain", "<=", 2.0, "tiny on the GPU: reglab fit / plain loop"),
-    "large": ("reglab_over_plain", ">=", 0.8, "large: reglab rows/s ÷ plain loop rows/s"),
-    "large_gpu": ("reglab_over_plain", ">=", 0.8, "large on the GPU: reglab ÷ plain rows/s"),
-    "startup": ("help_s", "<=", 1.0, "`reglab-train --help` (s)"),
-    "sweep": ("joblib_over_sequential", "<=", 0.7, "sweep: joblib ÷ sequential wall"),
-    "memory": ("beyond_imports_over_data", "<=", 2.5, "memory beyond imports ÷ data bytes"),
-}
+#: (section, key, comparison, target, label); a target of None is a figure shown for
+#: reference. The rows of the results table, in this order.
+TARGETS: list[tuple[str, str, str, float | None, str]] = [
+    ("tiny", "reglab_over_plain", "<=", 4.0, "tiny: reglab fit / plain loop"),
+    ("tiny_gpu", "reglab_over_plain", "<=", 4.0, "tiny on the GPU: reglab fit / plain loop"),
+    ("process", "reglab_over_handwritten", "<=", 1.8,
+     "process: `reglab-train` ÷ hand-written PyTorch script, start to exit"),
+    ("process", "reglab_over_stock", "<=", 0.65,
+     "process: `reglab-train` ÷ stock Lightning script, start to exit"),
+    ("large", "reglab_over_plain", ">=", 0.8, "large: reglab rows/s ÷ plain loop rows/s"),
+    ("large_gpu", "reglab_over_plain", ">=", 0.8, "large on the GPU: reglab ÷ plain rows/s"),
+    ("startup", "help_s", "<=", 1.0, "`reglab-train --help` (s)"),
+    ("startup", "beyond_imports_and_fit_s", "<=", 1.0,
+     "default run beyond importing torch + Lightning, fit excluded (s)"),
+    ("sweep", "joblib_over_sequential", "<=", 0.7, "sweep: joblib ÷ sequential wall"),
+    ("sweep", "long_joblib_over_sequential", "", None,
+     "the same sweep with 10× the epochs: joblib ÷ sequential wall"),
+    ("memory", "beyond_imports_over_data", "<=", 2.5, "memory beyond imports ÷ data bytes"),
+]
 
 
 def environment() -> dict[str, str]:
@@ -398,26 +543,27 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def _series(value: Any) -> bool:
+    """Per-run values: printed while the suite runs, left out of the tables."""
+    return isinstance(value, (list, dict))
+
+
 def render(env: dict[str, str], results: dict[str, dict[str, Any]]) -> str:
     lines = ["# reglab benchmark results", "",
              *(f"- {k}: {v}" for k, v in env.items()), "",
              "| figure | target | measured | met |", "| --- | --- | --- | --- |"]
-    for section, (key, op, target, label) in TARGETS.items():
-        if section in results:
-            value = results[section][key]
-            met = value <= target if op == "<=" else value >= target
-            lines.append(f"| {label} | {op} {target} | {fmt(value)} | {'yes' if met else 'NO'} |")
-    if "startup" in results:
-        s = results["startup"]
-        lines.append(f"| default run beyond importing torch + Lightning, fit excluded (s) | "
-                     f"<= 1.0 | {fmt(s['beyond_imports_and_fit_s'])} | "
-                     f"{'yes' if s['beyond_imports_and_fit_s'] <= 1.0 else 'NO'} |")
-    if "sweep" in results and "long_joblib_over_sequential" in results["sweep"]:
-        lines.append(f"| the same sweep with 10× the epochs: joblib ÷ sequential wall | — | "
-                     f"{fmt(results['sweep']['long_joblib_over_sequential'])} | — |")
+    for section, key, op, target, label in TARGETS:
+        value = results.get(section, {}).get(key)
+        if value is None:
+            continue
+        if target is None:
+            lines.append(f"| {label} | — | {fmt(value)} | — |")
+            continue
+        met = value <= target if op == "<=" else value >= target
+        lines.append(f"| {label} | {op} {target} | {fmt(value)} | {'yes' if met else 'NO'} |")
     for section, values in results.items():
         lines += ["", f"## {section}", "", "| quantity | value |", "| --- | --- |"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in values.items() if not isinstance(v, list)]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in values.items() if not _series(v)]
     return "\n".join(lines) + "\n"
 
 
@@ -441,11 +587,14 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in wanted:
         print(f"[bench] {name} …", flush=True)
-        reps = args.reps if name in ("tiny", "large", "startup", "closed_form", *GPU_SECTIONS
-                                     ) else max(2, args.reps // 2)
+        if name == "process":
+            reps = max(3, args.reps)
+        elif name in ("tiny", "large", "startup", "closed_form", *GPU_SECTIONS):
+            reps = args.reps
+        else:
+            reps = max(2, args.reps // 2)
         results[name] = sections[name](reps)
-        print(json.dumps({k: v for k, v in results[name].items() if not isinstance(v, list)},
-                         indent=1), flush=True)
+        print(json.dumps(results[name], indent=1), flush=True)
     text = render(environment(), results)
     args.out.write_text(text)
     print(text)

@@ -10,7 +10,7 @@ by its import path with the constructor's arguments; a class outside reglab is i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,17 @@ class Trained:
     scaling: Scaling
     features: list[str] | None  # input column names, in order
     target: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the constructor's arguments
+
+    @property
+    def in_features(self) -> int | None:
+        """The number of input columns: the ``in_features`` argument the model was built
+        with, else the number of feature names stored with it; None when neither is known
+        (a class of the user's own with a fixed width and unnamed data)."""
+        width = self.kwargs.get("in_features")
+        if isinstance(width, int) and not isinstance(width, bool):
+            return width
+        return len(self.features) if self.features else None
 
     def standardized(self) -> nn.Module:
         """The model in the data's own units (scaling applied around it)."""
@@ -151,8 +162,8 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
             raise ReglabError(f"{path}: model file format {payload.get('format_version')} is "
                               f"not supported (this reglab reads {FORMAT_VERSION})")
         spec = payload["model"]
-        model = _build(path, spec.get("class"), spec.get("kwargs"), payload["state_dict"],
-                       allow)
+        kwargs = spec.get("kwargs")
+        model = _build(path, spec.get("class"), kwargs, payload["state_dict"], allow)
         data = (payload.get("extra") or {}).get("data") or {}
         scaling = Scaling.from_dict(payload.get("scaling"))
     elif isinstance(payload, dict) and isinstance(payload.get("reglab"), dict):
@@ -163,13 +174,15 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
                               f"{FORMAT_VERSION}")
         state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
                  if k.startswith("model.")}
-        model = _build(path, stamp.get("model_class") or stamp.get("model"),
-                       stamp.get("model_kwargs"), state, allow)
+        kwargs = stamp.get("model_kwargs")
+        model = _build(path, stamp.get("model_class") or stamp.get("model"), kwargs, state,
+                       allow)
         data = stamp.get("data") or {}
         scaling = Scaling.from_dict(stamp.get("scaling"))
     else:
         raise ReglabError(f"{path}: neither a reglab model file nor a reglab checkpoint")
-    return Trained(model, scaling, data.get("features"), data.get("target"))
+    return Trained(model, scaling, data.get("features"), data.get("target"),
+                   dict(kwargs) if isinstance(kwargs, dict) else {})
 
 
 def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Module:

@@ -86,23 +86,39 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab import results
     from reglab.artifacts import read_trained
     from reglab.metrics import adjusted_r2, score
+    from reglab.parts import is_reglab_data
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     datamodule = instantiate(train_cfg.data)
-    datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
-    data = datamodule.prepare()
-    width = int(trained.model.init_kwargs["in_features"])
-    if data.num_features != width:
-        raise validate.DataError(f"data: {data.num_features} feature columns, but the model "
+    if is_reglab_data(datamodule):
+        datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
+        num_features = datamodule.prepare().num_features
+        splits = datamodule.splits
+        missing = (f"this data has no {cfg.split} split (test_fraction is "
+                   f"{datamodule.test_fraction}); try split=all")
+    else:
+        defined = _defined_splits(datamodule)
+        if cfg.split != "all" and cfg.split not in defined:
+            raise validate.DataError(
+                f"split: {type(datamodule).__qualname__} has no {cfg.split}_dataloader; "
+                f"try split={' or split='.join([*defined, 'all'])}")
+        splits = _loader_splits(datamodule, defined if cfg.split == "all" else [cfg.split])
+        if not splits:
+            raise validate.DataError(f"data: {type(datamodule).__qualname__} served no "
+                                     "batches to score")
+        num_features = int(next(iter(splits.values()))[0].shape[-1])
+        missing = f"{type(datamodule).__qualname__}.{cfg.split}_dataloader served no batches"
+    width = trained.in_features
+    if width is not None and num_features != width:
+        raise validate.DataError(f"data: {num_features} feature columns, but the model "
                                  f"takes {width} ({', '.join(trained.features or [])})")
     if cfg.split == "all":
-        parts = {id(v): v for v in datamodule.splits.values()}.values()  # val may be train
+        parts = {id(v): v for v in splits.values()}.values()  # val may be train
         x, y = (torch.cat(t) for t in zip(*parts, strict=True))
-    elif cfg.split in datamodule.splits:
-        x, y = datamodule.splits[cfg.split]
+    elif cfg.split in splits:
+        x, y = splits[cfg.split]
     else:
-        raise validate.DataError(f"split: this data has no {cfg.split} split (test_fraction "
-                                 f"is {datamodule.test_fraction}); try split=all")
+        raise validate.DataError(f"split: {missing}")
     model = trained.model
     intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
     sums = score(model, x, y, trained.scaling.y_inverse)
@@ -124,6 +140,33 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     results.write_json(out_dir / EVAL_FILE, out)
     print(table(out, out_dir))
     return out
+
+
+#: Split name → the Lightning stage its dataloader is set up for.
+_STAGES = {"train": "fit", "val": "validate", "test": "test"}
+
+
+def _defined_splits(datamodule: Any) -> list[str]:
+    """The splits a ``LightningDataModule`` of the user's own defines a dataloader for."""
+    import pytorch_lightning as pl
+
+    return [split for split in _STAGES if getattr(type(datamodule), f"{split}_dataloader")
+            is not getattr(pl.LightningDataModule, f"{split}_dataloader")]
+
+
+def _loader_splits(datamodule: Any, wanted: list[str]) -> dict[str, Any]:
+    """The ``wanted`` splits of such a data module as whole (x, y) tensors, read batch
+    by batch from its dataloaders (set up for the stage each belongs to)."""
+    import torch
+
+    datamodule.prepare_data()
+    splits: dict[str, Any] = {}
+    for split in wanted:
+        datamodule.setup(_STAGES[split])
+        batches = [(b[0], b[1]) for b in getattr(datamodule, f"{split}_dataloader")()]
+        if batches:
+            splits[split] = tuple(torch.cat(t) for t in zip(*batches, strict=True))
+    return splits
 
 
 def table(out: dict[str, Any], out_dir: Path) -> str:

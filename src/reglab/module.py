@@ -72,6 +72,12 @@ class RegressionModule(pl.LightningModule):
         self._lr_each_step = False
         self._on_host = True
 
+    def reset_records(self) -> None:
+        """Forget what a tuning run (``Tuner.lr_find``) recorded, before the real fit."""
+        self.history = {"train_loss": [], "val_loss": []}
+        self.diverged_at_step = None
+        self._params_step = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

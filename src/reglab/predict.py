@@ -38,6 +38,13 @@ def _inline_rows(x: Any, width: int) -> list[list[float]]:
     return [[float(v) for v in row] for row in values]
 
 
+def _row_width(x: Any) -> int:
+    """The number of values in the first inline row (1 for a plain list of numbers)."""
+    values = OmegaConf.to_container(x) if isinstance(x, ListConfig) else x
+    first = values[0] if isinstance(values, list) and values else None
+    return len(first) if isinstance(first, list) else 1
+
+
 def _write_csv(input_path: Path, output_path: Path, column: str, preds: list[float],
                delimiter: str) -> None:
     """The input's rows, every column kept, with the prediction appended."""
@@ -74,15 +81,17 @@ def predict(cfg: DictConfig) -> list[float]:
     from reglab.artifacts import read_trained
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
-    width = int(trained.model.init_kwargs["in_features"])
+    width = trained.in_features
     if cfg.x is not None:
+        if width is None:  # a model of the user's own that names no width: the rows do
+            width = _row_width(cfg.x)
         names = trained.features or [f"x{i}" for i in range(width)]
         x = torch.tensor(_inline_rows(cfg.x, width), dtype=torch.float32)
     else:
         from reglab.tables import read_inputs
 
         names, x = read_inputs(cfg.input_path, trained.features, cfg.delimiter)
-        if x.shape[1] != width:
+        if width is not None and x.shape[1] != width:
             raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
                                      f"({', '.join(names)}), but the model takes {width}")
     with torch.no_grad():

@@ -125,11 +125,15 @@ def _target_name(node: Any) -> str | None:
 
 def hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """The hyper-parameters a person compares runs by, as flat scalars."""
-    choices = choices or {}
+    # A group whose _target_ the command line replaced is named by its class, not by
+    # the option it started from (optimizer=sgd with optimizer._target_=...RMSprop).
+    retargeted = _retargeted_groups()
+    choices = {k: v for k, v in (choices or {}).items() if k not in retargeted}
     opt = cfg.optimizer
     out: dict[str, Any] = {
         "experiment": choices.get("experiment") or cfg.get("task_name"),
-        "data": choices.get("data") or _target_name(cfg.data.get("source")),
+        "data": choices.get("data") or _target_name(cfg.data.get("source"))
+        or _target_name(cfg.data),
         "model": choices.get("model") or _target_name(cfg.model),
         "optimizer": choices.get("optimizer") or _target_name(opt),
         "loss": choices.get("loss") or _target_name(cfg.loss),
@@ -144,6 +148,18 @@ def hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str,
         if key in opt:
             out[key] = float(opt[key])
     return out
+
+
+def _retargeted_groups() -> set[str]:
+    """Config groups whose ``_target_`` this run's overrides set (``loss._target_=…``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    except Exception:  # not run through Hydra: no overrides to read
+        return set()
+    keys = (str(o).split("=", 1)[0].lstrip("+~") for o in task)
+    return {k.removesuffix("._target_") for k in keys if k.endswith("._target_")}
 
 
 def _is_number(value: Any) -> bool:
@@ -259,11 +275,17 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         val_is_train = datamodule.val_is_train
         losses = {"train": train_loss, "val": train_loss if val_is_train else
                   _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["val"]))}
-    else:  # another data module: the last epoch means Lightning computed
+    else:  # another data module: the last epoch means the module recorded
+        # (trainer.test clears Lightning's callback_metrics, so they are read from the
+        # module's own history, and from callback_metrics only when that is empty).
         seen = trainer.callback_metrics
         val_is_train = None
-        losses = {k: _finite_or_none(float(seen[tag])) if tag in seen else None
-                  for k, tag in (("train", "train/loss_epoch"), ("val", "val/loss"))}
+        losses = {}
+        for key, tag in (("train", "train/loss_epoch"), ("val", "val/loss")):
+            recorded = module.history.get(f"{key}_loss") or []
+            value = (recorded[-1][1] if recorded else
+                     float(seen[tag]) if tag in seen else None)
+            losses[key] = None if value is None else _finite_or_none(float(value))
     params = model.params() if hasattr(model, "params") else None
     data_params = None
     if params is not None and type(model).__name__ == "LinearRegression":

@@ -72,6 +72,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         if cfg.get("ckpt_path"):
             check_checkpoint(cfg.ckpt_path, module)
+        lr_find = None
+        if (cfg.get("tuner") or {}).get("lr_find") is not None:
+            from reglab.tuning import find_lr
+
+            lr_find = find_lr(trainer, module, datamodule, cfg.tuner.lr_find)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # The fit's own time: drawing its pictures at the end is reported apart.
@@ -84,6 +89,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
                                   closed=closed)
         metrics["plot_seconds"] = round(draw_seconds, 4)
+        if lr_find is not None:
+            metrics["lr_find"] = lr_find
+            if lr_find["applied"]:
+                metrics["hparams"]["lr"] = lr_find["suggestion"]
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files

@@ -71,6 +71,7 @@ def check(cfg: DictConfig) -> None:
         isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
            "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
     _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
+    _check_strategy(cfg)
     if _target(cfg, "data") == "reglab.datamodule.RegressionDataModule":
         _check_data(cfg, positive, fraction)
     model = _target(cfg, "model")
@@ -93,6 +94,22 @@ def check(cfg: DictConfig) -> None:
         _check(cfg, "scheduler.interval", lambda v: v in ("epoch", "step"), "epoch or step")
         _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
                "a whole number >= 1")
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Strategies that start their workers by spawning or forking run the fit in other
+    processes: the model this process saves would be the untrained one."""
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig):
+        name = f"{strategy.get('_target_', '')} start_method={strategy.get('start_method')}"
+    else:
+        name = str(strategy)
+    if "spawn" in name or "fork" in name:
+        raise ConfigError(
+            f"trainer.strategy: {name.strip()} trains in spawned processes, whose results "
+            "never reach this one; use trainer=ddp_cpu (CPU) or trainer=ddp (GPUs), which "
+            "start the other ranks by relaunching the command")
 
 
 def _target(cfg: DictConfig, key: str) -> str:

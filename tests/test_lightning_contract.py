@@ -1,0 +1,371 @@
+"""Lightning's contract: a Trainer argument, callback or scheduler means in reglab what it
+means to a stock LightningModule trained by a stock Trainer.
+
+The reference below is such a module (nn.Linear, MSE, SGD, self.log) fed by a stock
+DataLoader whose sampler draws the same seeded order of rows as reglab's data module.
+Each row runs ``train`` (the function behind ``reglab-train``) with an override and the
+reference with the same Trainer argument or callback, on ``noisy_line``, and compares
+the parameters they end with (or where they stopped, or the files they wrote).
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import compose_config, run_cli, script
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+EPOCHS = 12
+BASE = ["experiment=noisy_line", f"trainer.max_epochs={EPOCHS}", "logger=none",
+        "callbacks.plots=null", "trainer=cpu"]
+
+
+class EpochOrder(Sampler[int]):
+    """reglab's shuffle: epoch e visits rows in randperm(seed * 1_000_003 + e)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class Reference(pl.LightningModule):
+    """A stock LightningModule of the kind a Lightning user writes."""
+
+    def __init__(self, layer: nn.Linear, lr: float, scheduler: Any = None) -> None:
+        super().__init__()
+        self.layer, self.lr, self.scheduler = layer, lr, scheduler
+        self.validations: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.layer(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", nn.functional.mse_loss(self.layer(x), y))
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.validations.append(self.trainer.current_epoch)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        if self.scheduler is None:
+            return opt
+        config = dict(self.scheduler)
+        make = config.pop("make")
+        config["scheduler"] = make(opt, self.trainer)
+        return {"optimizer": opt, "lr_scheduler": config}
+
+
+def reference(tmp_path: Path, *extra: str, scheduler: Any = None, shuffle: bool = True,
+              **trainer_kwargs: Any) -> tuple[Reference, pl.Trainer]:
+    """Train the reference on noisy_line's data, from the weights reglab starts from."""
+    cfg = compose_config([*BASE, *extra], tmp_path / "ref-cfg")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)  # the same data, drawn in the same order as train
+    datamodule.prepare()
+    layer = nn.Linear(1, 1)  # the same generator state as reglab's model gets
+    x, y = datamodule.splits["train"]
+    order = EpochOrder(len(x), cfg.seed) if shuffle else None
+    train = DataLoader(TensorDataset(x, y), batch_size=cfg.data.batch_size, sampler=order)
+    val = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    module = Reference(layer, float(cfg.optimizer.lr), scheduler)
+    kwargs = {"max_epochs": EPOCHS, "logger": False, "enable_checkpointing": False,
+              "enable_progress_bar": False, "enable_model_summary": False,
+              "num_sanity_val_steps": 0, "accelerator": "cpu", **trainer_kwargs}
+    trainer = pl.Trainer(default_root_dir=str(tmp_path / "ref"), **kwargs)
+    trainer.fit(module, train, val)
+    return module, trainer
+
+
+def params(module: Reference) -> list[float]:
+    return [float(module.layer.weight.flatten()[0]), float(module.layer.bias[0])]
+
+
+def reglab_params(metrics: dict[str, Any]) -> list[float]:
+    return [metrics["params"]["weight"][0][0], metrics["params"]["bias"]]
+
+
+def assert_same(metrics: dict[str, Any], module: Reference, tol: float = 1e-6) -> None:
+    ours, theirs = reglab_params(metrics), params(module)
+    assert all(abs(a - b) <= tol for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
+
+
+# -- Trainer arguments ----------------------------------------------------------------
+@pytest.mark.parametrize(("override", "kwargs"), [
+    ([], {}),
+    (["+trainer.gradient_clip_val=0.5"], {"gradient_clip_val": 0.5}),
+    (["+trainer.gradient_clip_val=0.05", "+trainer.gradient_clip_algorithm=value"],
+     {"gradient_clip_val": 0.05, "gradient_clip_algorithm": "value"}),
+    (["+trainer.accumulate_grad_batches=2"], {"accumulate_grad_batches": 2}),
+    (["+trainer.max_steps=37"], {"max_steps": 37}),
+    (["+trainer.limit_train_batches=3"], {"limit_train_batches": 3}),
+    (["+trainer.limit_train_batches=0.5"], {"limit_train_batches": 0.5}),
+    (["trainer.precision=64-true"], {"precision": "64-true"}),
+    (["trainer.precision=bf16-mixed"], {"precision": "bf16-mixed"}),
+    (["trainer.deterministic=true"], {"deterministic": True}),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_trainer_argument_matches_stock_lightning(run_train, tmp_path, override, kwargs):
+    m, _ = run_train(*BASE, *override)
+    ref, trainer = reference(tmp_path, *override, **kwargs)
+    assert m["steps"] == trainer.global_step
+    assert_same(m, ref, tol=1e-2 if "bf16" in str(override) else 1e-6)
+
+
+def test_max_steps_stops_mid_epoch(run_train):
+    m, _ = run_train(*BASE, "+trainer.max_steps=37")
+    assert m["steps"] == 37 and m["status"] == "completed"
+
+
+def test_overfit_batches_trains_on_the_same_first_batches(run_train, tmp_path):
+    m, _ = run_train(*BASE, "+trainer.overfit_batches=2")
+    ref, trainer = reference(tmp_path, shuffle=False, overfit_batches=2)
+    assert m["steps"] == trainer.global_step == 2 * EPOCHS
+    assert_same(m, ref)
+
+
+def test_fast_dev_run_takes_one_step_and_writes_no_checkpoint(run_train, tmp_path):
+    m, run_dir = run_train(*BASE, "+trainer.fast_dev_run=true")
+    ref, trainer = reference(tmp_path, fast_dev_run=True)
+    assert m["steps"] == trainer.global_step == 1
+    assert_same(m, ref)
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))
+
+
+@pytest.mark.parametrize(("override", "kwargs"), [
+    (["trainer.check_val_every_n_epoch=3"], {"check_val_every_n_epoch": 3}),
+    (["+trainer.val_check_interval=0.5"], {"val_check_interval": 0.5}),
+])
+def test_validation_schedule_matches(run_train, tmp_path, override, kwargs):
+    m, _ = run_train(*BASE, *override)
+    ref, _ = reference(tmp_path, *override, **kwargs)
+    assert [e for e, _ in m["history"]["val_loss"]] == ref.validations
+    assert_same(m, ref)
+
+
+def test_min_epochs_holds_off_early_stopping(run_train, tmp_path):
+    es = ["+callbacks.es._target_=pytorch_lightning.callbacks.EarlyStopping",
+          "+callbacks.es.monitor=val/loss", "+callbacks.es.patience=1",
+          "+callbacks.es.min_delta=10"]
+    m, _ = run_train(*BASE, *es, "+trainer.min_epochs=7")
+    ref, trainer = reference(tmp_path, min_epochs=7, callbacks=[
+        pl.callbacks.EarlyStopping(monitor="val/loss", patience=1, min_delta=10)])
+    assert m["epochs"] == trainer.current_epoch == 7
+    assert_same(m, ref)
+
+
+def test_max_time_stops_the_fit(run_train):
+    m, _ = run_train(*BASE[:1], "trainer.max_epochs=-1", "+trainer.max_time=00:00:00:02",
+                     "logger=none", "callbacks.plots=null")
+    assert m["status"] == "completed" and m["epochs"] > 1
+    assert m["fit_seconds"] < 30
+
+
+def test_log_every_n_steps_writes_at_lightnings_steps(run_train, tmp_path):
+    m, run_dir = run_train(*BASE, "logger=csv", "trainer.log_every_n_steps=5")
+    ref, _ = reference(tmp_path, log_every_n_steps=5, logger=pl.loggers.CSVLogger(
+        str(tmp_path / "refcsv"), name="", version=""))
+
+    def steps(path: Path, column: str) -> list[int]:
+        with path.open() as fh:
+            return [int(r["step"]) for r in csv.DictReader(fh) if r.get(column)]
+
+    ours = steps(run_dir / "csv" / "metrics.csv", "train/loss")
+    theirs = steps(tmp_path / "refcsv" / "metrics.csv", "train/loss")
+    assert ours == theirs and len(ours) == EPOCHS * 8 // 5
+    # train/loss_epoch every epoch, as Lightning logs epoch-level metrics.
+    assert len(steps(run_dir / "csv" / "metrics.csv", "train/loss_epoch")) == EPOCHS
+    assert_same(m, ref)
+
+
+# -- callbacks --------------------------------------------------------------------------
+def _cb(name: str, target: str, **kwargs: Any) -> list[str]:
+    return [f"+callbacks.{name}._target_={target}",
+            *(f"+callbacks.{name}.{k}={v}" for k, v in kwargs.items())]
+
+
+@pytest.mark.parametrize("monitor", ["val/loss", "train/loss_epoch"])
+def test_early_stopping_stops_at_the_same_epoch(run_train, tmp_path, monitor):
+    m, _ = run_train(*BASE, "trainer.max_epochs=200", *_cb(
+        "es", "pytorch_lightning.callbacks.EarlyStopping", monitor=monitor, patience=2,
+        min_delta=0.01))
+    ref, trainer = reference(tmp_path, max_epochs=200, callbacks=[
+        pl.callbacks.EarlyStopping(monitor=monitor, patience=2, min_delta=0.01)])
+    assert m["epochs"] == trainer.current_epoch < 200
+    assert_same(m, ref)
+
+
+def test_stochastic_weight_averaging(run_train, tmp_path):
+    m, _ = run_train(*BASE, *_cb("swa", "pytorch_lightning.callbacks.StochasticWeightAveraging",
+                                 swa_lrs=0.001, swa_epoch_start=0.5))
+    plain, _ = run_train(*BASE)
+    ref, _ = reference(tmp_path, callbacks=[
+        pl.callbacks.StochasticWeightAveraging(swa_lrs=0.001, swa_epoch_start=0.5)])
+    assert reglab_params(m) != reglab_params(plain)  # SWA did start
+    assert_same(m, ref)
+
+
+def test_gradient_accumulation_scheduler(run_train, tmp_path):
+    m, _ = run_train(*BASE, *_cb(
+        "gas", "pytorch_lightning.callbacks.GradientAccumulationScheduler",
+        scheduling="{0:1,4:2}"))
+    ref, trainer = reference(tmp_path, callbacks=[
+        pl.callbacks.GradientAccumulationScheduler(scheduling={0: 1, 4: 2})])
+    assert m["steps"] == trainer.global_step < EPOCHS * 8
+    assert_same(m, ref)
+
+
+def test_model_checkpoint_writes_the_same_files(run_train, tmp_path):
+    _, run_dir = run_train(*BASE, "trainer.max_epochs=30", *_cb(
+        "every10", "pytorch_lightning.callbacks.ModelCheckpoint", every_n_epochs=10,
+        save_top_k=3, monitor="val/loss", dirpath=str(tmp_path / "ours")))
+    reference(tmp_path, max_epochs=30, enable_checkpointing=True, callbacks=[
+        pl.callbacks.ModelCheckpoint(every_n_epochs=10, save_top_k=3, monitor="val/loss",
+                                     dirpath=str(tmp_path / "theirs"))])
+    ours = sorted(p.name for p in (tmp_path / "ours").iterdir())
+    assert ours == sorted(p.name for p in (tmp_path / "theirs").iterdir())
+    assert ours == ["epoch=19-step=160.ckpt", "epoch=29-step=240.ckpt", "epoch=9-step=80.ckpt"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # reglab's own still written
+
+
+def test_learning_rate_monitor_and_timer_and_rich_bar(run_train, tmp_path):
+    m, run_dir = run_train(
+        *BASE, "logger=csv",
+        *_cb("lrm", "pytorch_lightning.callbacks.LearningRateMonitor", logging_interval="step"),
+        *_cb("timer", "pytorch_lightning.callbacks.Timer", duration="00:00:10:00"),
+        *_cb("rich", "pytorch_lightning.callbacks.RichProgressBar"))
+    assert m["status"] == "completed" and m["epochs"] == EPOCHS
+    with (run_dir / "csv" / "metrics.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("lr-SGD")]
+    assert len({r["step"] for r in rows}) >= EPOCHS * 8 // 50  # logged per logging step
+
+
+def test_a_short_timer_stops_the_fit(run_train):
+    m, _ = run_train(*BASE[:1], "trainer.max_epochs=100000", "logger=none",
+                     "callbacks.plots=null",
+                     *_cb("timer", "pytorch_lightning.callbacks.Timer",
+                          duration="00:00:00:02"))
+    assert m["status"] == "completed" and 1 < m["epochs"] < 100000
+
+
+# -- schedulers -------------------------------------------------------------------------
+SCHEDULERS = {
+    "step": (["scheduler=step", "scheduler.scheduler.step_size=3",
+              "scheduler.scheduler.gamma=0.5"],
+             {"make": lambda o, t: torch.optim.lr_scheduler.StepLR(o, 3, 0.5),
+              "interval": "epoch"}),
+    "cosine": (["scheduler=cosine"],
+               {"make": lambda o, t: torch.optim.lr_scheduler.CosineAnnealingLR(o, EPOCHS),
+                "interval": "epoch"}),
+    "onecycle": (["scheduler=onecycle"],
+                 {"make": lambda o, t: torch.optim.lr_scheduler.OneCycleLR(
+                     o, max_lr=0.01, total_steps=t.estimated_stepping_batches),
+                  "interval": "step"}),
+    # threshold 0.5: an epoch is "no better" unless val/loss halves, so cuts happen.
+    "plateau": (["scheduler=plateau", "scheduler.scheduler.patience=1",
+                 "+scheduler.scheduler.threshold=0.5"],
+                {"make": lambda o, t: torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    o, mode="min", factor=0.5, patience=1, threshold=0.5),
+                 "interval": "epoch", "monitor": "val/loss", "strict": False}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_scheduler_matches_stock_lightning(run_train, tmp_path, name):
+    override, config = SCHEDULERS[name]
+    m, _ = run_train(*BASE, *override)
+    plain, _ = run_train(*BASE, *[o for o in override if o.startswith("optimizer")])
+    ref, _ = reference(tmp_path, *override, scheduler=config)
+    assert reglab_params(m) != reglab_params(plain)  # the rate did change
+    assert_same(m, ref)
+    assert m["hparams"]["scheduler"] == name
+
+
+def test_scheduler_rate_reaches_tensorboard(run_train):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=6",
+                           "scheduler=step", "scheduler.scheduler.step_size=2",
+                           "scheduler.scheduler.gamma=0.5", "callbacks.plots=null")
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    rates = [round(e.value, 6) for e in acc.Scalars("lr-SGD")]
+    # Halved every 2 epochs: each rate in turn, down to the one after the last epoch.
+    assert sorted(set(rates), reverse=True) == [0.01, 0.005, 0.0025, 0.00125]
+    assert rates == sorted(rates, reverse=True)
+
+
+# -- the learning-rate finder -----------------------------------------------------------
+def test_lr_find_preset_prints_records_and_uses_the_suggestion(run_train, tmp_path, capsys):
+    m, _ = run_train(*BASE, "tuner=lr_find", "tuner.lr_find.num_training=40")
+    out = capsys.readouterr().out
+    found = m["lr_find"]
+    assert found["suggestion"] is not None and "suggested learning rate" in out
+    assert found["applied"] and m["hparams"]["lr"] == found["suggestion"]
+    assert len(found["lrs"]) == len(found["losses"]) > 10
+    # Lightning's own finder, on the stock module from the same weights, agrees.
+    from pytorch_lightning.tuner import Tuner
+
+    cfg = compose_config(BASE, tmp_path / "lr-cfg")
+    pl.seed_everything(cfg.seed, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    layer = nn.Linear(1, 1)
+    x, y = datamodule.splits["train"]
+    loader = DataLoader(TensorDataset(x, y), batch_size=20, sampler=EpochOrder(len(x), 42))
+    trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=str(tmp_path / "lr"))
+    finder = Tuner(trainer).lr_find(Reference(layer, 0.01), loader, update_attr=False,
+                                    min_lr=1e-6, max_lr=1.0, num_training=40)
+    assert abs(finder.suggestion() - found["suggestion"]) <= 1e-6 * found["suggestion"]
+
+
+# -- what reglab cannot honour ------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["++trainer.strategy=ddp_spawn", "++trainer.devices=2"], "trainer.strategy: ddp_spawn"),
+    (["+trainer.gradient_clip_algorithm=bogus"], "trainer: `gradient_clip_algorithm` bogus"),
+])
+def test_a_flag_reglab_cannot_honour_is_one_line_and_exit_2(tmp_path, args, message):
+    out = run_cli([script("reglab-train"), *args], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not list((tmp_path / "outputs").glob("*/runs/*"))
+
+
+def test_the_module_trains_under_a_plain_trainer_with_any_optimizer():
+    """The module itself is a stock LightningModule: automatic optimization,
+    training_step returns the loss."""
+    from reglab.models import LinearRegression
+    from reglab.module import RegressionModule
+
+    module = RegressionModule(LinearRegression(1), partial(torch.optim.Adam, lr=0.1),
+                              nn.MSELoss())
+    assert module.automatic_optimization
+    x = torch.linspace(0, 1, 16).unsqueeze(1)
+    trainer = pl.Trainer(max_epochs=50, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(module, DataLoader(TensorDataset(x, 3 * x), batch_size=4))
+    assert abs(module.model.params()["weight"][0][0] - 3) < 0.1
