@@ -369,3 +369,15 @@ def test_the_module_trains_under_a_plain_trainer_with_any_optimizer():
                          accelerator="cpu")
     trainer.fit(module, DataLoader(TensorDataset(x, 3 * x), batch_size=4))
     assert abs(module.model.params()["weight"][0][0] - 3) < 0.1
+
+
+def test_resume_from_a_mid_epoch_checkpoint_ends_where_one_run_ends(run_train):
+    """last.ckpt written part-way through an epoch (here max_steps; a signal does the
+    same) records how many batches were served, so the resumed fit serves the rest of
+    that epoch's shuffled order and ends bit for bit where an uninterrupted fit ends."""
+    whole, _ = run_train(*BASE)
+    part, run_dir = run_train(*BASE, "+trainer.max_steps=37")  # epoch 4, batch 5 of 8
+    assert part["steps"] == 37
+    rest, _ = run_train(*BASE, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert rest["steps"] == whole["steps"] == EPOCHS * 8
+    assert reglab_params(rest) == reglab_params(whole)

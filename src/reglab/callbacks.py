@@ -74,6 +74,15 @@ class LastCheckpoint(pl.Callback):
         if due:
             self._save(trainer)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """A fit that stops part-way through an epoch (a signal, max_steps) is saved
+        here, while Lightning still counts that epoch as unfinished: resuming then serves
+        the epoch's remaining batches instead of starting the next epoch."""
+        final = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+        if final and self._may_save(trainer):
+            self._save(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._may_save(trainer) and self._saved_step != trainer.global_step:
             self._save(trainer)
