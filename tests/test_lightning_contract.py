@@ -381,3 +381,22 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_where_one_run_ends(run_train):
     rest, _ = run_train(*BASE, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert rest["steps"] == whole["steps"] == EPOCHS * 8
     assert reglab_params(rest) == reglab_params(whole)
+
+
+def test_atexit_handlers_and_loggers_finish_before_the_process_ends(tmp_path: Path):
+    """Loggers that finish at exit (wandb, MLflow) rely on atexit: the command ends with
+    Python's ordinary exit, so such handlers run."""
+    (tmp_path / "probe.py").write_text(
+        "import atexit\n"
+        "import pytorch_lightning as pl\n\n\n"
+        "class AtExit(pl.Callback):\n"
+        "    def __init__(self, path):\n"
+        "        self.path = path\n\n"
+        "    def on_train_end(self, trainer, pl_module):\n"
+        "        atexit.register(lambda: open(self.path, 'w').write('finished'))\n")
+    marker = tmp_path / "marker.txt"
+    out = run_cli([script("reglab-train"), "trainer.max_epochs=5", "callbacks.plots=null",
+                   "+callbacks.probe._target_=probe.AtExit", f"+callbacks.probe.path={marker}"],
+                  cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert marker.read_text() == "finished"
