@@ -289,6 +289,13 @@ def _resume_argv(argv: list[str]) -> list[str]:
     skip = given | {"ckpt_path", "hydra.run.dir"}
     previous = [o for o in yaml.safe_load(saved.read_text()) or []
                 if o.split("=", 1)[0].lstrip("+~") not in skip]
+    # Hydra keeps its own overrides apart; the search path is the one a run needs again
+    # (its config groups may live in the user's own conf dir).
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file() and "hydra.searchpath" not in skip:
+        hydra_cfg = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
+        previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
+                     if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
 
 
