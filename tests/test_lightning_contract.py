@@ -400,3 +400,16 @@ def test_atexit_handlers_and_loggers_finish_before_the_process_ends(tmp_path: Pa
                   cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert marker.read_text() == "finished"
+
+
+def test_the_trainers_own_switches_win_over_reglabs_groups(run_train, tmp_path):
+    _, run_dir = run_train(*BASE[:1], "trainer.max_epochs=3", "callbacks.plots=null",
+                           "+trainer.enable_checkpointing=false", "+trainer.logger=false")
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "tensorboard").exists()
+    assert (run_dir / "model.pt").is_file() and (run_dir / "metrics.json").is_file()
+    extra = tmp_path / "every-epoch"
+    _, run_dir = run_train(*BASE, "trainer.max_epochs=3", "+trainer.callbacks=[{_target_: "
+                           f"pytorch_lightning.callbacks.ModelCheckpoint, dirpath: '{extra}', "
+                           "save_top_k: -1}]")
+    assert len(list(extra.glob("*.ckpt"))) == 3  # the user's callback, beside reglab's
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -129,12 +129,10 @@ def trainer_parts(cfg: DictConfig) -> tuple[list[Any], list[Any], dict[str, Any]
     if own is False or own is None:
         loggers = []
     elif own is not True:
-        made = instantiate(own)
-        loggers = list(made) if isinstance(made, (list, tuple)) else [made]
+        loggers = [instantiate(c) for c in _as_list(own)]
     extra = trainer.get("callbacks")
     if extra:
-        made = instantiate(extra)
-        callbacks += list(made) if isinstance(made, (list, tuple)) else [made]
+        callbacks += [instantiate(c) for c in _as_list(extra)]
     if trainer.get("enable_checkpointing", True) is False:
         callbacks = [c for c in callbacks
                      if not isinstance(c, (pl.callbacks.ModelCheckpoint, LastCheckpoint))]
@@ -150,6 +148,12 @@ def trainer_parts(cfg: DictConfig) -> tuple[list[Any], list[Any], dict[str, Any]
         "enable_progress_bar": any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
     }
     return loggers, callbacks, kwargs
+
+
+def _as_list(node: Any) -> list[Any]:
+    from omegaconf import ListConfig
+
+    return list(node) if isinstance(node, (ListConfig, list, tuple)) else [node]
 
 
 def trainer_config(cfg: DictConfig) -> DictConfig:
