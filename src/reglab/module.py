@@ -185,8 +185,16 @@ class RegressionModule(pl.LightningModule):
         this before ``EarlyStopping`` and ``ModelCheckpoint`` look) and for the loggers."""
         trainer = self.trainer
         epoch, step = trainer.current_epoch, trainer.global_step
-        if self._epoch_rows:
-            mean = self._epoch_sum / self._epoch_rows
+        total, rows = self._epoch_sum, self._epoch_rows
+        if trainer.world_size > 1:  # every rank's share: the global mean, alike on all ranks
+            packed = torch.stack([torch.as_tensor(total, dtype=torch.float64,
+                                                  device=self.device).reshape(()),
+                                  torch.tensor(float(rows), dtype=torch.float64,
+                                               device=self.device)])
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+            total, rows = packed[0], int(packed[1])
+        if rows:
+            mean = total / rows
             # logger=False: written below without Lightning's flush of every logger.
             self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, logger=False)
             value = float(mean)  # one host sync per epoch
