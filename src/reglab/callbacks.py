@@ -88,7 +88,7 @@ class LastCheckpoint(pl.Callback):
             self._save(trainer)
 
     def _save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loops too
         self._saved_step = trainer.global_step
         self._last_write = time.monotonic()
 
