@@ -95,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 metrics["hparams"]["lr"] = lr_find["suggestion"]
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
+        if parts.is_reglab_data(datamodule):  # where the batches were cut
+            metrics["data_device"] = str(datamodule.splits["train"][0].device)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
             return metrics
         save_model(model, run_dir / "model.pt", scaling=module.scaling,
