@@ -9,8 +9,12 @@ import pytest
 from conftest import run_cli, script
 
 BAD = [
-    (["optimizer.lr=-1"], "optimizer.lr: expected a number > 0, got -1"),
-    (["optimizer.lr=0"], "optimizer.lr: expected a number > 0"),
+    (["optimizer.lr=-1"], "optimizer.lr: expected a finite number > 0, got -1"),
+    (["optimizer.lr=0"], "optimizer.lr: expected a finite number > 0"),
+    (["optimizer.lr=inf"], "optimizer.lr: expected a finite number > 0, got inf"),
+    (["optimizer.weight_decay=nan"], "optimizer.weight_decay: expected a finite number >= 0"),
+    (["task_name=../../escape"], "task_name: expected a plain folder name"),
+    (["trainer.precision=7"], "trainer: Precision 7 is invalid"),
     (["data.batch_size=0"], "data.batch_size: expected a whole number > 0"),
     (["trainer.max_epochs=0"], "trainer.max_epochs: expected a whole number >= 1"),
     (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1]"),

@@ -312,6 +312,7 @@ def main() -> None:
     cli.answer_help("reglab-train", "train", sys.argv)
     try:
         sys.argv = _resume_argv(sys.argv)
+        validate.check_argv(sys.argv[1:])  # before Hydra creates any folder
     except validate.ReglabError as exc:
         cli.fail("reglab-train", exc)
     try:

@@ -6,6 +6,7 @@ what was expected, so a typo costs a second, not a traceback after a slow import
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,16 @@ def check(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
                           "to the command line")
-    positive = lambda v: _is_number(v) and v > 0  # noqa: E731
+    positive = lambda v: _is_number(v) and math.isfinite(v) and v > 0  # noqa: E731
     fraction = lambda v: _is_number(v) and 0 <= v <= 1  # noqa: E731
     # Keys of reglab's own classes are checked here, before torch is imported; a class
     # of the user's own checks its arguments itself (reglab cannot know what they mean).
     if _target(cfg, "optimizer").startswith("torch.optim."):
-        _check(cfg, "optimizer.lr", positive, "a number > 0")
+        _check(cfg, "optimizer.lr", positive, "a finite number > 0")
+        for key in ("weight_decay", "momentum"):
+            _check(cfg, f"optimizer.{key}", lambda v: _is_number(v) and math.isfinite(v)
+                   and v >= 0, "a finite number >= 0")
+    _check(cfg, "task_name", _plain_name, _TASK_NAME)
     _check(cfg, "trainer.max_epochs", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
            "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
@@ -94,6 +99,23 @@ def check(cfg: DictConfig) -> None:
         _check(cfg, "scheduler.interval", lambda v: v in ("epoch", "step"), "epoch or step")
         _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
                "a whole number >= 1")
+
+
+def _plain_name(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value \
+        and "\\" not in value
+
+
+#: What task_name must be: it names a folder under outputs/.
+_TASK_NAME = "a plain folder name (no path separators): runs land in outputs/<task_name>/"
+
+
+def check_argv(args: list[str]) -> None:
+    """Command-line values that would make Hydra create folders in the wrong place."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "task_name" and not _plain_name(value):
+            raise ConfigError(f"task_name: expected {_TASK_NAME}, got {value!r}")
 
 
 def _check_strategy(cfg: DictConfig) -> None:
