@@ -70,6 +70,7 @@ class RegressionModule(pl.LightningModule):
         self._epoch_rows = 0
         self._log_every = 1
         self._lr_each_step = False
+        self._lr_own = True
         self._on_host = True
 
     def reset_records(self) -> None:
@@ -122,6 +123,9 @@ class RegressionModule(pl.LightningModule):
         self._log_every = max(1, int(trainer.log_every_n_steps))
         self._lr_each_step = any(getattr(c, "interval", None) == "step"
                                  for c in trainer.lr_scheduler_configs)
+        # One owner per tag: with Lightning's LearningRateMonitor added, lr-* are its.
+        self._lr_own = not any(isinstance(c, pl.callbacks.LearningRateMonitor)
+                               for c in trainer.callbacks)
         self._on_host = self.device.type == "cpu"
         if self.reference_loss is not None:
             self._write({"train/loss_closed_form": self.reference_loss}, trainer.global_step)
@@ -169,7 +173,7 @@ class RegressionModule(pl.LightningModule):
         rows = x.shape[0]
         if due:
             self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=rows)
-            if self._lr_each_step:  # a scheduler that steps per optimizer step
+            if self._lr_each_step and self._lr_own:  # a scheduler stepping every step
                 self._write(self._lr_scalars(), step)
         # The epoch's row-weighted sum stays on the device: no sync per step.
         self._epoch_sum = loss.detach() * rows + self._epoch_sum
@@ -215,6 +219,8 @@ class RegressionModule(pl.LightningModule):
         ``LearningRateMonitor`` names them; written by the module because that callback
         costs about half a millisecond every epoch, more than a small model's epoch."""
         out: dict[str, float] = {}
+        if not self._lr_own:
+            return out
         for i, opt in enumerate(self.trainer.optimizers):
             name = f"lr-{type(opt).__name__}" + ("" if i == 0 else f"-{i}")
             groups = opt.param_groups
