@@ -135,23 +135,53 @@ def stock_lightning_tiny(out: Path) -> float:
     return time.perf_counter() - start
 
 
+#: Lightning's own learning-rate callback, added to the line job: what the module's
+#: ``lr-<Optimizer>`` scalars stand in for.
+LR_MONITOR = ["+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor"]
+
+
 def bench_tiny(reps: int, device: str = "cpu") -> dict[str, Any]:
     """reglab and the plain loop alternate, run by run: on a shared machine the load
-    drifts between minutes, so each ratio compares runs made seconds apart."""
+    drifts between minutes, so each ratio compares runs made seconds apart.
+
+    On the CPU each round also runs reglab with Lightning's ``LearningRateMonitor``
+    added (its cost per epoch, from the paired differences), and the first half of the
+    rounds stock Lightning in this process.
+    """
     quiet_lightning()
     run_dir = TMP / "tiny"
     overrides = ["trainer=gpu"] if device != "cpu" else []
-    reglab_fit(overrides, run_dir), plain_tiny(TMP / "plain", device)  # warm-up
-    pairs = [(reglab_fit(overrides, run_dir)["fit_seconds"], plain_tiny(TMP / "plain", device))
-             for _ in range(reps)]
-    reglab_s = statistics.median(r for r, _ in pairs)
-    plain_s = statistics.median(p for _, p in pairs)
-    out = {"reglab_fit_s": reglab_s, "plain_loop_s": plain_s,
-           "reglab_over_plain": statistics.median(r / p for r, p in pairs),
-           "reglab_runs": [r for r, _ in pairs]}
-    if device == "cpu":
-        stock_s, _ = median_of(lambda: stock_lightning_tiny(TMP / "stock"), max(1, reps // 2))
-        out.update(stock_lightning_s=stock_s, stock_over_plain=stock_s / plain_s)
+    on_cpu = device == "cpu"
+
+    def fit(extra: list[str]) -> float:
+        return reglab_fit([*overrides, *extra], run_dir)["fit_seconds"]
+
+    fit([]), plain_tiny(TMP / "plain", device)  # warm-up
+    if on_cpu:
+        fit(LR_MONITOR), stock_lightning_tiny(TMP / "stock")
+    rounds: list[dict[str, float]] = []
+    for i in range(reps):
+        r = {"reglab": fit([]), "plain": plain_tiny(TMP / "plain", device)}
+        if on_cpu:
+            r["lr_monitor"] = fit(LR_MONITOR)
+            if i < max(1, reps // 2):
+                r["stock"] = stock_lightning_tiny(TMP / "stock")
+        rounds.append(r)
+    med = statistics.median
+    out: dict[str, Any] = {
+        "reglab_fit_s": med(r["reglab"] for r in rounds),
+        "plain_loop_s": med(r["plain"] for r in rounds),
+        "reglab_over_plain": med(r["reglab"] / r["plain"] for r in rounds),
+        "reglab_runs": [r["reglab"] for r in rounds]}
+    if on_cpu:
+        epochs = 1000  # the line job's
+        with_stock = [r for r in rounds if "stock" in r]
+        out.update(
+            lr_monitor_ms_per_epoch=med(r["lr_monitor"] - r["reglab"] for r in rounds)
+            / epochs * 1e3,
+            stock_lightning_s=med(r["stock"] for r in with_stock),
+            stock_over_plain=med(r["stock"] / r["plain"] for r in with_stock),
+            reglab_over_stock=med(r["reglab"] / r["stock"] for r in with_stock))
     return out
 
 
@@ -222,18 +252,26 @@ def dataloader_large(x: Any, y: Any) -> float:
 
 
 def bench_large(reps: int, device: str = "cpu") -> dict[str, Any]:
+    """reglab and the plain loop alternate, as in the tiny pair; rows/s from the medians,
+    the ratio the median of each pair's own."""
     quiet_lightning()
     rows = LARGE_ROWS * LARGE_EPOCHS
     x, y = large_tensors()
     overrides = large_overrides() + (["trainer=gpu"] if device != "cpu" else [])
-    reglab_s, _ = median_of(lambda: reglab_fit(overrides, TMP / "large")["fit_seconds"], reps)
     out: dict[str, Any] = {}
     if device == "cpu":
         loader_s, _ = median_of(lambda: dataloader_large(x, y), 1, warmup=0)
-    x, y = x.to(device), y.to(device)
-    plain_s, _ = median_of(lambda: plain_large(x, y), reps)
-    out.update(reglab_rows_per_s=rows / reglab_s, plain_rows_per_s=rows / plain_s,
-               reglab_over_plain=plain_s / reglab_s)
+    xd, yd = x.to(device), y.to(device)
+
+    def reglab_s() -> float:
+        return reglab_fit(overrides, TMP / "large")["fit_seconds"]
+
+    reglab_s(), plain_large(xd, yd)  # warm-up
+    pairs = [(reglab_s(), plain_large(xd, yd)) for _ in range(reps)]
+    plain_s = statistics.median(p for _, p in pairs)
+    out.update(reglab_rows_per_s=rows / statistics.median(r for r, _ in pairs),
+               plain_rows_per_s=rows / plain_s,
+               reglab_over_plain=statistics.median(p / r for r, p in pairs))
     if device == "cpu":
         out.update(dataloader_rows_per_s=rows / loader_s, dataloader_over_plain=plain_s / loader_s)
     return out
@@ -460,6 +498,7 @@ def bench_memory(reps: int) -> dict[str, Any]:
     base = child_peak_rss("import torch, pytorch_lightning")
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
             "import run\n"
+            "run.TMP.rmdir()  # its own, made at import and unused\n"
             f"run.reglab_fit(run.large_overrides(), run.Path({str(TMP / 'mem')!r}))")
     peak = child_peak_rss(code)
     data_bytes = LARGE_ROWS * (LARGE_DIM + 1) * 4
@@ -522,9 +561,26 @@ def environment() -> dict[str, str]:
                       f"{platform.system()} {platform.release()}",
            "cpu": _cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
            "pytorch_lightning": pytorch_lightning.__version__}
+    commit = _commit()
+    if commit:
+        env["reglab commit"] = commit
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
+
+
+def _commit() -> str | None:
+    """The checkout's commit, marked when files differ from it; None outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head} (with uncommitted changes)" if dirty else head
 
 
 def _cpu_name() -> str:
