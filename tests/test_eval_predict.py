@@ -90,6 +90,23 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     assert out.returncode == 2 and "wide.csv: no column 'x'" in out.stderr
     assert not (tmp_path / "wide_out.csv").exists()
 
+    # Inputs the float32 model cannot represent, and outputs that cannot be written:
+    # one line, exit 2, nothing left behind.
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for args, message in [(["x=[[nan]]"], "x: row 0 holds nan; expected a finite number"),
+                          (["x=[[inf]]"], "x: row 0 holds inf"),
+                          (["x=[[1e39]]"], "within float32's range"),
+                          (["input_path=in.csv", "output_path=a_dir"], "a_dir is a directory"),
+                          (["input_path=in.csv", "output_path=a_file/out.csv"],
+                           "a_file is a file, not a folder")]:
+        out = run_cli([script("reglab-predict"), f"ckpt_path={run / 'model.pt'}", *args],
+                      cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-1000:])
+        assert "Traceback" not in out.stderr
+    assert list((tmp_path / "a_dir").iterdir()) == []
+    assert not list(tmp_path.glob(".*tmp-*"))
+
 
 def test_standardized_model_predicts_in_data_units(tmp_path: Path):
     import numpy as np

@@ -7,6 +7,7 @@ it. Output files are written whole or not at all (temp file, then rename).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,21 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reglab import cli, validate
 from reglab.confdir import CONF_DIR
+
+#: The largest finite float32: the model computes in float32, so larger inputs overflow.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_output_path(path: Path) -> None:
+    """An output file can be written there: not a directory, no file in the way."""
+    if path.is_dir():
+        raise validate.ConfigError(f"output_path: {path} is a directory; name a file in it, "
+                                   "e.g. output_path=" + str(path / "predictions.csv"))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise validate.ConfigError(f"output_path: {parent} is a file, not a folder")
+            break
 
 
 def _inline_rows(x: Any, width: int) -> list[list[float]]:
@@ -35,6 +51,10 @@ def _inline_rows(x: Any, width: int) -> list[list[float]]:
         if len(row) != width:
             raise validate.ConfigError(f"x: row {i} has {len(row)} values, but the model "
                                        f"takes {width} per row")
+        for v in row:
+            if not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX):
+                raise validate.ConfigError(f"x: row {i} holds {v!r}; expected a finite "
+                                           "number within float32's range")
     return [[float(v) for v in row] for row in values]
 
 
@@ -72,6 +92,8 @@ def predict(cfg: DictConfig) -> list[float]:
                                    "input_path=rows.csv")
     if cfg.output_path is not None and cfg.input_path is None:
         raise validate.ConfigError("output_path: needs input_path (inline x is printed)")
+    if cfg.output_path is not None:
+        _check_output_path(Path(cfg.output_path))
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     if not ckpt_path.is_file():
         raise validate.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
