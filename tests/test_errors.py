@@ -15,6 +15,8 @@ BAD = [
     (["optimizer.weight_decay=nan"], "optimizer.weight_decay: expected a finite number >= 0"),
     (["task_name=../../escape"], "task_name: expected a plain folder name"),
     (["trainer.precision=7"], "trainer: Precision 7 is invalid"),
+    (["+optimizer.foo=1"], "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
+    (["+loss.bogus=2"], "loss: _Loss.__init__() got an unexpected keyword argument 'bogus'"),
     (["data.batch_size=0"], "data.batch_size: expected a whole number > 0"),
     (["trainer.max_epochs=0"], "trainer.max_epochs: expected a whole number >= 1"),
     (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1]"),
@@ -87,3 +89,39 @@ def test_divergence_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_path:
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert state["global_step"] < metrics["diverged_at_step"]
     assert not list((run_dir / "checkpoints").glob("*.part"))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path):
+    """A folder of the user's, or an earlier run, is never deleted or rewritten by a
+    command that is then rejected (exit 2)."""
+    mine = tmp_path / "u"
+    mine.mkdir()
+    (mine / "train.log").write_text("notes\n")
+    out = run_cli([script("reglab-train"), f"hydra.run.dir={mine}", "optimizer.lr=-1"],
+                  cwd=tmp_path)
+    assert out.returncode == 2
+    assert _snapshot(mine) == {"train.log": b"notes\n"}
+    out = run_cli([script("reglab-train"), "hydra.run.dir=.", "optimizer.lr=-1"],
+                  cwd=mine)
+    assert out.returncode == 2 and _snapshot(mine) == {"train.log": b"notes\n"}
+
+    out = run_cli([script("reglab-train"), "experiment=origin", "logger=none",
+                   "callbacks.plots=null"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = next((tmp_path / "outputs" / "origin" / "runs").iterdir())
+    before = _snapshot(run_dir)
+    for args in (["model=mlp"], ["data.source.num=0", "trainer.max_epochs=-1"]):
+        out = run_cli([script("reglab-train"), f"resume={run_dir}", *args], cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert _snapshot(run_dir) == before, args
+    out = run_cli([script("reglab-train"), f"hydra.run.dir={run_dir}", "experiment=origin",
+                   "ckpt_path=last"], cwd=tmp_path)
+    assert out.returncode == 2 and _snapshot(run_dir) == before
+    out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=150",
+                   "logger=none", "callbacks.plots=null"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]  # and a later resume still works

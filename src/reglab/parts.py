@@ -9,6 +9,7 @@ rebuild the model from ``model.pt``) is found here without assuming reglab wrote
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +18,20 @@ from reglab.validate import ConfigError
 
 #: Hydra's own keys in an instantiable node, never constructor arguments.
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+
+
+def build(key: str, make: Callable[[], Any]) -> Any:
+    """``make()``; a class that refuses its arguments (an unknown keyword, a value out of
+    range) is bad input: one line naming the config ``key`` and the class's own words."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return make()
+    except (InstantiationException, TypeError, ValueError) as exc:
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and \
+            exc.__cause__ is not None else exc
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        raise ConfigError(f"{key}: {text}") from None
 
 
 def is_reglab_data(datamodule: Any) -> bool:
@@ -69,15 +84,14 @@ def build_model(node: DictConfig, in_features: int) -> tuple[Any, dict[str, Any]
 
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
               if k not in _HYDRA_KEYS}
-    factory = instantiate(node)
+    factory = build("model", lambda: instantiate(node))
     if not node.get("_partial_", False):  # already built: nothing to pass
         model = factory
+    elif _accepts(getattr(factory, "func", factory), "in_features"):
+        kwargs["in_features"] = in_features
+        model = build("model", lambda: factory(in_features=in_features))
     else:
-        if _accepts(getattr(factory, "func", factory), "in_features"):
-            kwargs["in_features"] = in_features
-            model = factory(in_features=in_features)
-        else:
-            model = factory()
+        model = build("model", factory)
     cls = type(model)
     own = getattr(model, "init_kwargs", None)  # reglab's models record their full arguments
     spec = {"class": f"{cls.__module__}.{cls.__qualname__}",
@@ -123,16 +137,19 @@ def trainer_parts(cfg: DictConfig) -> tuple[list[Any], list[Any], dict[str, Any]
     from reglab.callbacks import LastCheckpoint
 
     trainer = cfg.get("trainer") or {}
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [build(f"logger.{k}", lambda c=c: instantiate(c))
+               for k, c in (cfg.get("logger") or {}).items() if c]
+    callbacks = [build(f"callbacks.{k}", lambda c=c: instantiate(c))
+                 for k, c in (cfg.get("callbacks") or {}).items() if c]
     own = trainer.get("logger", True)
     if own is False or own is None:
         loggers = []
     elif own is not True:
-        loggers = [instantiate(c) for c in _as_list(own)]
+        loggers = [build("trainer.logger", lambda c=c: instantiate(c)) for c in _as_list(own)]
     extra = trainer.get("callbacks")
     if extra:
-        callbacks += [instantiate(c) for c in _as_list(extra)]
+        callbacks += [build("trainer.callbacks", lambda c=c: instantiate(c))
+                      for c in _as_list(extra)]
     if trainer.get("enable_checkpointing", True) is False:
         callbacks = [c for c in callbacks
                      if not isinstance(c, (pl.callbacks.ModelCheckpoint, LastCheckpoint))]

@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from reglab import cli, validate
+from reglab import cli, run_guard, validate
 from reglab.confdir import CONF_DIR
 
 log = logging.getLogger("reglab")
@@ -46,16 +46,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
         # Data first: the model's input width comes from it.
-        datamodule = instantiate(cfg.data)
+        datamodule = parts.build("data", lambda: instantiate(cfg.data))
         in_features, data_info = parts.describe_data(datamodule)
         model, model_spec = parts.build_model(cfg.model, in_features)
         scheduler = cfg.get("scheduler")
+        optimizer = parts.build("optimizer", lambda: instantiate(cfg.optimizer))
+        parts.build("optimizer", lambda: optimizer(model.parameters()))  # its arguments
         module = RegressionModule(
-            model=model, optimizer=instantiate(cfg.optimizer), loss=instantiate(cfg.loss),
+            model=model, optimizer=optimizer,
+            loss=parts.build("loss", lambda: instantiate(cfg.loss)),
             scaling=getattr(datamodule, "scaling", None), data_info=data_info,
             scheduler=None if not scheduler else {
                 **OmegaConf.to_container(scheduler, resolve=True),
-                "scheduler": instantiate(scheduler.scheduler)},
+                "scheduler": parts.build("scheduler",
+                                         lambda: instantiate(scheduler.scheduler))},
             model_spec=model_spec)
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to.
@@ -186,6 +190,8 @@ def _is_multirun() -> bool:
 
 #: Set once Hydra has composed the config and handed it to a job.
 _job_started = False
+#: The run dir as it was before Hydra touched it (see :mod:`reglab.run_guard`).
+_guard = run_guard.RunDirGuard(None)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -204,7 +210,8 @@ def _main(cfg: DictConfig) -> float:
             _record_failure(cfg, exc)
             log.error("job failed: %s", exc)
             return _FAILED
-        _discard_unused_run_dir(Path(cfg.paths.run_dir))
+        # Put the run dir back as it was: removed if this command created it.
+        _guard.restore(Path(cfg.paths.run_dir))
         cli.fail("reglab-train", exc)
     except Exception as exc:
         if not multirun:
@@ -258,15 +265,6 @@ def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
         results.write_json(run_dir / results.METRICS_FILE, results.failure(cfg, exc))
 
 
-def _discard_unused_run_dir(run_dir: Path) -> None:
-    """Remove a run dir that holds nothing but Hydra's own files and a failure record."""
-    import shutil
-
-    disposable = {".hydra", "train.log", "metrics.json"}
-    if run_dir.is_dir() and all(p.name in disposable for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def _resume_argv(argv: list[str]) -> list[str]:
     """``resume=<run dir>``: that run's own overrides, its dir and its newest checkpoint.
 
@@ -313,6 +311,8 @@ def main() -> None:
     try:
         sys.argv = _resume_argv(sys.argv)
         validate.check_argv(sys.argv[1:])  # before Hydra creates any folder
+        global _guard
+        _guard = run_guard.guard_from_argv(sys.argv[1:])
     except validate.ReglabError as exc:
         cli.fail("reglab-train", exc)
     try:
