@@ -110,10 +110,6 @@ class TrainBatches:
         self._served = (0, 0)  # (epoch, batches handed out in it)
         self._resume: tuple[int, int] | None = None
 
-    @property
-    def num_minibatches(self) -> int:
-        return self.batches.num_minibatches
-
     def __len__(self) -> int:
         return self.batches.num_minibatches
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from reglab.validate import is_number
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -137,7 +139,7 @@ def hparams(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str,
         "model": choices.get("model") or _target_name(cfg.model),
         "optimizer": choices.get("optimizer") or _target_name(opt),
         "loss": choices.get("loss") or _target_name(cfg.loss),
-        "lr": float(opt.lr) if _is_number(opt.get("lr")) else None,
+        "lr": float(opt.lr) if is_number(opt.get("lr")) else None,
         "batch_size": cfg.data.get("batch_size"),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "seed": cfg.get("seed"),
@@ -160,10 +162,6 @@ def _retargeted_groups() -> set[str]:
         return set()
     keys = (str(o).split("=", 1)[0].lstrip("+~") for o in task)
     return {k.removesuffix("._target_") for k in keys if k.endswith("._target_")}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def param_error(params: dict[str, Any], truth: dict[str, Any] | None) -> dict[str, Any] | None:

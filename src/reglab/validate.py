@@ -32,7 +32,8 @@ class DataError(ReglabError):
     """Data that cannot be used: empty, non-finite, or too small to split."""
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number (bools, which are ints to Python, are not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -62,14 +63,14 @@ def check(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
                           "to the command line")
-    positive = lambda v: _is_number(v) and math.isfinite(v) and v > 0  # noqa: E731
-    fraction = lambda v: _is_number(v) and 0 <= v <= 1  # noqa: E731
+    positive = lambda v: is_number(v) and math.isfinite(v) and v > 0  # noqa: E731
+    fraction = lambda v: is_number(v) and 0 <= v <= 1  # noqa: E731
     # Keys of reglab's own classes are checked here, before torch is imported; a class
     # of the user's own checks its arguments itself (reglab cannot know what they mean).
     if _target(cfg, "optimizer").startswith("torch.optim."):
         _check(cfg, "optimizer.lr", positive, "a finite number > 0")
         for key in ("weight_decay", "momentum"):
-            _check(cfg, f"optimizer.{key}", lambda v: _is_number(v) and math.isfinite(v)
+            _check(cfg, f"optimizer.{key}", lambda v: is_number(v) and math.isfinite(v)
                    and v >= 0, "a finite number >= 0")
     _check(cfg, "task_name", _plain_name, _TASK_NAME)
     _check(cfg, "trainer.max_epochs", lambda v: v is None or (
@@ -157,8 +158,8 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
            "a whole number >= 1")
     _check(cfg, "data.source.num", lambda v: isinstance(v, int) and v >= 1,
            "a whole number >= 1")
-    _check(cfg, "data.source.noise", lambda v: _is_number(v) and v >= 0, "a number >= 0")
-    _check(cfg, "data.source.high", lambda v: _is_number(v) and v > cfg.data.source.low,
+    _check(cfg, "data.source.noise", lambda v: is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "data.source.high", lambda v: is_number(v) and v > cfg.data.source.low,
            "a number above data.source.low")
     _check(cfg, "data.source.target", lambda v: isinstance(v, str) and v != "",
            "the name of the column to predict")
