@@ -97,6 +97,8 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     for args, message in [(["x=[[nan]]"], "x: row 0 holds nan; expected a finite number"),
                           (["x=[[inf]]"], "x: row 0 holds inf"),
                           (["x=[[1e39]]"], "within float32's range"),
+                          (["x=[[4.0]]", "allow_modules=5"],
+                           "allow_modules: expected a list of package names"),
                           (["input_path=in.csv", "output_path=a_dir"], "a_dir is a directory"),
                           (["input_path=in.csv", "output_path=a_file/out.csv"],
                            "a_file is a file, not a folder")]:

@@ -100,6 +100,22 @@ class Trained:
             else self.model
 
 
+def _package_names(value: Any) -> tuple[str, ...]:
+    """``allow_modules`` as package names: a list of them, or one name."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    try:
+        names = tuple(value)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) and n for n in names):
+        raise ReglabError(f"allow_modules: expected a list of package names, e.g. "
+                          f"[mymodels], got {value!r}")
+    return names
+
+
 def _allowed(module: str, allow: tuple[str, ...]) -> bool:
     return any(module == a or module.startswith(a + ".") for a in ("reglab", *allow))
 
@@ -154,7 +170,7 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
     """Read ``model.pt`` or a reglab Lightning checkpoint (``.ckpt``), safely: the file
     is loaded as weights only, and a model class outside reglab is imported only when
     its package is in ``allow_modules``."""
-    allow = tuple(str(a) for a in (allow_modules or ()))
+    allow = _package_names(allow_modules)
     path = Path(path).expanduser()
     payload = _safe_load(path, "model file or checkpoint")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:

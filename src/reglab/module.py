@@ -87,14 +87,20 @@ class RegressionModule(pl.LightningModule):
         if not self.scheduler_config:
             return optimizer
         config = dict(self.scheduler_config)
-        factory = config.pop("scheduler")
-        kwargs: dict[str, Any] = {}
-        if _takes(factory, "total_steps") and _bound(factory, "total_steps") is None:
-            # OneCycleLR needs the fit's length: Lightning knows it (max_epochs, max_steps,
-            # limit_train_batches, accumulation and devices included).
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        config["scheduler"] = factory(optimizer, **kwargs)
+        # OneCycleLR needs the fit's length: Lightning knows it (max_epochs, max_steps,
+        # limit_train_batches, accumulation and devices included).
+        config["scheduler"] = self.make_scheduler(
+            optimizer, lambda: int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer,
+                       total_steps: Callable[[], int]) -> Any:
+        """The configured scheduler on ``optimizer``; ``total_steps`` is asked only by a
+        scheduler that takes that argument and was not given it."""
+        factory = self.scheduler_config["scheduler"]
+        if _takes(factory, "total_steps") and _bound(factory, "total_steps") is None:
+            return factory(optimizer, total_steps=total_steps())
+        return factory(optimizer)
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

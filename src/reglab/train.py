@@ -61,6 +61,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "scheduler": parts.build("scheduler",
                                          lambda: instantiate(scheduler.scheduler))},
             model_spec=model_spec)
+        if module.scheduler_config:  # its arguments, on a throwaway optimizer
+            parts.build("scheduler", lambda: module.make_scheduler(
+                optimizer(model.parameters()), lambda: 100))
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to.
         closed, solution = (results.closed_form(model, module.loss_fn, datamodule)

@@ -20,6 +20,11 @@ ACTIVATIONS: dict[str, str] = {
 }
 
 
+#: The metrics reglab's module logs, which monitors (checkpoints, early stopping,
+#: ReduceLROnPlateau) can watch.
+METRICS = ("train/loss", "train/loss_epoch", "val/loss")
+
+
 class ReglabError(ValueError):
     """A problem with the user's input, reported as one line without a traceback."""
 
@@ -98,6 +103,26 @@ def check(cfg: DictConfig) -> None:
                           "conf/scheduler/step.yaml)")
     if scheduler:
         _check(cfg, "scheduler.interval", lambda v: v in ("epoch", "step"), "epoch or step")
+        _check(cfg, "scheduler.monitor", lambda v: v in METRICS,
+               f"one of the metrics reglab logs: {', '.join(METRICS)}", optional=True)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        # Lightning's own callbacks name a metric to watch; a misspelt one would fail at
+        # the end of the first epoch, after the run dir was set up.
+        if isinstance(callback, DictConfig) and str(callback.get("_target_", "")).startswith(
+                ("pytorch_lightning.", "lightning.")):
+            _check(cfg, f"callbacks.{name}.monitor", lambda v: v in METRICS,
+                   f"one of the metrics reglab logs: {', '.join(METRICS)}", optional=True)
+    lr_find = (cfg.get("tuner") or {}).get("lr_find")
+    if lr_find is not None:
+        _check(cfg, "tuner.lr_find.num_training", lambda v: isinstance(v, int) and v >= 2,
+               "a whole number >= 2")
+        for key in ("min_lr", "max_lr"):
+            _check(cfg, f"tuner.lr_find.{key}", lambda v: is_number(v) and math.isfinite(v)
+                   and v > 0, "a finite number > 0")
+        if is_number(lr_find.get("min_lr")) and is_number(lr_find.get("max_lr")) and \
+                lr_find.min_lr >= lr_find.max_lr:
+            raise ConfigError(f"tuner.lr_find.max_lr: expected a number above min_lr "
+                              f"({lr_find.min_lr}), got {lr_find.max_lr}")
         _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
                "a whole number >= 1")
 
