@@ -39,6 +39,13 @@ def run(main: Callable[[], object]) -> None:
         gc.freeze()
 
 
+def experiment_argv(argv: list[str]) -> list[str]:
+    """``+experiment=NAME`` (the form Hydra's docs use for a group with no default) as
+    ``experiment=NAME``: the root config lists ``experiment: null``, where Hydra would
+    reject the ``+`` form as a second value."""
+    return [a.removeprefix("+") if a.startswith("+experiment=") else a for a in argv]
+
+
 def run_hydra_app(app: Callable[[], object]) -> None:
     """Run a ``hydra.main`` app; Hydra's own exit 1 (a config it cannot compose) is bad
     input, so it becomes 2."""

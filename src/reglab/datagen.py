@@ -1,7 +1,9 @@
 """Regression data sets: synthetic ones reproducible from a seed, and tables from files.
 
-Every source returns a :class:`Dataset` of float32 tensors. Synthetic sets also carry the
-parameters that produced them, so a run can report how far its learned ones are.
+Every source returns a :class:`Dataset` in the precision it was made or read in (float64
+here): the least-squares report is computed from it as is, and training casts a copy to
+the trainer's precision. Synthetic sets also carry the parameters that produced them, so
+a run can report how far its learned ones are.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ import torch
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (rows × features), targets ``y`` (rows × 1) and, if known, the truth."""
+    """Inputs ``x`` (rows × features), targets ``y`` (rows × targets) and, if known, the
+    truth. ``target_name`` is one name, or a list with one per target column."""
 
     x: torch.Tensor
     y: torch.Tensor
     true_params: dict[str, list[list[float]] | float | None] | None = None
     #: Column names, for tables read from files and for prediction CSVs.
     feature_names: list[str] | None = None
-    target_name: str | None = None
+    target_name: str | list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] != 1:
-            raise ValueError(f"expected x (n, d) and y (n, 1), got {tuple(self.x.shape)} and "
+        if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] < 1:
+            raise ValueError(f"expected x (n, d) and y (n, k), got {tuple(self.x.shape)} and "
                              f"{tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
@@ -33,7 +36,13 @@ class Dataset:
             self.feature_names = ["x"] if self.x.shape[1] == 1 else [
                 f"x{i}" for i in range(self.x.shape[1])]
         if self.target_name is None:
-            self.target_name = "y"
+            k = self.y.shape[1]
+            self.target_name = "y" if k == 1 else [f"y{i}" for i in range(k)]
+
+    @property
+    def target_names(self) -> list[str]:
+        name = self.target_name
+        return [name] if isinstance(name, str) else list(name or [])
 
     @property
     def num_features(self) -> int:
@@ -62,8 +71,8 @@ def _truth(weight: Sequence[float], bias: float | None) -> dict:
 
 
 def _finish(x: torch.Tensor, y: torch.Tensor, truth: dict | None) -> Dataset:
-    # Generated in float64 so the truth is exact, served in float32 like any model input.
-    return Dataset(x.float().contiguous(), y.float().contiguous(), truth)
+    # Kept in float64: the truth is exact and the least-squares report sees these values.
+    return Dataset(x.contiguous(), y.contiguous(), truth)
 
 
 def line(a: float = 2.0, b: float = 1.0, start: float = 0.0, stop: float = 10.0,
@@ -77,16 +86,16 @@ def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: floa
            num_samples: int = 1000, seed: int = 0) -> Dataset:
     """y = X·w + b + N(0, noise²) with standard normal features.
 
-    Drawn in float64 a block of rows at a time straight into float32 tensors, so a
-    million-row set never holds a float64 copy of itself (the values are the same as one
-    draw of the whole set: blocks are whole multiples of the generator's 16-value batch).
+    Drawn a block of rows at a time (the values are the same as one draw of the whole
+    set: blocks are whole multiples of the generator's 16-value batch), so no temporary
+    the size of the set is made besides the set itself.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     g = _generator(seed)
     w = torch.tensor(list(weight), dtype=torch.float64).unsqueeze(1)
-    x = torch.empty(num_samples, w.shape[0], dtype=torch.float32)
-    y = torch.empty(num_samples, 1, dtype=torch.float64)  # n × 8 bytes: small
+    x = torch.empty(num_samples, w.shape[0], dtype=torch.float64)
+    y = torch.empty(num_samples, 1, dtype=torch.float64)
     for i in range(0, num_samples, _BLOCK):
         block = torch.randn(min(_BLOCK, num_samples - i), w.shape[0], generator=g,
                             dtype=torch.float64)
@@ -95,7 +104,7 @@ def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: floa
     for i in range(0, num_samples, _BLOCK):
         rows = min(_BLOCK, num_samples - i)
         y[i:i + rows] += noise * torch.randn(rows, 1, generator=g, dtype=torch.float64)
-    return Dataset(x, y.float(), _truth(list(weight), bias))
+    return Dataset(x, y, _truth(list(weight), bias))
 
 
 def uniform_line(a: float = 2.0, b: float = 6.0, low: float = 0.0, high: float = 5.0,

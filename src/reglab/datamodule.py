@@ -147,14 +147,26 @@ def _first_nonfinite_row(x: torch.Tensor, y: torch.Tensor, chunk: int = 1 << 16)
     return None
 
 
+def _serve_dtype(trainer: pl.Trainer | None) -> torch.dtype:
+    """The dtype batches are served in: the model's under ``64-true``, else float32
+    (Lightning's half-precision plugins convert float32 inputs themselves)."""
+    precision = str(getattr(trainer, "precision", "32-true")) if trainer is not None else ""
+    return torch.float64 if precision.startswith("64") else torch.float32
+
+
 class RegressionDataModule(pl.LightningDataModule):
     """Splits one in-memory data set into train/val/test and serves tensor batches.
+
+    ``splits`` hold the rows as read (float64 for tables and generated sets, data units),
+    which the least-squares report and the final float64 losses use; training, validation
+    and test batches come from a copy in training units (standardized when asked) and in
+    the trainer's precision, made once in ``setup``.
 
     ``val_fraction=0`` validates on the training rows, so problems of a handful of points
     (3 or 11) still get a validation loss; ``test_fraction=0`` means no test split.
     ``standardize`` (features) and ``standardize_target`` fit their statistics on the
-    training split only; every split is then served in those units. A given ``scaling``
-    (from a trained model, at evaluation time) is applied instead of fitting one.
+    training split only. A given ``scaling`` (from a trained model, at evaluation time) is
+    applied instead of fitting one.
     """
 
     def __init__(self, source: Callable[[], Dataset], batch_size: int | None = None,
@@ -173,6 +185,8 @@ class RegressionDataModule(pl.LightningDataModule):
         self.scaling = scaling
         self.data: Dataset | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._served: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._served_key: tuple[torch.dtype, str] | None = None
 
     # -- data ---------------------------------------------------------------------------
     def prepare(self) -> Dataset:
@@ -184,7 +198,7 @@ class RegressionDataModule(pl.LightningDataModule):
             row = _first_nonfinite_row(data.x, data.y)
             if row is not None:
                 raise DataError(f"data: row {row} holds a non-finite value "
-                                f"(x={data.x[row].tolist()}, y={float(data.y[row])})")
+                                f"(x={data.x[row].tolist()}, y={data.y[row].tolist()})")
             splits = self._split(data)
             if self.scaling is None:
                 self.scaling = Scaling.fit(*splits["train"], features=self.standardize,
@@ -192,15 +206,45 @@ class RegressionDataModule(pl.LightningDataModule):
             if self.scaling.x_mean is not None and len(self.scaling.x_mean) != data.num_features:
                 raise DataError(f"data: {data.num_features} feature columns, but the model was "
                                 f"trained on {len(self.scaling.x_mean)}")
-            if self.scaling.active:
-                val_is_train = splits["val"] is splits["train"]
-                splits = {k: (self.scaling.x(x), self.scaling.y(y)) for k, (x, y) in
-                          splits.items() if not (k == "val" and val_is_train)}
-                if val_is_train:
-                    splits["val"] = splits["train"]
             self.data = data
             self.splits = splits
         return self.data
+
+    def training_units(self, split: str, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split as the model sees it: scaled, in ``dtype`` (default: as stored), on
+        ``device``; built a block of rows at a time, so no float64 scaled copy of a
+        large split is ever held beside the result."""
+        self.prepare()
+        x, y = self.splits[split]
+        dtype = dtype or x.dtype
+        if not self.scaling.active and x.dtype == dtype and (device is None or
+                                                              x.device == torch.device(device)):
+            return x, y
+        out_x = torch.empty(x.shape, dtype=dtype, device=device)
+        out_y = torch.empty(y.shape, dtype=dtype, device=device)
+        for i in range(0, int(x.shape[0]), EVAL_BATCH_ROWS * 4):
+            j = i + EVAL_BATCH_ROWS * 4
+            out_x[i:j] = self.scaling.x(x[i:j]).to(dtype)
+            out_y[i:j] = self.scaling.y(y[i:j]).to(dtype)
+        return out_x, out_y
+
+    def served(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every split in training units, ``dtype`` and on ``device`` (made once)."""
+        self.prepare()
+        key = (dtype, str(device))
+        if self._served_key != key:
+            self._served = {}
+            for split in self.splits:
+                if split == "val" and self.val_is_train:
+                    continue
+                self._served[split] = self.training_units(split, dtype, device)
+            if self.val_is_train:
+                self._served["val"] = self._served["train"]
+            self._served_key = key
+        return self._served
 
     def _split(self, data: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         n = len(data)
@@ -234,10 +278,20 @@ class RegressionDataModule(pl.LightningDataModule):
         return self.prepare().num_features
 
     @property
+    def num_targets(self) -> int:
+        return int(self.prepare().y.shape[1])
+
+    @property
     def val_is_train(self) -> bool:
         """Whether validation uses the training rows (``val_fraction=0``)."""
         self.prepare()
         return self.splits["val"] is self.splits["train"]
+
+    @property
+    def batch_device(self) -> torch.device:
+        """Where batches are cut: the served copy's device once ``setup`` has run."""
+        served = self._served.get("train") or self.splits["train"]
+        return served[0].device
 
     @property
     def has_test(self) -> bool:
@@ -246,24 +300,25 @@ class RegressionDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Prepare the data; on an accelerator, move every split there once, so batches
-        are cut on the device and nothing is copied per step."""
+        """Prepare the data and its served copy: in the trainer's precision and, on an
+        accelerator, on the device, so batches are cut there and nothing is copied per
+        step."""
         self.prepare()
         t = self.trainer
-        device = t.strategy.root_device if t is not None else None
-        if device is not None and device.type != "cpu":
-            self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
+        device = t.strategy.root_device if t is not None else torch.device("cpu")
+        self.served(_serve_dtype(t), device)
 
     def _batches(self, split: str, shuffle: bool, batch_size: int | None) -> TensorBatches:
-        x, y = self.splits[split]
         t = self.trainer
+        served = self.served(_serve_dtype(t), t.strategy.root_device if t is not None
+                             else "cpu")
+        x, y = served[split]
         # Only training is sharded: every rank evaluates whole splits, so validation and
         # test figures agree across ranks without any collective.
         shard = split == "train" and t is not None and t.world_size > 1
         return TensorBatches(x, y, batch_size, shuffle=shuffle, seed=self.seed,
                              rank=t.global_rank if shard else 0,
                              world_size=t.world_size if shard else 1)
-
     def _eval_batch_size(self) -> int | None:
         """Evaluation needs no gradient, so its batches can be far larger than training's:
         each batch costs Lightning a fixed dispatch overhead that dwarfs a small model."""

@@ -121,7 +121,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
         raise validate.DataError(f"split: {missing}")
     model = trained.model
     intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
-    sums = score(model, x, y, trained.scaling.y_inverse)
+    sums = score(model, x, y, trained.scaling if is_reglab_data(datamodule) else None)
     metrics = sums.compute(centered=intercept)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "bias" not in n)
     if hasattr(model, "params"):

@@ -31,14 +31,10 @@ def _subsample(n: int, k: int = MAX_POINTS) -> torch.Tensor:
 def _raw(datamodule: Any, split: str, rows: torch.Tensor | None = None
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split (or some of its ``rows``) in the data's own units, on the CPU in float64."""
-    x, y = datamodule.splits[split]
+    x, y = datamodule.splits[split]  # as read: already in data units
     if rows is not None:
         x, y = x[rows.to(x.device)], y[rows.to(y.device)]
-    x, y = x.detach().cpu().double(), y.detach().cpu().double()
-    s = datamodule.scaling
-    if s.x_mean is not None:
-        x = x * torch.tensor(s.x_std, dtype=x.dtype) + torch.tensor(s.x_mean, dtype=x.dtype)
-    return x, s.y_inverse(y)
+    return x.detach().cpu().double(), y.detach().cpu().double()
 
 
 def _in_data_units(model: nn.Module, scaling: Any) -> nn.Module:
@@ -122,7 +118,8 @@ def landscape(model: nn.Module, loss_fn: nn.Module, datamodule: Any,
 
     if not landscape_applies(model, loss_fn) or closed_form is None or not path:
         return None
-    x, y = (t.detach().cpu().double()[:, 0] for t in datamodule.splits["train"])
+    x, y = (t.detach().cpu().double()[:, 0]
+            for t in datamodule.training_units("train", torch.float64))
     n = len(x)
     # MSE(w, b) from sufficient statistics: exact, and O(1) per grid point.
     sxx, sx, sxy = float((x * x).mean()), float(x.mean()), float((x * y).mean())

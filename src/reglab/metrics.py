@@ -6,7 +6,7 @@ Sums rather than stored predictions keep evaluation O(1) in memory on large data
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,12 +52,25 @@ def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
     return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
 
 
-def score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-          y_inverse: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+def score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any = None,
           chunk: int = 1 << 16) -> RegressionSums:
-    """Sums over a whole split, predicting in chunks; ``y_inverse`` undoes target scaling."""
+    """Sums over a whole split in data units, predicting a chunk at a time.
+
+    ``x``, ``y`` are in data units; ``scaling`` (the model's standardization) takes each
+    chunk of inputs to the units the model was trained in and its predictions back.
+    Inputs are cast to the model's own dtype, so float64 data scores a float32 model.
+    """
     sums = RegressionSums()
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None else x.dtype
+    device = param.device if param is not None else x.device
     with torch.no_grad():
         for i in range(0, int(x.shape[0]), chunk):
-            sums.update(y_inverse(model(x[i:i + chunk])), y_inverse(y[i:i + chunk]))
+            xs = x[i:i + chunk]
+            if scaling is not None:
+                xs = scaling.x(xs.double())
+            pred = model(xs.to(device, dtype)).double().cpu()
+            if scaling is not None:
+                pred = scaling.y_inverse(pred)
+            sums.update(pred, y[i:i + chunk].cpu())
     return sums

@@ -108,7 +108,7 @@ def predict(cfg: DictConfig) -> list[float]:
         if width is None:  # a model of the user's own that names no width: the rows do
             width = _row_width(cfg.x)
         names = trained.features or [f"x{i}" for i in range(width)]
-        x = torch.tensor(_inline_rows(cfg.x, width), dtype=torch.float32)
+        x = torch.tensor(_inline_rows(cfg.x, width), dtype=torch.float64)
     else:
         from reglab.tables import read_inputs
 
@@ -116,8 +116,10 @@ def predict(cfg: DictConfig) -> list[float]:
         if width is not None and x.shape[1] != width:
             raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
                                      f"({', '.join(names)}), but the model takes {width}")
+    from reglab.scaling import Standardized
+
     with torch.no_grad():
-        preds = trained.standardized()(x).reshape(-1).tolist()
+        preds = Standardized(trained.model, trained.scaling).eval()(x).reshape(-1).tolist()
     column = f"{trained.target or 'y'}_predicted"
     if cfg.output_path is not None:
         _write_csv(Path(cfg.input_path), Path(cfg.output_path), column, preds, cfg.delimiter)

@@ -24,12 +24,13 @@ METRICS_FILE = "metrics.json"
 
 
 def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               chunk: int = 1 << 14) -> float:
+               scaling: Any = None, chunk: int = 1 << 14) -> float:
     """The loss of ``model`` over a whole split, evaluated in float64 a chunk at a time.
 
-    Float64 so that the comparison with the least-squares optimum is not blurred by
-    float32 rounding of the predictions (about 1e-4 of a small MSE); chunked sums so a
-    million-row split costs no full-size temporaries.
+    ``x``, ``y`` are in data units; ``scaling`` takes each chunk to training units, where
+    the loss is defined. Float64 so that the comparison with the least-squares optimum is
+    not blurred by float32 rounding of the predictions (about 1e-4 of a small MSE);
+    chunked sums so a million-row split costs no full-size temporaries.
     """
     import copy
 
@@ -42,8 +43,11 @@ def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.T
     with torch.no_grad():
         device = next(model64.parameters()).device
         for i in range(0, len(x), chunk):
-            pred = model64(x[i:i + chunk].to(device, torch.float64))
-            total += float(summed(pred, y[i:i + chunk].to(device, torch.float64)))
+            xs = x[i:i + chunk].to(device, torch.float64)
+            ys = y[i:i + chunk].to(device, torch.float64)
+            if scaling is not None:
+                xs, ys = scaling.x(xs), scaling.y(ys)
+            total += float(summed(model64(xs), ys))
     mean = getattr(loss_fn, "reduction", "mean") == "mean"
     return total / (int(y.numel()) if mean else 1)
 
@@ -67,12 +71,17 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
     if not isinstance(loss_fn, torch.nn.MSELoss):
         return {"skipped": f"loss is {type(loss_fn).__name__}; least squares is the optimum "
                            "of MSE only"}, None
+    scaling = datamodule.scaling
+
+    def design(x: torch.Tensor) -> torch.Tensor:  # data units in, the model's columns out
+        return model.features(scaling.x(x.double()))
+
     x, y = datamodule.splits["train"]
-    solution = cf.solve(x, y, bias=model.has_bias, features=model.features)
+    solution = cf.solve(x, scaling.y(y.double()), bias=model.has_bias, features=design)
 
     def loss(split: str) -> float:
         xs, ys = datamodule.splits[split]
-        sse = solution.sse(xs, ys, features=model.features)
+        sse = solution.sse(xs, scaling.y(ys.double()), features=design)
         return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
 
     train_loss = loss("train")
@@ -85,11 +94,10 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
     }
     if "test" in datamodule.splits:
         sums = RegressionSums()
-        scaling = datamodule.scaling
         xs, ys = datamodule.splits["test"]
         for i in range(0, int(xs.shape[0]), cf.CHUNK):
-            pred = solution.predict(xs[i:i + cf.CHUNK].cpu(), model.features)
-            sums.update(scaling.y_inverse(pred), scaling.y_inverse(ys[i:i + cf.CHUNK].cpu()))
+            pred = solution.predict(xs[i:i + cf.CHUNK].cpu(), design)
+            sums.update(scaling.y_inverse(pred), ys[i:i + cf.CHUNK].cpu())
         record["test"] = sums.compute(centered=model.has_bias)
         record["test"].update(adjusted_r2(record["test"]["r2"], sums.n,
                                           int(solution.weight.shape[0]), model.has_bias))
@@ -269,10 +277,13 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
     model, loss_fn = module.model, module.loss_fn
     ours = is_reglab_data(datamodule)
     if ours:
-        train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"]))
+        scaling = datamodule.scaling
+        train_loss = _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["train"],
+                                                scaling=scaling))
         val_is_train = datamodule.val_is_train
         losses = {"train": train_loss, "val": train_loss if val_is_train else
-                  _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["val"]))}
+                  _finite_or_none(split_loss(model, loss_fn, *datamodule.splits["val"],
+                                             scaling=scaling))}
     else:  # another data module: the last epoch means the module recorded
         # (trainer.test clears Lightning's callback_metrics, so they are read from the
         # module's own history, and from callback_metrics only when that is empty).

@@ -71,4 +71,13 @@ class Standardized(nn.Module):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaling.y_inverse(self.model(self.scaling.x(x)))
+        # Scaled in the input's precision, then cast to the model's (float64 data into a
+        # float32 model); predictions come back in the input's precision.
+        z = self.scaling.x(x)
+        param = next(iter(self.model.parameters()), None)
+        if param is not None and z.dtype != param.dtype:
+            z = z.to(param.dtype)
+        out = self.model(z)
+        if x.is_floating_point() and out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return self.scaling.y_inverse(out)

@@ -1,135 +1,247 @@
 """Real data: a numeric table from a CSV or Parquet file, and scikit-learn's diabetes set.
 
-Every cell is checked while it is read, so a bad one is reported by file, line (or row)
-and column instead of surfacing later as a NaN loss.
+Files are read by pyarrow straight into float64 columns. Cells are checked a whole
+column at a time (nulls, text, non-finite values), and only when a column fails is the
+first bad cell located, so a bad one is still reported by file, line (or row), column and
+its text instead of surfacing later as a NaN loss.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from reglab.datagen import Dataset
 from reglab.validate import DataError
 
+#: A decimal number as Python's ``float`` reads it (after trimming), for locating bad text.
+_NUMBER = (r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|"
+           r"[iI][nN][fF]([iI][nN][iI][tT][yY])?|[nN][aA][nN])$")
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
 
 def _columns(path: Path, header: list[str], features: Sequence[str] | None,
-             target: str | None) -> list[str]:
-    """The feature columns to read, then the target (if any); names every missing one."""
-    wanted = list(features) if features is not None else [c for c in header if c != target]
-    targets = [] if target is None else [target]
+             targets: Sequence[str], delimiter: str | None = None) -> list[str]:
+    """The feature columns to read, then the targets; names every missing one."""
+    counts = Counter(header)
+    dup = next((c for c in header if counts[c] > 1), None)
+    if dup is not None:
+        raise DataError(f"{path}: duplicate column {dup!r} in the header")
+    wanted = list(features) if features is not None else [c for c in header
+                                                          if c not in targets]
     missing = [c for c in [*wanted, *targets] if c not in header]
     if missing:
+        hint = ""
+        if delimiter is not None and len(header) == 1:
+            hint = (f"; only one column was found with delimiter {delimiter!r}: "
+                    "set data.source.delimiter")
         raise DataError(f"{path}: no column {', '.join(map(repr, missing))} "
-                        f"(the file has: {', '.join(header)})")
-    if target in wanted:
-        raise DataError(f"{path}: column {target!r} is both the target and a feature")
+                        f"(the file has: {', '.join(header)}){hint}")
+    both = [c for c in targets if c in wanted]
+    if both:
+        raise DataError(f"{path}: column {both[0]!r} is both a target and a feature")
+    if len(set(targets)) != len(targets):
+        raise DataError(f"{path}: a target column is named twice: {list(targets)}")
     if not wanted:
-        raise DataError(f"{path}: no feature columns left besides the target {target!r}")
+        raise DataError(f"{path}: no feature columns left besides the target "
+                        f"{', '.join(map(repr, targets))}")
     return [*wanted, *targets]
 
 
-def _number(text: str, where: str) -> float:
-    text = text.strip()
-    if not text:
-        raise DataError(f"{where}: empty cell (expected a number)")
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{where}: {text[:40]!r} is not a number") from None
-    if not math.isfinite(value):
-        raise DataError(f"{where}: {text!r} is not a finite number")
-    return value
-
-
-def _read_csv(path: Path, features: Sequence[str] | None, target: str | None,
-              delimiter: str) -> tuple[list[str], list[list[float]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def _csv_line(path: Path, row: int, delimiter: str) -> int:
+    """The file line holding data row ``row`` (0-based, blank lines skipped as pyarrow
+    does). Only called on the error path, so it may read the file in Python."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise DataError(f"{path}: the file is empty (expected a header line)")
-        names = _columns(path, header, features, target)
-        index = [header.index(c) for c in names]
-        rows: list[list[float]] = []
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue  # blank lines, e.g. at the end of the file
-            if len(row) != len(header):
-                raise DataError(f"{path}, line {line}: {len(row)} fields, but the header has "
-                                f"{len(header)} (delimiter {delimiter!r})")
-            rows.append([_number(row[i], f"{path}, line {line}, column {c!r}")
-                         for i, c in zip(index, names, strict=True)])
-    return names, rows
+        next(reader, None)
+        seen = -1
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                seen += 1
+                if seen == row:
+                    return reader.line_num
+    return row + 2
 
 
-def _read_parquet(path: Path, features: Sequence[str] | None,
-                  target: str | None) -> tuple[list[str], list[list[float]]]:
+def _first(mask: Any) -> int | None:
+    """Index of the first true value of a boolean pyarrow array, or None."""
+    import pyarrow.compute as pc
+
+    index = pc.index(mask, True).as_py()
+    return None if index < 0 else int(index)
+
+
+def _to_float64(column: Any, where: Any) -> np.ndarray:
+    """A pyarrow column as float64, or a DataError naming its first bad cell.
+
+    ``where(row)`` renders the location of a 0-based data row for the message.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = column.type
+    if pa.types.is_null(kind) or column.null_count:
+        row = 0 if pa.types.is_null(kind) else _first(pc.is_null(column))
+        raise DataError(f"{where(row)}: empty cell (expected a number)")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = pc.utf8_trim_whitespace(column)
+        row = _first(pc.equal(text, ""))
+        if row is not None:
+            raise DataError(f"{where(row)}: empty cell (expected a number)")
+        row = _first(pc.invert(pc.match_substring_regex(text, _NUMBER)))
+        if row is not None:
+            raise DataError(f"{where(row)}: {column[row].as_py()[:40]!r} is not a number")
+        column = pc.cast(text, pa.float64())
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        column = pc.cast(column, pa.float64())
+    else:  # booleans, dates, nested values: nothing a regression should take as a number
+        raise DataError(f"{where(0)}: {str(column[0].as_py())[:40]!r} is not a number "
+                        f"(the column holds {kind})")
+    values = column.to_numpy(zero_copy_only=False)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{where(row)}: {str(values[row])!r} is not a finite number")
+    return values
+
+
+def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = None) -> Any:
+    """The file as a pyarrow table (every column, or ``columns``), errors as DataError."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    convert = pcsv.ConvertOptions(
+        # Only an empty cell is missing: "nan" or "NA" reach the checks as text or NaN
+        # and are reported as such instead of as an empty cell.
+        null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False,
+        include_columns=None if columns is None else list(columns))
     try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    table = pq.read_table(path)
-    names = _columns(path, list(table.column_names), features, target)
-    columns = []
-    for name in names:
-        values = table.column(name).to_pylist()
-        for row, value in enumerate(values, start=1):
-            where = f"{path}, row {row}, column {name!r}"
-            if value is None:
-                raise DataError(f"{where}: empty cell (expected a number)")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise DataError(f"{where}: {str(value)[:40]!r} is not a number")
-            if not math.isfinite(value):
-                raise DataError(f"{where}: {value!r} is not a finite number")
-        columns.append(values)
-    return names, [list(r) for r in zip(*columns, strict=True)]
+        return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                             convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        if "Expected" in message and "columns" in message:
+            line, count, width = _ragged_line(path, delimiter)
+            raise DataError(f"{path}, line {line}: {count} fields, but the header has "
+                            f"{width} (delimiter {delimiter!r})") from None
+        if "UTF8" in message or "UTF-8" in message:
+            raise DataError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
+        if "Empty CSV file" in message:
+            raise DataError(f"{path}: the file is empty (expected a header line)") from None
+        raise DataError(f"{path}: cannot read as delimited text "
+                        f"(delimiter {delimiter!r}): {message.splitlines()[0]}") from None
 
 
-def _read(file: Path, features: Sequence[str] | None, target: str | None, delimiter: str,
-          key: str) -> tuple[list[str], torch.Tensor]:
-    """(column names, float64 rows) of a CSV or Parquet table; ``key`` names the setting
-    that gave the path, for the error when the file is missing."""
+def _ragged_line(path: Path, delimiter: str) -> tuple[int, int, int]:
+    """(line, fields on it, header fields) of the first row whose width differs."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        width = len(next(reader, []))
+        for fields in reader:
+            if fields and any(f.strip() for f in fields) and len(fields) != width:
+                return reader.line_num, len(fields), width
+    return 0, 0, width
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), [])
+    if not header:
+        raise DataError(f"{path}: the file is empty (expected a header line)")
+    return header
+
+
+def _read(file: Path, features: Sequence[str] | None, targets: Sequence[str], delimiter: str,
+          key: str) -> tuple[list[str], list[np.ndarray]]:
+    """(column names, one float64 array per column) of a CSV or Parquet table: the
+    features, then the targets. ``key`` names the setting that gave the path."""
     if not file.is_file():
         raise DataError(f"{key}: {file}: no such file")
-    if file.suffix.lower() in (".parquet", ".pq"):
-        names, rows = _read_parquet(file, features, target)
+    if _is_parquet(file):
+        try:
+            import pyarrow.parquet as pq
+
+            header = list(pq.read_schema(file).names)
+        except OSError as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        names = _columns(file, header, features, targets)
+        table = pq.read_table(file, columns=names)
+
+        def where(name: str) -> Any:
+            return lambda row: f"{file}, row {row + 1}, column {name!r}"
     else:
-        names, rows = _read_csv(file, features, target, delimiter)
-    if not rows:
+        raw_header = _csv_header(file, delimiter)
+        header = [h.strip() for h in raw_header]
+        names = _columns(file, header, features, targets, delimiter)
+        # Only the wanted columns are converted; pyarrow knows them by their raw names.
+        raw = {h.strip(): h for h in raw_header}
+        table = _read_csv_table(file, delimiter, [raw[n] for n in names])
+        table = table.rename_columns([str(c).strip() for c in table.column_names])
+
+        def where(name: str) -> Any:
+            return lambda row: (f"{file}, line {_csv_line(file, row, delimiter)}, "
+                                f"column {name!r}")
+    if table.num_rows == 0:
         raise DataError(f"{file}: no data rows below the header")
-    return names, torch.tensor(rows, dtype=torch.float64)
+    arrays = []
+    for name in names:
+        arrays.append(_to_float64(table.column(name), where(name)))
+    return names, arrays
 
 
-def read_table(path: str, target: str, features: Sequence[str] | None = None,
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Columns into one C-ordered float64 (rows × columns) tensor."""
+    out = np.empty((len(arrays[0]), len(arrays)), dtype=np.float64)
+    for j, column in enumerate(arrays):
+        out[:, j] = column
+    return torch.from_numpy(out)
+
+
+def _targets(target: str | Sequence[str]) -> list[str]:
+    return [target] if isinstance(target, str) else [str(t) for t in target]
+
+
+def read_table(path: str, target: str | Sequence[str], features: Sequence[str] | None = None,
                delimiter: str = ",") -> Dataset:
-    """Read ``features`` (default: every other column) and ``target`` from a table.
+    """Read ``features`` (default: every other column) and ``target`` (one column or a
+    list) from a table, in float64 as read.
 
-    ``.parquet``/``.pq`` files are read with pyarrow; anything else as delimited text
-    with a header line.
+    ``.parquet``/``.pq`` files are read as Parquet; anything else as delimited text with
+    a header line.
     """
-    names, table = _read(Path(path).expanduser(), features, target, delimiter,
-                         "data.source.path")
-    return Dataset(table[:, :-1].float().contiguous(), table[:, -1:].float().contiguous(),
-                   None, feature_names=names[:-1], target_name=names[-1])
+    file = Path(path).expanduser()
+    targets = _targets(target)
+    names, arrays = _read(file, features, targets, delimiter, "data.source.path")
+    k = len(targets)
+    x = _stack(arrays[:-k])
+    y = _stack(arrays[-k:])
+    del arrays
+    return Dataset(x, y, None, feature_names=names[:-k],
+                   target_name=names[-1] if k == 1 else names[-k:])
 
 
 def read_inputs(path: str | Path, features: Sequence[str] | None,
                 delimiter: str = ",") -> tuple[list[str], torch.Tensor]:
-    """The named feature columns of a table (for prediction): (names, float32 rows)."""
-    names, table = _read(Path(path).expanduser(), features, None, delimiter, "input_path")
-    return names, table.float()
+    """The named feature columns of a table (for prediction): (names, float64 rows)."""
+    names, arrays = _read(Path(path).expanduser(), features, [], delimiter, "input_path")
+    return names, _stack(arrays)
 
 
 def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
-    """A delimited file's header and non-blank rows as text, to copy into an output."""
+    """A table's header and non-blank rows as text (a CSV's cells exactly as written), to
+    copy into a prediction output."""
     file = Path(path)
-    if file.suffix.lower() in (".parquet", ".pq"):
+    if _is_parquet(file):
         import pyarrow.parquet as pq
 
         table = pq.read_table(file)
@@ -143,11 +255,11 @@ def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[l
 
 def diabetes() -> Dataset:
     """scikit-learn's bundled diabetes set: 442 patients × 10 baseline measurements, and a
-    measure of disease progression one year later. Raw units (not pre-scaled)."""
+    measure of disease progression one year later. Raw units (not pre-scaled), float64."""
     from sklearn.datasets import load_diabetes
 
     bunch = load_diabetes(scaled=False)
-    x = torch.as_tensor(bunch.data, dtype=torch.float64)
-    y = torch.as_tensor(bunch.target, dtype=torch.float64).unsqueeze(1)
-    return Dataset(x.float().contiguous(), y.float().contiguous(), None,
-                   feature_names=list(bunch.feature_names), target_name="progression")
+    x = torch.as_tensor(np.ascontiguousarray(bunch.data, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(bunch.target, dtype=np.float64)).unsqueeze(1)
+    return Dataset(x, y, None, feature_names=list(bunch.feature_names),
+                   target_name="progression")

@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
         if parts.is_reglab_data(datamodule):  # where the batches were cut
-            metrics["data_device"] = str(datamodule.splits["train"][0].device)
+            metrics["data_device"] = str(datamodule.batch_device)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
             return metrics
         save_model(model, run_dir / "model.pt", scaling=module.scaling,
@@ -310,6 +310,7 @@ def main() -> None:
     """
     from reglab import sweep_callbacks
 
+    sys.argv = cli.experiment_argv(sys.argv)
     cli.answer_help("reglab-train", "train", sys.argv)
     try:
         sys.argv = _resume_argv(sys.argv)
