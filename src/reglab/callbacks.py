@@ -96,7 +96,8 @@ class LastCheckpoint(pl.Callback):
 class FitProgressBar(ProgressBar):
     """One bar over every optimizer step of the fit, redrawn every ``refresh_seconds``.
 
-    Shows the epoch and the latest train/val loss. The bar appears once the fit has run
+    Shows the epoch, the latest train/val loss and the training rows per second (the
+    figure that compares across batch sizes). The bar appears once the fit has run
     ``refresh_seconds``: a fit done sooner ends with reglab's summary alone. Validation
     and test passes over in-memory data take milliseconds and get no bar of their own.
     """
@@ -108,6 +109,8 @@ class FitProgressBar(ProgressBar):
         self._bar: Any = None
         self._wanted = False  # a bar opens once the fit has run refresh_seconds
         self._last_draw = 0.0
+        self._rows = 0  # training rows since the fit started (this process's share)
+        self._started = 0.0
 
     def disable(self) -> None:
         self._enabled = False
@@ -117,7 +120,8 @@ class FitProgressBar(ProgressBar):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._wanted = self._enabled and trainer.is_global_zero
-        self._last_draw = time.monotonic()
+        self._last_draw = self._started = time.monotonic()
+        self._rows = 0
 
     def _open(self, trainer: pl.Trainer) -> None:
         from tqdm.auto import tqdm
@@ -131,6 +135,9 @@ class FitProgressBar(ProgressBar):
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._wanted:
             return
+        first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        self._rows += int(getattr(first, "shape", (0,))[0] or 0) if getattr(
+            first, "ndim", 0) else 0
         now = time.monotonic()
         if now - self._last_draw >= self.refresh_seconds:
             if self._bar is None:
@@ -142,6 +149,9 @@ class FitProgressBar(ProgressBar):
         latest = trainer.callback_metrics
         shown = {name: f"{float(latest[key]):.4g}" for key, name in
                  (("train/loss", "train"), ("val/loss", "val")) if key in latest}
+        elapsed = time.monotonic() - self._started
+        if self._rows and elapsed > 0:
+            shown["rows/s"] = f"{self._rows * trainer.world_size / elapsed:,.0f}"
         epoch = trainer.current_epoch + 1
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             epoch = min(epoch, trainer.max_epochs)

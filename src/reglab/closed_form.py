@@ -13,6 +13,10 @@ default cutoff, returns coefficients that are wrong in their first digit. This s
 
 Against exact rational arithmetic on that degree-10 design it agrees to about 10
 significant digits per coefficient (see ``tests/test_closed_form.py``).
+
+The solution keeps the pieces of the pseudo-inverse of R, so that the covariance of the
+estimate (standard errors, :mod:`reglab.regression_report`) costs no second pass. With
+``ridge`` > 0 it solves the penalised problem weight decay optimises instead.
 """
 
 from __future__ import annotations
@@ -33,12 +37,49 @@ REFINE_ABOVE = 1e4
 
 @dataclass
 class LeastSquares:
-    """w (d,) and b (or ``None``) minimising Σ(x·w + b − y)²; ``rank`` < d if degenerate."""
+    """w (d,) and b (or ``None``) minimising Σ(x·w + b − y)² (+ ridge·(‖w‖² + b²));
+    ``rank`` < d if degenerate (it counts the columns of w only, not the intercept)."""
 
     weight: np.ndarray
     bias: float | None
     rank: int
     condition: float  # of the centred and scaled design
+    # What a covariance needs: Z = (D − mean)/scale = QR and R = U·diag(s)·Vt, with the
+    # singular values that count marked in ``keep`` (the rest are treated as zero).
+    n: int = 0
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    vt: np.ndarray | None = None
+    s: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    ridge: float = 0.0
+
+    def covariance(self, sigma2: float) -> np.ndarray:
+        """Cov(θ) = σ²·(XᵀX)⁺ for θ = (b, w…) (b first when there is one), X = [1, D].
+
+        Built from R of the centred, scaled design rather than from XᵀX, whose condition
+        number is the square of the design's. With an intercept the centred columns are
+        orthogonal to the constant, so Var(b) = σ²/n + meanᵀCov(w)mean and
+        Cov(b, w) = −Cov(w)·mean. For a rank-deficient design it is the covariance of
+        the solution returned (minimum norm in the scaled columns).
+        """
+        if self.ridge:
+            raise ValueError("covariance() is the OLS one: a ridge solution is biased and "
+                             "its sampling covariance is not σ²(XᵀX)⁺")
+        if self.vt is None or self.s is None or self.keep is None or self.scale is None:
+            raise ValueError("this solution carries no R factor (build it with solve())")
+        rows = self.vt[self.keep] / self.s[self.keep][:, None]  # rows of S⁻¹Vᵀ
+        cov_w = (rows.T @ rows) / np.outer(self.scale, self.scale)
+        if self.bias is None:
+            return sigma2 * cov_w
+        mean = self.mean if self.mean is not None else np.zeros(len(self.scale))
+        cw_m = cov_w @ mean
+        d = len(self.scale)
+        out = np.empty((d + 1, d + 1))
+        out[0, 0] = 1.0 / self.n + float(mean @ cw_m)
+        out[0, 1:] = out[1:, 0] = -cw_m
+        out[1:, 1:] = cov_w
+        return sigma2 * out
 
     def predict(self, x: torch.Tensor, features: Features | None = None) -> torch.Tensor:
         """Float64 predictions (n×1) for inputs ``x``."""
@@ -75,13 +116,23 @@ def _chunks(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
 
 
 def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool = True,
-          features: Features | None = None, refine: int = 2, chunk: int = CHUNK
-          ) -> LeastSquares:
+          features: Features | None = None, refine: int = 2, chunk: int = CHUNK,
+          ridge: float = 0.0) -> LeastSquares:
     """Least squares of ``y`` (n or n×1) on the design ``features(x)`` (default: the
-    columns of ``x``), plus an intercept when ``bias``."""
+    columns of ``x``), plus an intercept when ``bias``.
+
+    ``ridge`` > 0 minimises Σ(x·w + b − y)² + ridge·(‖w‖² + b²) instead: the bias is
+    penalised too, as torch's ``weight_decay`` penalises every parameter. SGD or Adam (not
+    AdamW, whose decay is decoupled) on the mean squared error with ``weight_decay=wd``
+    has its stationary point at ridge = n·wd/2.
+    """
     n = int(x.shape[0])
     if n == 0:
         raise ValueError("least squares needs at least one row")
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    if ridge > 0:
+        return _solve_ridge(x, y, bias, features, float(ridge), chunk)
 
     # Pass 1: column means, then norms of the centred columns (numpy sums pairwise).
     sums: np.ndarray | None = None
@@ -132,4 +183,58 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
         dw, db = unscale(delta, float(r_sum / n) if bias else 0.0)
         w_ld, b_ld = w_ld + dw, b_ld + (db if bias else 0)
     return LeastSquares(weight=w_ld.astype(np.float64), bias=float(b_ld) if bias else None,
-                        rank=int(keep.sum()), condition=cond)
+                        rank=int(keep.sum()), condition=cond, n=n, mean=mean, scale=scale,
+                        vt=vt, s=s, keep=keep)
+
+
+def _solve_ridge(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool,
+                 features: Features | None, ridge: float, chunk: int) -> LeastSquares:
+    """The penalised problem as plain least squares on an augmented design.
+
+    Centring would move the penalty off b, so the constant is an explicit first column.
+    Columns are scaled to unit norm (u = scale·θ), and the penalty ridge·‖θ‖² becomes the
+    extra rows sqrt(ridge)·diag(1/scale) with target 0, folded into the same chunked QR.
+    The penalty bounds the condition number, so no refinement passes are needed.
+    """
+    n = int(x.shape[0])
+    sq: np.ndarray | None = None
+    for xs, _ in _chunks(x, y, features, chunk):
+        sq = (xs ** 2).sum(axis=0) + (0 if sq is None else sq)
+    assert sq is not None
+    if bias:
+        sq = np.concatenate([[float(n)], sq])
+    p = int(sq.shape[0])
+    scale = np.sqrt(sq)
+    scale[scale == 0] = 1.0
+
+    r_aug = np.hstack([np.diag(np.sqrt(ridge) / scale), np.zeros((p, 1))])
+    for xs, ys in _chunks(x, y, features, chunk):
+        design = np.hstack([np.ones((len(xs), 1)), xs]) if bias else xs
+        z = np.hstack([design / scale, ys[:, None]])
+        r_aug = np.linalg.qr(np.vstack([r_aug, z]), mode="r")
+    u, s, vt = np.linalg.svd(r_aug[:p, :p])
+    keep = s > s[0] * p * np.finfo(np.float64).eps if s[0] > 0 else np.zeros(p, bool)
+    inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    theta = vt.T @ (inv * (u.T @ r_aug[:p, p])) / scale
+    cond = float(s[0] / s[keep][-1]) if keep.any() else float("inf")
+    # ``rank`` counts the columns of w, as without ridge (the penalty keeps it full).
+    return LeastSquares(weight=theta[1:] if bias else theta,
+                        bias=float(theta[0]) if bias else None,
+                        rank=min(int(keep.sum()), p - int(bias)),
+                        condition=cond, n=n, mean=None, scale=scale, vt=vt, s=s, keep=keep,
+                        ridge=ridge)
+
+
+def r_factor(x: torch.Tensor | np.ndarray, design: Callable[[torch.Tensor], np.ndarray],
+             chunk: int = CHUNK) -> np.ndarray:
+    """The p×p triangle R of the unscaled design ``design(x)`` (Householder QR, chunk by
+    chunk): its singular values are those of the design to rounding, without ever
+    holding the design itself (condition numbers and ranks on millions of rows)."""
+    r: np.ndarray | None = None
+    for i in range(0, int(x.shape[0]), chunk):
+        block = np.asarray(design(torch.as_tensor(x[i:i + chunk]).double()), dtype=np.float64)
+        r = np.linalg.qr(block if r is None else np.vstack([r, block]), mode="r")
+    if r is None:
+        raise ValueError("r_factor needs at least one row")
+    p = r.shape[1]
+    return np.vstack([r, np.zeros((max(0, p - r.shape[0]), p))])[:p]

@@ -135,6 +135,9 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
         "data": OmegaConf.to_container(train_cfg.data, resolve=True),
         "metrics": metrics,
     }
+    recorded = _recorded_report(run_dir_of(ckpt_path))
+    if recorded is not None:
+        out["least_squares"] = recorded
     out_dir = Path(cfg.paths.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.write_json(out_dir / EVAL_FILE, out)
@@ -169,11 +172,31 @@ def _loader_splits(datamodule: Any, wanted: list[str]) -> dict[str, Any]:
     return splits
 
 
+def _recorded_report(run_dir: Path) -> dict[str, Any] | None:
+    """The least-squares report the training run recorded (its training split), if any."""
+    import json
+
+    from reglab import results
+
+    try:
+        metrics = json.loads((run_dir / results.METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    closed = metrics.get("closed_form") if isinstance(metrics, dict) else None
+    report = closed.get("report") if isinstance(closed, dict) else None
+    return report if isinstance(report, dict) and report.get("coef") else None
+
+
 def table(out: dict[str, Any], out_dir: Path) -> str:
+    from reglab import results
+
     rows = [("metric", "value"), *((k, f"{v:.6g}") for k, v in out["metrics"].items())]
     width = max(len(r[0]) for r in rows)
     lines = [f"reglab-eval: {out['split']} split, {out['rows']} rows, {out['ckpt_path']}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    if out.get("least_squares"):
+        lines.append("  least squares of the run's training split, in the data's units:")
+        lines += [f"    {line}" for line in results.report_table(out["least_squares"])]
     lines.append(f"  written: {out_dir / EVAL_FILE}")
     return "\n".join(lines)
 

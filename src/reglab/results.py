@@ -52,19 +52,48 @@ def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.T
     return total / (int(y.numel()) if mean else 1)
 
 
-def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
-                ) -> tuple[dict[str, Any] | None, Any]:
-    """The least-squares optimum of a linear or polynomial model on the training split.
+#: torch optimizers whose ``weight_decay`` adds λθ to the gradient (an L2 penalty), so
+#: their fixed point is the ridge optimum. AdamW (and NAdam/RAdam with
+#: ``decoupled_weight_decay``) shrink the weights apart from the gradient instead.
+_COUPLED_DECAY = frozenset({"SGD", "Adam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "ASGD",
+                            "NAdam", "RAdam"})
 
-    Returns (the ``closed_form`` record for metrics.json, the solution) or (None, None)
-    where no closed form applies (an MLP), and a record saying why for losses other
-    than MSE, whose optimum least squares is not.
+
+def weight_decay(optimizer: Any) -> tuple[float, str | None]:
+    """(λ, why no ridge optimum applies, or None) of a built optimizer."""
+    defaults = getattr(optimizer, "defaults", {}) or {}
+    decay = float(defaults.get("weight_decay") or 0.0)
+    name = type(optimizer).__name__
+    if decay == 0:
+        return 0.0, None
+    if name == "AdamW" or defaults.get("decoupled_weight_decay"):
+        return decay, (f"{name} decays the weights apart from the gradient (decoupled), so "
+                       "no penalised least-squares problem has its fixed point")
+    if name not in _COUPLED_DECAY or type(optimizer).__module__.split(".")[0] != "torch":
+        return decay, (f"reglab does not know how {type(optimizer).__qualname__} applies "
+                       "weight_decay, so it cannot say which optimum it approaches")
+    return decay, None
+
+
+def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any = None
+                ) -> tuple[dict[str, Any] | None, Any]:
+    """The optimum a linear or polynomial model trained with MSE approaches, on the
+    training split, and the least-squares report of that split in the data's units.
+
+    Everything is solved in float64 from the data as read (``datamodule.splits``), in the
+    units training sees (standardized where asked). With ``weight_decay`` λ > 0 on a
+    torch optimizer that adds λθ to the gradient, the optimum is ridge: the minimum of
+    loss + (λ/2)·(‖w‖² + b²) (torch decays every parameter it is given, the bias too).
+    Returns (the ``closed_form`` record for metrics.json, the optimum's solution) or
+    (None, None) for a model that is not linear in its parameters; a record saying why
+    for losses other than MSE, whose optimum least squares is not.
     """
     import torch
 
     from reglab import closed_form as cf
     from reglab.metrics import RegressionSums, adjusted_r2
     from reglab.models import LinearRegression
+    from reglab.regression_report import report_for_model
 
     if not isinstance(model, LinearRegression) or model.linear.out_features != 1:
         return None, None
@@ -77,7 +106,25 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         return model.features(scaling.x(x.double()))
 
     x, y = datamodule.splits["train"]
-    solution = cf.solve(x, scaling.y(y.double()), bias=model.has_bias, features=design)
+    data = datamodule.data
+    names = data.feature_names if data is not None else None
+    report, solution = report_for_model(model, x, y, scaling, names)
+    report.pop("params", None)
+    decay, no_ridge = weight_decay(optimizer) if optimizer is not None else (0.0, None)
+    record: dict[str, Any] = {"objective": "least squares", "report": report}
+    if decay > 0:
+        if no_ridge is not None:
+            record.update(objective=None, why_no_optimum=no_ridge)
+            return record, None
+        n = int(x.shape[0])
+        summed = loss_fn.reduction == "sum"
+        penalty = decay / 2  # loss + penalty·‖θ‖²; Σr² + ridge·‖θ‖² is n× that for MSE
+        solution = cf.solve(x, scaling.y(y.double()), bias=model.has_bias, features=design,
+                            ridge=penalty if summed else n * penalty)
+        record.update(objective=f"ridge: loss + {penalty:g}·(‖weight‖² + bias²) in "
+                                f"training units (weight_decay {decay:g}; torch decays "
+                                "every parameter, the bias too)",
+                      penalty=penalty)
 
     def loss(split: str) -> float:
         xs, ys = datamodule.splits[split]
@@ -85,13 +132,14 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
 
     train_loss = loss("train")
-    record: dict[str, Any] = {
+    record.update({
         "params": {"weight": [solution.weight.tolist()], "bias": solution.bias},
+        "params_data_units": _data_unit_params(report) if decay == 0 else None,
         "train_loss": train_loss,
         "val_loss": train_loss if datamodule.val_is_train else loss("val"),
         "test": None,
         "condition_number": solution.condition, "rank": solution.rank,
-    }
+    })
     if "test" in datamodule.splits:
         sums = RegressionSums()
         xs, ys = datamodule.splits["test"]
@@ -102,6 +150,11 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any
         record["test"].update(adjusted_r2(record["test"]["r2"], sums.n,
                                           int(solution.weight.shape[0]), model.has_bias))
     return record, solution
+
+
+def _data_unit_params(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's coefficients by term name, in the data's own units."""
+    return {row["name"]: row["coef"] for row in report["coef"]}
 
 
 def optimality_gap(train_loss: float | None, optimum: float | None) -> dict[str, Any] | None:
@@ -199,8 +252,48 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _num(value: Any, spec: str = ".6g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else ("<1e-16" if value < 1e-16 else f"{value:.3g}")
+
+
+#: Terms the console table shows; metrics.json and TensorBoard hold every one.
+REPORT_ROWS = 12
+
+
+def report_table(report: dict[str, Any], markdown: bool = False,
+                 limit: int | None = REPORT_ROWS) -> list[str]:
+    """The least-squares report as a table a person reads: one row per term (coef, its
+    standard error, t, p and 95 % interval), then the fit statistics."""
+    head = ["term", "coef", "std err", "t", "P>|t|", "[0.025", "0.975]"]
+    rows = [[str(r["name"]), _num(r["coef"]), _num(r["std_err"], ".4g"), _num(r["t"], ".3f"),
+             _p(r["p_value"]), _num(r["ci_low"]), _num(r["ci_high"])]
+            for r in report["coef"]]
+    more = 0
+    if limit is not None and len(rows) > limit:
+        more, rows = len(rows) - limit, rows[:limit]
+    stats = (f"n {report['n']}   R² {_num(report['r2'], '.6g')}   adj. R² "
+             f"{_num(report['adjusted_r2'], '.6g')}   F {_num(report['f_statistic'], '.4g')} "
+             f"(p {_p(report['f_p_value'])})   σ {_num(report['sigma'], '.4g')}   "
+             f"cond. no. {_num(report['condition_number'], '.3g')}")
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return [*lines, "", stats]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in [head, *rows]]
+    if more:
+        lines.append(f"… {more} more terms in metrics.json")
+    return [*lines, stats]
+
+
 def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
-                reference_layout: bool = False) -> None:
+                reference_layout: bool = False, report: dict[str, Any] | None = None
+                ) -> None:
     """Fill TensorBoard's HPARAMS tab with this run's hyper-parameters.
 
     The tab shows, for each metric tag named here, the last value of that scalar series
@@ -208,7 +301,7 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
     ``reference_layout``, a Custom Scalars chart also puts the training loss and the
     least-squares optimum on one set of axes. Both go to a new event file in the run's
     own log dir (Lightning has closed its writer by now); TensorBoard reads every event
-    file of a dir as one run.
+    file of a dir as one run. A least-squares ``report`` goes to the TEXT tab as a table.
     """
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -222,6 +315,9 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
                 writer.file_writer.add_summary(summary)
             if reference_layout:
                 writer.add_custom_scalars(layout)
+            if report:  # TensorBoard's TEXT tab renders markdown tables
+                writer.add_text("least_squares/report", "\n".join(
+                    report_table(report, markdown=True, limit=None)))
 
 
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
@@ -259,8 +355,15 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     gap = closed.get("optimality_gap")
     if gap:
         rel = "" if gap["relative"] is None else f" ({gap['relative']:.3g} relative)"
-        lines.append(f"  least-squares optimum: train loss {_fmt(closed['train_loss'])}; "
+        what = "least-squares" if closed.get("objective") == "least squares" else "ridge"
+        lines.append(f"  {what} optimum: train loss {_fmt(closed['train_loss'])}; "
                      f"this fit is {gap['absolute']:.3g} above it{rel}")
+    if closed.get("why_no_optimum"):
+        lines.append(f"  no optimum to compare with: {closed['why_no_optimum']}")
+    report = closed.get("report")
+    if report:
+        lines.append("  least squares on the training split, in the data's units:")
+        lines += [f"    {line}" for line in report_table(report)]
     lines += [f"  run dir: {run_dir}", f"  review:  tensorboard --logdir {run_dir}"]
     return lines
 
@@ -314,8 +417,15 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
             test.update(adjusted_r2(test["r2"], int(datamodule.splits["test"][0].shape[0]),
                                     n_params, bool(params.get("bias") is not None)))
     if closed is not None and "train_loss" in closed:
-        closed = {**closed, "optimality_gap": optimality_gap(losses["train"],
-                                                             closed["train_loss"])}
+        penalty = float(closed.get("penalty") or 0.0)
+        trained, optimum = losses["train"], closed["train_loss"]
+        if penalty and trained is not None:  # compare the objective training minimises
+            trained += penalty * sum(float(p.detach().double().pow(2).sum())
+                                     for p in model.parameters())
+            best = closed["params"]
+            optimum += penalty * (sum(w * w for w in best["weight"][0])
+                                  + (best["bias"] or 0.0) ** 2)
+        closed = {**closed, "optimality_gap": optimality_gap(trained, optimum)}
     return {
         "status": status,
         "diverged_at_step": module.diverged_at_step,

@@ -66,8 +66,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 optimizer(model.parameters()), lambda: 100))
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to.
-        closed, solution = (results.closed_form(model, module.loss_fn, datamodule)
-                            if parts.is_reglab_data(datamodule) else (None, None))
+        closed, solution = (results.closed_form(
+            model, module.loss_fn, datamodule,
+            parts.build("optimizer", lambda: optimizer(model.parameters())))
+            if parts.is_reglab_data(datamodule) else (None, None))
         if closed and "train_loss" in closed:
             module.reference_loss = closed["train_loss"]
             module.closed_form = solution
@@ -119,7 +121,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
                                                        *test_tags],
-                        reference_layout=bool(closed and "train_loss" in closed))
+                        reference_layout=bool(closed and "train_loss" in closed),
+                        report=(closed or {}).get("report"))
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
 

@@ -1,0 +1,215 @@
+"""Tables as a user brings them: read by pyarrow in float64, bad cells found by column,
+the optimum solved from the data as read, and defaults that fit the user's own data."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reglab.tables import read_inputs, read_table
+from reglab.validate import DataError
+from tests.conftest import compose_config
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a,b,y\n1,2,3\n4,5,6\n7,abc,9\n", r"t.csv, line 4, column 'b': 'abc' is not a number"),
+    ("a,b,y\n1,2,3\n\n4,,6\n", r"t.csv, line 4, column 'b': empty cell"),
+    ("a,b,y\n1,2,3\n4,  ,6\n", r"t.csv, line 3, column 'b': empty cell"),
+    ("a,b,y\n1,2,3\n4,5,nan\n", r"t.csv, line 3, column 'y': 'nan' is not a finite number"),
+    ("a,b,y\n1,2,3\n4,1e999,6\n", r"t.csv, line 3, column 'b': 'inf' is not a finite number"),
+    ("a,b,y\n1,2,3\n4,5\n", r"t.csv, line 3: 2 fields, but the header has 3"),
+    ("a,a,y\n1,2,3\n", r"t.csv: duplicate column 'a' in the header"),
+    ("a,y,y\n1,2,3\n", r"t.csv: duplicate column 'y' in the header"),
+    ("a;b;y\n1;2;3\n", r"no column 'y' .*set data.source.delimiter"),
+    ("a,b,y\n", r"t.csv: no data rows below the header"),
+    ("", r"t.csv: the file is empty"),
+])
+def test_csv_bad_input_is_named_by_line_and_column(tmp_path: Path, text: str, message: str):
+    path = _write(tmp_path / "t.csv", text)
+    with pytest.raises(DataError, match=message):
+        read_table(str(path), target="y")
+
+
+def test_csv_reads_float64_exactly_and_keeps_text_columns_out(tmp_path: Path):
+    path = _write(tmp_path / "t.csv",
+                  "\ufeffa, b ,note,y\n0.1,1, x ,0.30000000000000004\n 2 ,3,y,4\n\n")
+    data = read_table(str(path), target="y", features=["a", "b"])
+    assert data.x.dtype == torch.float64 and data.y.dtype == torch.float64
+    assert data.x.tolist() == [[0.1, 1.0], [2.0, 3.0]]
+    assert data.y[0, 0].item() == 0.30000000000000004  # every digit as written
+    assert data.feature_names == ["a", "b"] and data.target_name == "y"
+    names, x = read_inputs(path, ["b", "a"])
+    assert names == ["b", "a"] and x.tolist() == [[1.0, 0.1], [3.0, 2.0]]
+
+
+def test_parquet_bad_cells_are_named_by_row(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cases = {
+        "text": (pa.table({"a": ["1", "2", "x"], "y": [1.0, 2.0, 3.0]}),
+                 r"row 3, column 'a': 'x' is not a number"),
+        "flag": (pa.table({"a": [True, False], "y": [1.0, 2.0]}),
+                 r"row 1, column 'a': 'True' is not a number"),
+        "inf": (pa.table({"a": [1.0, float("inf")], "y": [1.0, 2.0]}),
+                r"row 2, column 'a': 'inf' is not a finite number"),
+    }
+    for name, (table, message) in cases.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        with pytest.raises(DataError, match=message):
+            read_table(str(tmp_path / f"{name}.parquet"), target="y")
+    dup = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])],
+                               names=["a", "a", "y"])
+    pq.write_table(dup, tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match=r"duplicate column 'a' in the header"):
+        read_table(str(tmp_path / "dup.parquet"), target="y")
+    ints = pa.table({"a": pa.array([1, 2, 3], pa.int32()), "y": [0.5, 1.5, 2.5]})
+    pq.write_table(ints, tmp_path / "ints.parquet")
+    data = read_table(str(tmp_path / "ints.parquet"), target="y")
+    assert data.x.dtype == torch.float64 and data.x[:, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def _exact_poly_table(path: Path) -> list[Fraction]:
+    """y = 1 + 0.1x + 0.01x² + … + 1e-5·x⁵ at x = 0..20, every value written exactly."""
+    coef = [Fraction(1, 10 ** k) for k in range(6)]
+    lines = ["x,y"]
+    for x in range(21):
+        y = sum(c * x ** k for k, c in enumerate(coef))
+        lines.append(f"{x},{float(y)!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return coef
+
+
+@pytest.mark.parametrize("precision", ["32-true", "64-true"])
+def test_closed_form_is_solved_from_the_float64_table(run_train, tmp_path: Path,
+                                                     precision: str):
+    path = tmp_path / "poly.csv"
+    coef = _exact_poly_table(path)
+    metrics, _ = run_train("data=csv", f"data.source.path={path}", "data.source.target=y",
+                           "data.standardize=false", "data.val_fraction=0",
+                           "data.test_fraction=0", "model=polynomial", "model.degree=5",
+                           f"trainer.precision={precision}", "trainer.max_epochs=1",
+                           "logger=none", "callbacks=none")
+    closed = metrics["closed_form"]["params"]
+    got = [closed["bias"], *closed["weight"][0]]
+    # float32 storage gave about 5 digits; float64 as read gives 10 or more.
+    for g, want in zip(got, coef, strict=True):
+        assert g == pytest.approx(float(want), rel=1e-9)
+
+
+def test_diabetes_closed_form_r2_equals_scikit_learn_to_float64(run_train, tmp_path: Path):
+    from hydra.utils import instantiate
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    metrics, _ = run_train("experiment=diabetes", "trainer.max_epochs=1", "logger=none",
+                           "callbacks=none")
+    dm = instantiate(compose_config(["experiment=diabetes"], tmp_path / "cfg").data)
+    dm.prepare()
+    (x_tr, y_tr), (x_te, y_te) = dm.splits["train"], dm.splits["test"]
+    assert x_tr.dtype == torch.float64  # the split as read, not a float32 copy
+    sk = LinearRegression().fit(x_tr.numpy(), y_tr.numpy().ravel())
+    sk_r2 = r2_score(y_te.numpy().ravel(), sk.predict(x_te.numpy()))
+    assert metrics["closed_form"]["test"]["r2"] == pytest.approx(sk_r2, rel=1e-12)
+
+
+def test_a_users_table_gets_its_own_name_and_settings(tmp_path: Path):
+    path = tmp_path / "houses.csv"
+    cfg = compose_config(["data=csv", f"data.source.path={path}", "data.source.target=y"],
+                         tmp_path / "run")
+    assert cfg.task_name == "houses"
+    assert "houses/runs" in cfg.hydra.run.dir
+    assert cfg.trainer.max_epochs == 10 and cfg.trainer.check_val_every_n_epoch == 1
+    assert cfg.hydra.runtime.choices.get("experiment") is None
+    # The default run still reproduces seed document 000 from the group defaults alone.
+    default = compose_config([], tmp_path / "run2")
+    assert default.task_name == "line" and default.trainer.max_epochs == 1000
+    assert default.data.source.a == 2.0 and default.optimizer.lr == 0.01
+    # Hydra's documented form for an experiment group works too.
+    plus = compose_config(["+experiment=noisy_line"], tmp_path / "run3")
+    assert plus.task_name == "noisy_line"
+
+
+def test_large_table_is_read_without_python_per_cell(tmp_path: Path):
+    """10⁵ rows × 11 columns: read in float64, same values as numpy's own parse."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(100_000, 11))
+    path = tmp_path / "big.csv"
+    header = ",".join([*(f"x{i}" for i in range(10)), "y"])
+    np.savetxt(path, values, delimiter=",", header=header, comments="", fmt="%.17g")
+    data = read_table(str(path), target="y")
+    assert data.x.shape == (100_000, 10) and data.x.is_contiguous()
+    assert np.array_equal(data.x.numpy(), values[:, :10])
+    assert np.array_equal(data.y.numpy()[:, 0], values[:, 10])
+
+
+def _statsmodels_fit(x: np.ndarray, y: np.ndarray, const: bool):
+    sm = pytest.importorskip("statsmodels.api")
+    return sm.OLS(y, sm.add_constant(x, has_constant="add") if const else x).fit()
+
+
+@pytest.mark.parametrize(("bias", "standardize"), [(True, True), (True, False),
+                                                   (False, False)])
+def test_train_records_the_report_statsmodels_gives(run_train, tmp_path: Path, bias: bool,
+                                                    standardize: bool):
+    """Every number of metrics.json's report against statsmodels' OLS on the same rows."""
+    from hydra.utils import instantiate
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = ["experiment=diabetes", f"model.bias={str(bias).lower()}",
+                 f"data.standardize={str(standardize).lower()}",
+                 f"data.standardize_target={str(standardize).lower()}"]
+    metrics, run_dir = run_train(*overrides, "trainer.max_epochs=1", "callbacks=none")
+    report = metrics["closed_form"]["report"]
+    dm = instantiate(compose_config(overrides, tmp_path / "cfg").data)
+    dm.prepare()
+    x, y = (t.numpy() for t in dm.splits["train"])
+    fit = _statsmodels_fit(x, y[:, 0], bias)
+    names = ["const"] * bias + dm.data.feature_names
+    assert [row["name"] for row in report["coef"]] == names
+    ci = fit.conf_int()
+    for j, row in enumerate(report["coef"]):
+        for key, want in (("coef", fit.params[j]), ("std_err", fit.bse[j]),
+                          ("t", fit.tvalues[j]), ("p_value", fit.pvalues[j]),
+                          ("ci_low", ci[j, 0]), ("ci_high", ci[j, 1])):
+            assert row[key] == pytest.approx(want, rel=1e-8, abs=1e-300), (row["name"], key)
+    for key, want in (("r2", fit.rsquared), ("adjusted_r2", fit.rsquared_adj),
+                      ("f_statistic", fit.fvalue), ("f_p_value", fit.f_pvalue),
+                      ("sigma", np.sqrt(fit.scale)), ("ssr", fit.ssr),
+                      ("log_likelihood", fit.llf), ("aic", fit.aic), ("bic", fit.bic),
+                      ("condition_number", fit.condition_number)):
+        assert report[key] == pytest.approx(want, rel=1e-8), key
+    assert report["df_resid"] == fit.df_resid and report["n"] == len(y)
+    # The same table in TensorBoard's TEXT tab.
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("least_squares/report/text_summary")[-1].tensor_proto.string_val[0]
+    assert b"| term | coef |" in text and names[-1].encode() in text
+
+
+def test_weight_decay_reports_the_ridge_optimum_training_reaches(run_train):
+    metrics, _ = run_train("experiment=noisy_line", "optimizer.weight_decay=0.5",
+                           "data.batch_size=null", "data.shuffle=false", "optimizer.lr=0.1",
+                           "trainer.max_epochs=300", "logger=none", "callbacks=none")
+    closed = metrics["closed_form"]
+    assert closed["objective"].startswith("ridge") and closed["penalty"] == 0.25
+    # Full-batch gradient descent converges to the ridge optimum: the gap closes.
+    assert closed["optimality_gap"]["relative"] < 1e-6
+    learned = metrics["params"]
+    assert learned["weight"][0][0] == pytest.approx(closed["params"]["weight"][0][0], rel=1e-4)
+    # AdamW's decoupled decay has no such optimum: none is claimed.
+    metrics, _ = run_train("experiment=noisy_line", "optimizer=adamw",
+                           "optimizer.weight_decay=0.01", "trainer.max_epochs=2",
+                           "logger=none", "callbacks=none")
+    closed = metrics["closed_form"]
+    assert "train_loss" not in closed and "decoupled" in closed["why_no_optimum"]
+    assert closed["report"]["coef"][0]["name"] == "const"
