@@ -81,7 +81,7 @@ class Trained:
     model: nn.Module            # in eval mode; takes and returns standardized units
     scaling: Scaling
     features: list[str] | None  # input column names, in order
-    target: str | None
+    target: str | list[str] | None  # one name, or one per target column
     kwargs: dict[str, Any] = field(default_factory=dict)  # the constructor's arguments
 
     @property

@@ -122,8 +122,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     model = trained.model
     intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
     sums = score(model, x, y, trained.scaling if is_reglab_data(datamodule) else None)
-    metrics = sums.compute(centered=intercept)
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "bias" not in n)
+    targets = trained.target if isinstance(trained.target, list) else None
+    metrics = sums.compute(centered=intercept, names=targets)
+    # Regressors per target: a model with k outputs holds k rows of weights.
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "bias" not in n) // max(
+        1, len(targets or [None]))
     if hasattr(model, "params"):
         metrics.update(adjusted_r2(metrics["r2"], sums.n, n_params, intercept))
     out = {
@@ -190,7 +193,11 @@ def _recorded_report(run_dir: Path) -> dict[str, Any] | None:
 def table(out: dict[str, Any], out_dir: Path) -> str:
     from reglab import results
 
-    rows = [("metric", "value"), *((k, f"{v:.6g}") for k, v in out["metrics"].items())]
+    flat = {k: v for k, v in out["metrics"].items() if not isinstance(v, dict)}
+    for name, own in (out["metrics"].get("per_target") or {}).items():
+        flat.update({f"{name}/{k}": v for k, v in own.items()})
+    rows = [("metric", "value"), *((k, "—" if v is None else f"{v:.6g}")
+                                   for k, v in flat.items())]
     width = max(len(r[0]) for r in rows)
     lines = [f"reglab-eval: {out['split']} split, {out['rows']} rows, {out['ckpt_path']}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]

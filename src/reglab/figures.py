@@ -72,7 +72,7 @@ def fit_frames(model: nn.Module, states: list[tuple[str, dict[str, Any]]], datam
             optimum = optimum[:, 0].numpy()
     animation = plots.FitAnimation(x[:, 0].numpy(), y[:, 0].numpy(), grid[:, 0].numpy(),
                                    optimum, final, xlabel=data.feature_names[0],
-                                   ylabel=data.target_name or "y")
+                                   ylabel=data.target_names[0])
     images = [animation.frame(c, title) for (title, _), c in zip(states, curves, strict=True)]
     animation.frame(final, final_title)  # leave the figure showing the trained model
     return animation, images
@@ -91,7 +91,7 @@ def pred_vs_actual(model: nn.Module, datamodule: Any) -> Any:
         pred = _in_data_units(model, datamodule.scaling)(x)
     return plots.pred_vs_actual(y[:, 0].numpy(), pred[:, 0].numpy(),
                                 title=f"{split} split: predicted vs actual",
-                                target=data.target_name or "y")
+                                target=data.target_names[0])
 
 
 def landscape_applies(model: nn.Module, loss_fn: nn.Module) -> bool:

@@ -12,36 +12,55 @@ import torch
 
 
 class RegressionSums:
-    """Running sums from which MSE, RMSE, MAE and R² follow exactly."""
+    """Running per-target sums from which MSE, RMSE, MAE and R² follow exactly."""
 
     def __init__(self) -> None:
         self.n = 0
-        self.sse = 0.0
-        self.sae = 0.0
-        self.sy = 0.0
-        self.syy = 0.0
+        self._sums: torch.Tensor | None = None  # (4, targets): Σe², Σ|e|, Σy, Σy²
 
     def update(self, pred: torch.Tensor, y: torch.Tensor) -> None:
-        err = (pred.detach().double() - y.double())
-        yd = y.double()
-        # One host transfer per batch for all five sums.
-        sums = torch.stack([err.pow(2).sum(), err.abs().sum(), yd.sum(), yd.pow(2).sum()])
-        sse, sae, sy, syy = sums.tolist()
-        self.n += int(y.shape[0])
-        self.sse += sse
-        self.sae += sae
-        self.sy += sy
-        self.syy += syy
+        yd = y.double().reshape(y.shape[0], -1)
+        err = pred.detach().double().reshape(yd.shape) - yd
+        # One host transfer per batch for all the sums.
+        sums = torch.stack([err.pow(2).sum(0), err.abs().sum(0), yd.sum(0),
+                            yd.pow(2).sum(0)]).cpu()
+        self.n += int(yd.shape[0])
+        self._sums = sums if self._sums is None else self._sums + sums
 
-    def compute(self, centered: bool = True) -> dict[str, float]:
+    @property
+    def sse(self) -> float:
+        return 0.0 if self._sums is None else float(self._sums[0].sum())
+
+    def compute(self, centered: bool = True, names: list[str] | None = None
+                ) -> dict[str, Any]:
         """MSE, RMSE, MAE and R². ``centered=False`` gives the uncentred R² (1 − RSS/Σy²)
-        that statistics packages report for a model without intercept."""
-        if self.n == 0:
+        that statistics packages report for a model without intercept.
+
+        With several targets, MSE and MAE are means over every value, R² the mean of the
+        targets' R² (scikit-learn's ``uniform_average``), and ``per_target`` holds each
+        target's own figures under its name."""
+        if self.n == 0 or self._sums is None:
             raise ValueError("no rows were evaluated")
-        mse = self.sse / self.n
-        total = self.syy - self.sy ** 2 / self.n if centered else self.syy
-        r2 = 1.0 - self.sse / total if total > 0 else float("nan")
-        return {"mse": mse, "rmse": math.sqrt(mse), "mae": self.sae / self.n, "r2": r2}
+        per = [self._one(self._sums[:, j].tolist(), centered)
+               for j in range(self._sums.shape[1])]
+        if len(per) == 1:
+            return per[0]
+        mse = sum(p["mse"] for p in per) / len(per)
+        r2s = [p["r2"] for p in per]
+        out: dict[str, Any] = {
+            "mse": mse, "rmse": math.sqrt(mse), "mae": sum(p["mae"] for p in per) / len(per),
+            "r2": sum(r2s) / len(r2s)}
+        labels = names if names is not None and len(names) == len(per) else [
+            f"y{j}" for j in range(len(per))]
+        out["per_target"] = dict(zip(labels, per, strict=True))
+        return out
+
+    def _one(self, sums: list[float], centered: bool) -> dict[str, float]:
+        sse, sae, sy, syy = sums
+        mse = sse / self.n
+        total = syy - sy ** 2 / self.n if centered else syy
+        r2 = 1.0 - sse / total if total > 0 else float("nan")
+        return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / self.n, "r2": r2}
 
 
 def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:

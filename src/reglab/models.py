@@ -49,15 +49,21 @@ class LinearRegression(nn.Module):
         """Every learned number by name, for per-epoch TensorBoard scalars."""
         out = {f"weight_{i}": float(v) for i, v in enumerate(self.linear.weight.detach().
                                                               flatten().tolist())}
-        if self.linear.bias is not None:
-            out["bias"] = float(self.linear.bias.detach().flatten()[0])
+        bias = self.linear.bias
+        if bias is not None:
+            values = bias.detach().flatten().tolist()
+            out.update({"bias": values[0]} if len(values) == 1 else
+                       {f"bias_{i}": v for i, v in enumerate(values)})
         return out
 
     def params(self) -> dict[str, list[list[float]] | float | None]:
-        """Weight as a nested list (out × in) and bias, as metrics.json reports them."""
+        """Weight as a nested list (out × in) and bias (a number, or one per output), as
+        metrics.json reports them."""
         bias = self.linear.bias
-        return {"weight": self.linear.weight.detach().cpu().tolist(),
-                "bias": None if bias is None else float(bias.detach().flatten()[0])}
+        if bias is not None:
+            values = bias.detach().cpu().tolist()
+            bias = values[0] if len(values) == 1 else values  # a list for several targets
+        return {"weight": self.linear.weight.detach().cpu().tolist(), "bias": bias}
 
 
 class PolynomialRegression(LinearRegression):

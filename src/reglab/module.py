@@ -269,8 +269,13 @@ class RegressionModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         bias = getattr(self.model, "has_bias", None)
         centered = True if bias is None else bool(bias)
-        self.test_metrics = self._test_sums.compute(centered=centered)
-        finite = {f"test/{k}": v for k, v in self.test_metrics.items() if math.isfinite(v)}
+        targets = self.data_info.get("target")
+        self.test_metrics = self._test_sums.compute(
+            centered=centered, names=targets if isinstance(targets, list) else None)
+        finite = {f"test/{k}": v for k, v in self.test_metrics.items()
+                  if isinstance(v, float) and math.isfinite(v)}
+        for name, own in (self.test_metrics.get("per_target") or {}).items():
+            finite.update({f"test/{name}/{k}": v for k, v in own.items() if math.isfinite(v)})
         for name, value in finite.items():
             self.log(name, value)
 

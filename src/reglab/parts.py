@@ -73,25 +73,37 @@ def _plain_list(value: Any) -> list[str] | None:
     return None if value is None else [str(v) for v in value]
 
 
-def build_model(node: DictConfig, in_features: int) -> tuple[Any, dict[str, Any]]:
-    """Instantiate ``cfg.model`` for ``in_features`` inputs; also return its spec.
+def build_model(node: DictConfig, in_features: int, out_features: int = 1
+                ) -> tuple[Any, dict[str, Any]]:
+    """Instantiate ``cfg.model`` for ``in_features`` inputs (and ``out_features`` targets);
+    also return its spec.
 
     The spec (``{"class": "pkg.mod.Class", "kwargs": {...}}``) is what ``model.pt``
     stores to rebuild the model without Hydra. ``in_features`` is passed only when the
-    constructor takes it, so a model with a fixed width needs no such argument.
+    constructor takes it, so a model with a fixed width needs no such argument; several
+    targets are passed as ``out_features``, which the model must then take.
     """
     from hydra.utils import instantiate
 
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
               if k not in _HYDRA_KEYS}
     factory = build("model", lambda: instantiate(node))
+    given: dict[str, int] = {}
+    if node.get("_partial_", False):
+        target = getattr(factory, "func", factory)
+        if _accepts(target, "in_features"):
+            given["in_features"] = in_features
+        if out_features != 1:
+            if not _accepts(target, "out_features"):
+                raise ConfigError(f"model: the data has {out_features} targets, but "
+                                  f"{getattr(target, '__qualname__', target)} takes no "
+                                  "out_features argument")
+            given["out_features"] = out_features
     if not node.get("_partial_", False):  # already built: nothing to pass
         model = factory
-    elif _accepts(getattr(factory, "func", factory), "in_features"):
-        kwargs["in_features"] = in_features
-        model = build("model", lambda: factory(in_features=in_features))
     else:
-        model = build("model", factory)
+        kwargs.update(given)
+        model = build("model", lambda: factory(**given))
     cls = type(model)
     own = getattr(model, "init_kwargs", None)  # reglab's models record their full arguments
     spec = {"class": f"{cls.__module__}.{cls.__qualname__}",

@@ -65,9 +65,9 @@ def _row_width(x: Any) -> int:
     return len(first) if isinstance(first, list) else 1
 
 
-def _write_csv(input_path: Path, output_path: Path, column: str, preds: list[float],
-               delimiter: str) -> None:
-    """The input's rows, every column kept, with the prediction appended."""
+def _write_csv(input_path: Path, output_path: Path, columns: list[str],
+               preds: list[list[float]], delimiter: str) -> None:
+    """The input's rows, every column kept, with one prediction column per target."""
     from reglab.tables import read_rows
 
     header, rows = read_rows(input_path, delimiter)
@@ -77,13 +77,13 @@ def _write_csv(input_path: Path, output_path: Path, column: str, preds: list[flo
     tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter=delimiter)
-        writer.writerow([*header, column])
+        writer.writerow([*header, *columns])
         for row, pred in zip(rows, preds, strict=True):
-            writer.writerow([*row, repr(pred)])
+            writer.writerow([*row, *(repr(p) for p in pred)])
     os.replace(tmp, output_path)
 
 
-def predict(cfg: DictConfig) -> list[float]:
+def predict(cfg: DictConfig) -> list[Any]:
     """Predictions for ``cfg.x`` or the rows of ``cfg.input_path``."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise validate.ConfigError("ckpt_path: required; add ckpt_path=<run dir>/model.pt")
@@ -119,16 +119,22 @@ def predict(cfg: DictConfig) -> list[float]:
     from reglab.scaling import Standardized
 
     with torch.no_grad():
-        preds = Standardized(trained.model, trained.scaling).eval()(x).reshape(-1).tolist()
-    column = f"{trained.target or 'y'}_predicted"
+        out = Standardized(trained.model, trained.scaling).eval()(x)
+    out = out.reshape(out.shape[0], -1)
+    targets = trained.target if isinstance(trained.target, list) else [trained.target or "y"]
+    if len(targets) != out.shape[1]:
+        targets = [f"y{j}" for j in range(out.shape[1])] if out.shape[1] > 1 else ["y"]
+    columns = [f"{t}_predicted" for t in targets]
+    rows = out.tolist()
     if cfg.output_path is not None:
-        _write_csv(Path(cfg.input_path), Path(cfg.output_path), column, preds, cfg.delimiter)
-        print(f"reglab-predict: {len(preds)} predictions written to {cfg.output_path}")
+        _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows, cfg.delimiter)
+        print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
     else:
-        print(",".join([*names, column]))
-        for row, pred in zip(x.tolist(), preds, strict=True):
-            print(",".join([*(f"{v:g}" for v in row), f"{pred:.8g}"]))
-    return preds
+        print(",".join([*names, *columns]))
+        for row, pred in zip(x.tolist(), rows, strict=True):
+            print(",".join([*(f"{v:g}" for v in row), *(f"{p:.8g}" for p in pred)]))
+    # One target: a list of numbers; several: a list of rows.
+    return [r[0] for r in rows] if len(columns) == 1 else rows
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

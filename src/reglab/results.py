@@ -95,32 +95,40 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
     from reglab.models import LinearRegression
     from reglab.regression_report import report_for_model
 
-    if not isinstance(model, LinearRegression) or model.linear.out_features != 1:
+    data = datamodule.prepare()
+    k = int(data.y.shape[1])
+    if not isinstance(model, LinearRegression) or model.linear.out_features != k:
         return None, None
     if not isinstance(loss_fn, torch.nn.MSELoss):
         return {"skipped": f"loss is {type(loss_fn).__name__}; least squares is the optimum "
                            "of MSE only"}, None
-    scaling = datamodule.scaling
-
-    def design(x: torch.Tensor) -> torch.Tensor:  # data units in, the model's columns out
-        return model.features(scaling.x(x.double()))
-
-    x, y = datamodule.splits["train"]
-    data = datamodule.data
-    names = data.feature_names if data is not None else None
-    report, solution = report_for_model(model, x, y, scaling, names)
-    report.pop("params", None)
     decay, no_ridge = weight_decay(optimizer) if optimizer is not None else (0.0, None)
-    record: dict[str, Any] = {"objective": "least squares", "report": report}
+    summed = loss_fn.reduction == "sum"
+    x, y = datamodule.splits["train"]
+    n = int(x.shape[0])
+    penalty = decay / 2  # loss + penalty·‖θ‖²; Σr² + ridge·‖θ‖² is n·k× that for MSE
+    # Each target is its own regression on the same design (MSE sums over them).
+    targets = []
+    for j in range(k):
+        scaling = datamodule.scaling.target(j)
+
+        def design(t: torch.Tensor, scaling: Any = scaling) -> torch.Tensor:
+            return model.features(scaling.x(t.double()))  # data units in, model columns out
+
+        report, solution = report_for_model(model, x, y[:, j:j + 1], scaling,
+                                            data.feature_names)
+        report.pop("params", None)
+        if decay > 0 and no_ridge is None:
+            solution = cf.solve(x, scaling.y(y[:, j].double()), bias=model.has_bias,
+                                features=design, ridge=penalty * (1 if summed else n * k))
+        targets.append((scaling, design, report, solution))
+
+    record: dict[str, Any] = {"objective": "least squares"}
     if decay > 0:
         if no_ridge is not None:
             record.update(objective=None, why_no_optimum=no_ridge)
+            _add_reports(record, targets, data.target_names, with_params=False)
             return record, None
-        n = int(x.shape[0])
-        summed = loss_fn.reduction == "sum"
-        penalty = decay / 2  # loss + penalty·‖θ‖²; Σr² + ridge·‖θ‖² is n× that for MSE
-        solution = cf.solve(x, scaling.y(y.double()), bias=model.has_bias, features=design,
-                            ridge=penalty if summed else n * penalty)
         record.update(objective=f"ridge: loss + {penalty:g}·(‖weight‖² + bias²) in "
                                 f"training units (weight_decay {decay:g}; torch decays "
                                 "every parameter, the bias too)",
@@ -128,28 +136,48 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
 
     def loss(split: str) -> float:
         xs, ys = datamodule.splits[split]
-        sse = solution.sse(xs, scaling.y(ys.double()), features=design)
-        return sse if loss_fn.reduction == "sum" else sse / int(xs.shape[0])
+        sse = sum(sol.sse(xs, sc.y(ys[:, j].double()), features=dz)
+                  for j, (sc, dz, _, sol) in enumerate(targets))
+        return sse if summed else sse / (int(xs.shape[0]) * k)
 
     train_loss = loss("train")
+    solutions = [t[3] for t in targets]
     record.update({
-        "params": {"weight": [solution.weight.tolist()], "bias": solution.bias},
-        "params_data_units": _data_unit_params(report) if decay == 0 else None,
+        "params": {"weight": [sol.weight.tolist() for sol in solutions],
+                   "bias": (None if not model.has_bias else solutions[0].bias if k == 1
+                            else [sol.bias for sol in solutions])},
         "train_loss": train_loss,
         "val_loss": train_loss if datamodule.val_is_train else loss("val"),
         "test": None,
-        "condition_number": solution.condition, "rank": solution.rank,
+        "condition_number": max(sol.condition for sol in solutions),
+        "rank": min(sol.rank for sol in solutions),
     })
+    _add_reports(record, targets, data.target_names, with_params=decay == 0)
     if "test" in datamodule.splits:
         sums = RegressionSums()
         xs, ys = datamodule.splits["test"]
         for i in range(0, int(xs.shape[0]), cf.CHUNK):
-            pred = solution.predict(xs[i:i + cf.CHUNK].cpu(), design)
-            sums.update(scaling.y_inverse(pred), ys[i:i + cf.CHUNK].cpu())
-        record["test"] = sums.compute(centered=model.has_bias)
+            pred = torch.cat([sc.y_inverse(sol.predict(xs[i:i + cf.CHUNK].cpu(), dz))
+                              for sc, dz, _, sol in targets], dim=1)
+            sums.update(pred, ys[i:i + cf.CHUNK].cpu())
+        record["test"] = sums.compute(centered=model.has_bias, names=data.target_names)
         record["test"].update(adjusted_r2(record["test"]["r2"], sums.n,
-                                          int(solution.weight.shape[0]), model.has_bias))
-    return record, solution
+                                          int(solutions[0].weight.shape[0]), model.has_bias))
+    return record, solutions[0] if k == 1 else None
+
+
+def _add_reports(record: dict[str, Any], targets: list[Any], names: list[str],
+                 with_params: bool) -> None:
+    """The report (and data-unit coefficients) of one target, or of each by name."""
+    if len(targets) == 1:
+        report = targets[0][2]
+        record["report"] = report
+        record["params_data_units"] = _data_unit_params(report) if with_params else None
+        return
+    record["per_target"] = {name: {
+        "report": report,
+        "params_data_units": _data_unit_params(report) if with_params else None}
+        for name, (_, _, report, _) in zip(names, targets, strict=True)}
 
 
 def _data_unit_params(report: dict[str, Any]) -> dict[str, Any]:
@@ -166,19 +194,24 @@ def optimality_gap(train_loss: float | None, optimum: float | None) -> dict[str,
 
 
 def params_in_data_units(params: dict[str, Any], scaling: Any) -> dict[str, Any] | None:
-    """A linear model's weights and bias as they act on unscaled inputs and targets."""
+    """A linear model's weights and bias (one row per target) as they act on unscaled
+    inputs and targets."""
     if not scaling.active or "weight" not in params or params.get("bias") is None:
         return None
-    weight = list(params["weight"][0])
-    bias = params.get("bias") or 0.0
-    if scaling.x_mean is not None:
-        stats = zip(weight, scaling.x_mean, scaling.x_std, strict=True)
-        bias -= sum(w * m / s for w, m, s in stats)
-        weight = [w / s for w, s in zip(weight, scaling.x_std, strict=True)]
-    if scaling.y_mean is not None:
-        weight = [w * scaling.y_std for w in weight]
-        bias = bias * scaling.y_std + scaling.y_mean
-    return {"weight": [weight], "bias": bias}
+    biases = params["bias"] if isinstance(params["bias"], list) else [params["bias"]]
+    rows, out_bias = [], []
+    for j, (row, bias) in enumerate(zip(params["weight"], biases, strict=True)):
+        sc = scaling.target(j)
+        weight = list(row)
+        if sc.x_mean is not None:
+            bias -= sum(w * m / s for w, m, s in zip(weight, sc.x_mean, sc.x_std, strict=True))
+            weight = [w / s for w, s in zip(weight, sc.x_std, strict=True)]
+        if sc.y_mean is not None:
+            weight = [w * sc.y_std for w in weight]
+            bias = bias * sc.y_std + sc.y_mean
+        rows.append(weight)
+        out_bias.append(bias)
+    return {"weight": rows, "bias": out_bias[0] if len(out_bias) == 1 else out_bias}
 
 
 def _target_name(node: Any) -> str | None:
@@ -241,6 +274,12 @@ def param_error(params: dict[str, Any], truth: dict[str, Any] | None) -> dict[st
             "max_abs": max(abs(v) for v in [*diff.flatten().tolist(), bias or 0.0])}
 
 
+def _finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics with non-finite values as None (JSON has no NaN), per-target ones too."""
+    return {k: _finite_metrics(v) if isinstance(v, dict) else _finite_or_none(v)
+            for k, v in metrics.items()}
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
@@ -292,8 +331,8 @@ def report_table(report: dict[str, Any], markdown: bool = False,
 
 
 def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
-                reference_layout: bool = False, report: dict[str, Any] | None = None
-                ) -> None:
+                reference_layout: bool = False, report: dict[str, Any] | None = None,
+                per_target: dict[str, Any] | None = None) -> None:
     """Fill TensorBoard's HPARAMS tab with this run's hyper-parameters.
 
     The tab shows, for each metric tag named here, the last value of that scalar series
@@ -318,6 +357,9 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
             if report:  # TensorBoard's TEXT tab renders markdown tables
                 writer.add_text("least_squares/report", "\n".join(
                     report_table(report, markdown=True, limit=None)))
+            for name, own in (per_target or {}).items():
+                writer.add_text(f"least_squares/report/{name}", "\n".join(
+                    report_table(own["report"], markdown=True, limit=None)))
 
 
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
@@ -326,7 +368,9 @@ def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
     return [lg.log_dir for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | list[float] | None) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return "—" if value is None else f"{value:.6g}"
 
 
@@ -341,8 +385,18 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     if test:
         lines.append(f"  test  mse {_fmt(test['mse'])}  rmse {_fmt(test['rmse'])}  "
                      f"mae {_fmt(test['mae'])}  r2 {_fmt(test['r2'])}")
+        for name, own in (test.get("per_target") or {}).items():
+            lines.append(f"    {name}: mse {_fmt(own['mse'])}  rmse {_fmt(own['rmse'])}  "
+                         f"mae {_fmt(own['mae'])}  r2 {_fmt(own['r2'])}")
     params = metrics.get("params_data_units") or metrics.get("params")
-    if params and "weight" in params:
+    if params and "weight" in params and len(params["weight"]) > 1:  # several targets
+        names = metrics.get("data", {}).get("target") or []
+        biases = params.get("bias") or [None] * len(params["weight"])
+        for j, (row, bias) in enumerate(zip(params["weight"], biases, strict=False)):
+            name = names[j] if j < len(names) else f"y{j}"
+            lines.append(f"  learned {name}: weight [{', '.join(f'{w:.6g}' for w in row[:6])}"
+                         f"{', …' if len(row) > 6 else ''}]   bias {_fmt(bias)}")
+    elif params and "weight" in params:
         weights = params["weight"][0]
         weight = ", ".join(f"{w:.6g}" for w in weights[:6]) + (", …" if len(weights) > 6 else "")
         line = f"  learned weight [{weight}]   bias {_fmt(params.get('bias'))}"
@@ -360,9 +414,11 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
                      f"this fit is {gap['absolute']:.3g} above it{rel}")
     if closed.get("why_no_optimum"):
         lines.append(f"  no optimum to compare with: {closed['why_no_optimum']}")
-    report = closed.get("report")
-    if report:
-        lines.append("  least squares on the training split, in the data's units:")
+    reports = ({"": closed["report"]} if closed.get("report") else
+               {name: own["report"] for name, own in (closed.get("per_target") or {}).items()})
+    for name, report in reports.items():
+        target = f" (target {name})" if name else ""
+        lines.append(f"  least squares on the training split, in the data's units{target}:")
         lines += [f"    {line}" for line in report_table(report)]
     lines += [f"  run dir: {run_dir}", f"  review:  tensorboard --logdir {run_dir}"]
     return lines
@@ -409,10 +465,16 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
         status = "interrupted"
     test = module.test_metrics
     if test is not None:
-        from reglab.metrics import adjusted_r2
+        from reglab.metrics import adjusted_r2, score
 
-        test = {k: _finite_or_none(v) for k, v in test.items()}
-        n_params = sum(len(w) for w in params["weight"]) if params else None
+        if ours:  # again in float64 from the split as read, as reglab-eval scores it
+            bias = getattr(model, "has_bias", None)
+            names = datamodule.data.target_names
+            test = score(model, *datamodule.splits["test"], scaling=datamodule.scaling
+                         ).compute(centered=True if bias is None else bool(bias),
+                                   names=names if len(names) > 1 else None)
+        test = _finite_metrics(test)
+        n_params = len(params["weight"][0]) if params else None
         if n_params is not None and test.get("r2") is not None and ours:
             test.update(adjusted_r2(test["r2"], int(datamodule.splits["test"][0].shape[0]),
                                     n_params, bool(params.get("bias") is not None)))

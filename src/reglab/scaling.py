@@ -19,8 +19,9 @@ class Scaling:
 
     x_mean: list[float] | None = None
     x_std: list[float] | None = None
-    y_mean: float | None = None
-    y_std: float | None = None
+    #: One number for one target (as model.pt files have always held), a list for several.
+    y_mean: float | list[float] | None = None
+    y_std: float | list[float] | None = None
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: torch.Tensor, features: bool, target: bool) -> Scaling:
@@ -32,10 +33,21 @@ class Scaling:
             out.x_mean = xd.mean(dim=0).tolist()
             out.x_std = torch.where(std > 0, std, torch.ones_like(std)).tolist()
         if target:
-            yd = y.double()
-            std = float(yd.std(unbiased=False))
-            out.y_mean, out.y_std = float(yd.mean()), std if std > 0 else 1.0
+            yd = y.double().reshape(y.shape[0], -1)
+            std = yd.std(dim=0, unbiased=False)
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            mean = yd.mean(dim=0)
+            if yd.shape[1] == 1:
+                out.y_mean, out.y_std = float(mean[0]), float(std[0])
+            else:
+                out.y_mean, out.y_std = mean.tolist(), std.tolist()
         return out
+
+    def target(self, j: int) -> Scaling:
+        """The same scaling restricted to target column ``j`` (features unchanged)."""
+        if not isinstance(self.y_mean, list):
+            return self
+        return Scaling(self.x_mean, self.x_std, float(self.y_mean[j]), float(self.y_std[j]))
 
     @property
     def active(self) -> bool:
@@ -48,11 +60,23 @@ class Scaling:
         std = torch.tensor(self.x_std, dtype=x.dtype, device=x.device)
         return (x - mean) / std
 
+    def _y_stats(self, y: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        if isinstance(self.y_mean, list):
+            return (torch.tensor(self.y_mean, dtype=y.dtype, device=y.device),
+                    torch.tensor(self.y_std, dtype=y.dtype, device=y.device))
+        return self.y_mean, self.y_std
+
     def y(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.y_mean is None else (y - self.y_mean) / self.y_std
+        if self.y_mean is None:
+            return y
+        mean, std = self._y_stats(y)
+        return (y - mean) / std
 
     def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.y_mean is None else y * self.y_std + self.y_mean
+        if self.y_mean is None:
+            return y
+        mean, std = self._y_stats(y)
+        return y * std + mean
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,7 +48,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Data first: the model's input width comes from it.
         datamodule = parts.build("data", lambda: instantiate(cfg.data))
         in_features, data_info = parts.describe_data(datamodule)
-        model, model_spec = parts.build_model(cfg.model, in_features)
+        targets = data_info.get("target")
+        model, model_spec = parts.build_model(
+            cfg.model, in_features, len(targets) if isinstance(targets, list) else 1)
         scheduler = cfg.get("scheduler")
         optimizer = parts.build("optimizer", lambda: instantiate(cfg.optimizer))
         parts.build("optimizer", lambda: optimizer(model.parameters()))  # its arguments
@@ -122,7 +124,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
                                                        *test_tags],
                         reference_layout=bool(closed and "train_loss" in closed),
-                        report=(closed or {}).get("report"))
+                        report=(closed or {}).get("report"),
+                        per_target=(closed or {}).get("per_target"))
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
 

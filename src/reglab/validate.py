@@ -186,8 +186,10 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
     _check(cfg, "data.source.noise", lambda v: is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "data.source.high", lambda v: is_number(v) and v > cfg.data.source.low,
            "a number above data.source.low")
-    _check(cfg, "data.source.target", lambda v: isinstance(v, str) and v != "",
-           "the name of the column to predict")
+    _check(cfg, "data.source.target", lambda v: (isinstance(v, str) and v != "") or (
+        isinstance(v, Iterable) and not isinstance(v, str) and len(list(v)) > 0
+        and all(isinstance(c, str) and c for c in v)),
+           "the name of the column to predict, or a list of names")
     _check(cfg, "data.source.features", lambda v: isinstance(v, Iterable) and not isinstance(
         v, str) and len(list(v)) > 0 and all(isinstance(c, str) for c in v),
            "a list of column names, or null for every column but the target", optional=True)
