@@ -86,7 +86,7 @@ def reference(tmp_path: Path, *extra: str, scheduler: Any = None, shuffle: bool 
     datamodule = instantiate(cfg.data)  # the same data, drawn in the same order as train
     datamodule.prepare()
     layer = nn.Linear(1, 1)  # the same generator state as reglab's model gets
-    x, y = datamodule.splits["train"]
+    x, y = (t.float() for t in datamodule.splits["train"])  # as training serves them
     order = EpochOrder(len(x), cfg.seed) if shuffle else None
     train = DataLoader(TensorDataset(x, y), batch_size=cfg.data.batch_size, sampler=order)
     val = DataLoader(TensorDataset(x, y), batch_size=len(x))
@@ -333,7 +333,7 @@ def test_lr_find_preset_prints_records_and_uses_the_suggestion(run_train, tmp_pa
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
     layer = nn.Linear(1, 1)
-    x, y = datamodule.splits["train"]
+    x, y = (t.float() for t in datamodule.splits["train"])  # as training serves them
     loader = DataLoader(TensorDataset(x, y), batch_size=20, sampler=EpochOrder(len(x), 42))
     trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,

@@ -185,7 +185,7 @@ def test_command_line_targets_callbacks_and_loggers(project: Path, importable: N
 
     out = _run(command, project, {"PYTHONPATH": str(project)})
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = _only(project / "outputs" / "train" / "runs")
+    run_dir = _only(project / "outputs" / "CubicData" / "runs")  # named by its data class
     m = _metrics(run_dir)
     assert m["status"] == "completed" and m["epochs"] == 20 and m["steps"] == 80
     hp = m["hparams"]

@@ -25,6 +25,9 @@ class Dataset:
     #: Column names, for tables read from files and for prediction CSVs.
     feature_names: list[str] | None = None
     target_name: str | list[str] | None = None
+    #: Whether ``x`` and ``y`` were made for this data set alone (a table just read), so
+    #: splitting may rearrange their rows in place instead of copying the whole set.
+    owns_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] < 1:

@@ -95,6 +95,25 @@ class TensorBatches:
             yield x.index_select(0, idx), y.index_select(0, idx)
 
 
+class ConvertedBatches:
+    """Evaluation batches cut from the split as stored and converted one batch at a time
+    (scaled, cast to the model's dtype, moved to its device): validation and test batches
+    are few and large, so this costs nothing per step and saves a copy of both splits."""
+
+    def __init__(self, batches: TensorBatches,
+                 convert: Callable[[torch.Tensor, torch.Tensor],
+                                   tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+        self.convert = convert
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.batches:
+            yield self.convert(x, y)
+
+
 class TrainBatches:
     """The training split's mini-batches for the epoch Lightning is in.
 
@@ -232,17 +251,12 @@ class RegressionDataModule(pl.LightningDataModule):
 
     def served(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Every split in training units, ``dtype`` and on ``device`` (made once)."""
+        """The training split in training units, ``dtype`` and on ``device`` (made once:
+        training batches are cut from it with no per-step conversion)."""
         self.prepare()
         key = (dtype, str(device))
         if self._served_key != key:
-            self._served = {}
-            for split in self.splits:
-                if split == "val" and self.val_is_train:
-                    continue
-                self._served[split] = self.training_units(split, dtype, device)
-            if self.val_is_train:
-                self._served["val"] = self._served["train"]
+            self._served = {"train": self.training_units("train", dtype, device)}
             self._served_key = key
         return self._served
 
@@ -259,6 +273,8 @@ class RegressionDataModule(pl.LightningDataModule):
                 "needs at least one row")
         if n_val == 0 and n_test == 0:
             x, y = data.x, data.y  # one split: views, no copy
+        elif data.owns_memory:
+            return self._split_in_place(data, n_train, n_val)
         else:
             # One permuted copy; each split is then a contiguous view of it.
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
@@ -272,6 +288,34 @@ class RegressionDataModule(pl.LightningDataModule):
         if n_test:
             splits["test"] = (x[n_train + n_val:], y[n_train + n_val:])
         return splits
+
+    def _split_in_place(self, data: Dataset, n_train: int, n_val: int
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The same split as a permuted copy, without a second copy of the table: val and
+        test rows are gathered (in the permutation's order), then the training rows are
+        moved to the front of the data's own storage, in their original order."""
+        n = len(data)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        x, y = data.x, data.y
+        splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if n_val:
+            rows = order[n_train:n_train + n_val]
+            splits["val"] = (x[rows], y[rows])
+        if n_train + n_val < n:
+            rows = order[n_train + n_val:]
+            splits["test"] = (x[rows], y[rows])
+        keep = order[:n_train].sort().values
+        # keep[i] >= i, and sources only grow: a block's writes never land on rows a
+        # later block still has to read.
+        for lo in range(0, n_train, EVAL_BATCH_ROWS):
+            rows = keep[lo:lo + EVAL_BATCH_ROWS]
+            x[lo:lo + len(rows)] = x[rows]
+            y[lo:lo + len(rows)] = y[rows]
+        data.x, data.y = x[:n_train], y[:n_train]
+        splits["train"] = (data.x, data.y)
+        if not n_val:
+            splits["val"] = splits["train"]
+        return {k: splits[k] for k in ("train", "val", "test") if k in splits}
 
     @property
     def num_features(self) -> int:
@@ -308,6 +352,23 @@ class RegressionDataModule(pl.LightningDataModule):
         device = t.strategy.root_device if t is not None else torch.device("cpu")
         self.served(_serve_dtype(t), device)
 
+    def _eval_batches(self, split: str) -> TensorBatches | ConvertedBatches:
+        """Validation or test batches: the served training copy when validation is on
+        the training rows, else the stored split converted a batch at a time."""
+        if split == "val" and self.val_is_train:
+            return self._batches("train", False, self._eval_batch_size())
+        t = self.trainer
+        dtype = _serve_dtype(t)
+        device = t.strategy.root_device if t is not None else torch.device("cpu")
+        scaling = self.scaling
+        x, y = self.splits[split]
+
+        def convert(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return (scaling.x(xb).to(device, dtype, non_blocking=True),
+                    scaling.y(yb).to(device, dtype, non_blocking=True))
+
+        return ConvertedBatches(TensorBatches(x, y, self._eval_batch_size()), convert)
+
     def _batches(self, split: str, shuffle: bool, batch_size: int | None) -> TensorBatches:
         t = self.trainer
         served = self.served(_serve_dtype(t), t.strategy.root_device if t is not None
@@ -334,8 +395,8 @@ class RegressionDataModule(pl.LightningDataModule):
         return TrainBatches(self._batches("train", shuffle, self.batch_size),
                             lambda: t.current_epoch if t is not None else 0)
 
-    def val_dataloader(self) -> TensorBatches:
-        return self._batches("val", False, self._eval_batch_size())
+    def val_dataloader(self) -> TensorBatches | ConvertedBatches:
+        return self._eval_batches("val")
 
-    def test_dataloader(self) -> TensorBatches:
-        return self._batches("test", False, self._eval_batch_size())
+    def test_dataloader(self) -> TensorBatches | ConvertedBatches:
+        return self._eval_batches("test")

@@ -13,6 +13,20 @@ import torch
 from torch import nn
 
 
+def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means and (population) standard deviations in float64, two passes a block
+    of rows at a time: no temporary the size of a million-row split."""
+    n = int(t.shape[0])
+    total = torch.zeros(t.shape[1], dtype=torch.float64)
+    for i in range(0, n, chunk):
+        total += t[i:i + chunk].double().sum(dim=0).cpu()
+    mean = total / n
+    sq = torch.zeros_like(mean)
+    for i in range(0, n, chunk):
+        sq += (t[i:i + chunk].double().cpu() - mean).pow(2).sum(dim=0)
+    return mean, (sq / n).sqrt()
+
+
 @dataclass
 class Scaling:
     """x' = (x − x_mean) / x_std and y' = (y − y_mean) / y_std; ``None`` leaves one as is."""
@@ -28,16 +42,13 @@ class Scaling:
         """Statistics of the training rows; a constant column keeps scale 1."""
         out = cls()
         if features:
-            xd = x.double()
-            std = xd.std(dim=0, unbiased=False)
-            out.x_mean = xd.mean(dim=0).tolist()
+            mean, std = _moments(x)
+            out.x_mean = mean.tolist()
             out.x_std = torch.where(std > 0, std, torch.ones_like(std)).tolist()
         if target:
-            yd = y.double().reshape(y.shape[0], -1)
-            std = yd.std(dim=0, unbiased=False)
+            mean, std = _moments(y.reshape(y.shape[0], -1))
             std = torch.where(std > 0, std, torch.ones_like(std))
-            mean = yd.mean(dim=0)
-            if yd.shape[1] == 1:
+            if mean.shape[0] == 1:
                 out.y_mean, out.y_std = float(mean[0]), float(std[0])
             else:
                 out.y_mean, out.y_std = mean.tolist(), std.tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,57 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
     return values
 
 
+#: Bytes of CSV text pyarrow parses per batch when streaming: bounds the reader's own
+#: memory to one such block (read on this thread: no blocks parsed ahead).
+_CSV_BLOCK = 1 << 20
+
+#: (first row, column index, float64 values): a piece of one column of the table.
+Piece = tuple[int, int, np.ndarray]
+
+
+class _Unclean(Exception):
+    """A cell the streaming path cannot take (text, empty, non-finite): the whole-table
+    path then reads the file again to name it."""
+
+
+def _line_count(path: Path) -> int:
+    """Newlines in the file, plus one: a bound on its data rows, known before parsing."""
+    count = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _csv_pieces(path: Path, delimiter: str, raw_names: list[str], names: list[str]
+                ) -> Iterator[Piece]:
+    """The fast path: every wanted column parsed straight to float64 while streaming, one
+    block at a time; raises :class:`_Unclean` at the first cell that does not fit."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    convert = pcsv.ConvertOptions(
+        column_types=dict.fromkeys(raw_names, pa.float64()), include_columns=raw_names,
+        null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False)
+    try:
+        reader = pcsv.open_csv(
+            path, read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter), convert_options=convert)
+        row = 0
+        for batch in reader:
+            for j in range(len(names)):
+                column = batch.column(j)
+                if column.null_count:
+                    raise _Unclean
+                values = column.to_numpy(zero_copy_only=False)
+                if not np.isfinite(values).all():
+                    raise _Unclean
+                yield row, j, values
+            row += batch.num_rows
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raise _Unclean from None
+
+
 def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = None) -> Any:
     """The file as a pyarrow table (every column, or ``columns``), errors as DataError."""
     import pyarrow as pa
@@ -161,50 +212,105 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
     return header
 
 
+def _parquet_pieces(file: Path, names: list[str]) -> Iterator[Piece]:
+    """A Parquet file one row group and one column at a time (its row count is known up
+    front), each checked as it is read, so no second copy of the table is ever held."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    first = 0
+    for group in range(parquet.num_row_groups):
+        for j, name in enumerate(names):
+            column = parquet.read_row_group(group, columns=[name]).column(0)
+
+            def where(row: int, name: str = name, first: int = first) -> str:
+                return f"{file}, row {first + row + 1}, column {name!r}"
+
+            yield first, j, _to_float64(column, where)
+            del column
+        first += parquet.metadata.row_group(group).num_rows
+
+
 def _read(file: Path, features: Sequence[str] | None, targets: Sequence[str], delimiter: str,
-          key: str) -> tuple[list[str], list[np.ndarray]]:
-    """(column names, one float64 array per column) of a CSV or Parquet table: the
-    features, then the targets. ``key`` names the setting that gave the path."""
+          key: str, widths: Callable[[int], list[int]]) -> tuple[list[str], list[torch.Tensor]]:
+    """(column names, float64 tensors) of a CSV or Parquet table: the features, then the
+    targets, in tensors of ``widths(len(names))`` columns each. ``key`` names the setting
+    that gave the path."""
     if not file.is_file():
         raise DataError(f"{key}: {file}: no such file")
     if _is_parquet(file):
         try:
             import pyarrow.parquet as pq
 
-            header = list(pq.read_schema(file).names)
+            meta = pq.ParquetFile(file)
+            header = list(meta.schema_arrow.names)
+            rows = int(meta.metadata.num_rows)
         except OSError as exc:
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
         names = _columns(file, header, features, targets)
-        table = pq.read_table(file, columns=names)
+        try:
+            return names, _assemble(file, rows, _parquet_pieces(file, names),
+                                    widths(len(names)))
+        finally:
+            _release_arrow_memory()
+    raw_header = _csv_header(file, delimiter)
+    header = [h.strip() for h in raw_header]
+    names = _columns(file, header, features, targets, delimiter)
+    # Only the wanted columns are converted; pyarrow knows them by their raw names.
+    raw = [dict(zip(header, raw_header, strict=True))[n] for n in names]
+    try:
+        return names, _assemble(file, _line_count(file), _csv_pieces(file, delimiter, raw, names),
+                                widths(len(names)))
+    except _Unclean:
+        pass
+    finally:
+        _release_arrow_memory()
+    # Something is off: read the whole table as found, to name the bad cell.
+    table = _read_csv_table(file, delimiter, raw)
+    table = table.rename_columns([str(c).strip() for c in table.column_names])
 
-        def where(name: str) -> Any:
-            return lambda row: f"{file}, row {row + 1}, column {name!r}"
-    else:
-        raw_header = _csv_header(file, delimiter)
-        header = [h.strip() for h in raw_header]
-        names = _columns(file, header, features, targets, delimiter)
-        # Only the wanted columns are converted; pyarrow knows them by their raw names.
-        raw = {h.strip(): h for h in raw_header}
-        table = _read_csv_table(file, delimiter, [raw[n] for n in names])
-        table = table.rename_columns([str(c).strip() for c in table.column_names])
+    def where(name: str) -> Any:
+        return lambda row: f"{file}, line {_csv_line(file, row, delimiter)}, column {name!r}"
 
-        def where(name: str) -> Any:
-            return lambda row: (f"{file}, line {_csv_line(file, row, delimiter)}, "
-                                f"column {name!r}")
-    if table.num_rows == 0:
+    pieces = [(0, j, _to_float64(table.column(name), where(name)))
+              for j, name in enumerate(names)]
+    rows = table.num_rows
+    del table
+    return names, _assemble(file, rows, _drain(pieces[::-1]), widths(len(names)))
+
+
+def _release_arrow_memory() -> None:
+    """Hand the pages pyarrow's allocator kept from the read back to the system: they
+    would otherwise stay in the process for the whole fit."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _assemble(file: Path, rows: int, pieces: Iterator[Piece], widths: Sequence[int]
+              ) -> list[torch.Tensor]:
+    """Column pieces into C-ordered float64 tensors of ``widths`` columns each.
+
+    ``rows`` may be an upper bound: the result is cut to the rows filled. Its pages are
+    only touched as it fills and each piece is released once copied, so the table is
+    held about once, never a second full copy beside it."""
+    outs = [np.empty((rows, w), dtype=np.float64) for w in widths]
+    where = [(k, c) for k, w in enumerate(widths) for c in range(w)]
+    filled = 0
+    for first, j, values in pieces:
+        k, c = where[j]
+        outs[k][first:first + len(values), c] = values
+        filled = max(filled, first + len(values))
+        del values
+    if filled == 0:
         raise DataError(f"{file}: no data rows below the header")
-    arrays = []
-    for name in names:
-        arrays.append(_to_float64(table.column(name), where(name)))
-    return names, arrays
+    return [torch.from_numpy(out[:filled]) for out in outs]
 
 
-def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
-    """Columns into one C-ordered float64 (rows × columns) tensor."""
-    out = np.empty((len(arrays[0]), len(arrays)), dtype=np.float64)
-    for j, column in enumerate(arrays):
-        out[:, j] = column
-    return torch.from_numpy(out)
+def _drain(pieces: list[Piece]) -> Iterator[Piece]:
+    """Pieces from the end of a list, each dropped from it as it is handed out."""
+    while pieces:
+        yield pieces.pop()
 
 
 def _targets(target: str | Sequence[str]) -> list[str]:
@@ -221,20 +327,19 @@ def read_table(path: str, target: str | Sequence[str], features: Sequence[str] |
     """
     file = Path(path).expanduser()
     targets = _targets(target)
-    names, arrays = _read(file, features, targets, delimiter, "data.source.path")
     k = len(targets)
-    x = _stack(arrays[:-k])
-    y = _stack(arrays[-k:])
-    del arrays
+    names, (x, y) = _read(file, features, targets, delimiter, "data.source.path",
+                          lambda n: [n - k, k])
     return Dataset(x, y, None, feature_names=names[:-k],
-                   target_name=names[-1] if k == 1 else names[-k:])
+                   target_name=names[-1] if k == 1 else names[-k:], owns_memory=True)
 
 
 def read_inputs(path: str | Path, features: Sequence[str] | None,
                 delimiter: str = ",") -> tuple[list[str], torch.Tensor]:
     """The named feature columns of a table (for prediction): (names, float64 rows)."""
-    names, arrays = _read(Path(path).expanduser(), features, [], delimiter, "input_path")
-    return names, _stack(arrays)
+    names, (x,) = _read(Path(path).expanduser(), features, [], delimiter, "input_path",
+                        lambda n: [n])
+    return names, x
 
 
 def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
