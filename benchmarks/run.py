@@ -3,6 +3,7 @@
     python benchmarks/run.py               # all sections, writes benchmarks/results.md
     python benchmarks/run.py tiny process  # some sections
     python benchmarks/run.py --gpu         # also trainer=gpu, where CUDA is available
+    python benchmarks/run.py tables --table-rows 100000  # the table section, a smaller table
 
 Every pair runs in this one process (or in child processes started from it) after a
 warm-up, several times; the table shows medians and the ratio the issue targets.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -522,9 +524,244 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+# -- 8. tables -----------------------------------------------------------------------------
+#: Rows of the tables section's table (``--table-rows``): ten float features x0..x9 and y.
+TABLE_ROWS, TABLE_FEATURES = 1_000_000, 10
+#: Rounds of the tables section (``--table-reps``): each runs every process pair once.
+TABLE_REPS = 3
+TABLE_FORMATS = ("csv", "parquet")
+#: What a `reglab-train data=csv` run imports: Lightning, Hydra, TensorBoard (the default
+#: logger), pyarrow (the reader), scipy.stats (the regression report's t and F tails)
+#: and matplotlib (the run's figures). The memory figure is the run's peak beyond this.
+TABLE_IMPORTS = ("import torch, pytorch_lightning, hydra, torch.utils.tensorboard, "
+                 "reglab.train, pyarrow.csv, pyarrow.parquet, pyarrow.compute, scipy.stats, "
+                 "matplotlib.pyplot")
+#: The narrower baseline an earlier version used (no pyarrow, scipy or matplotlib).
+TABLE_IMPORTS_PYARROW = ("import torch, pytorch_lightning, hydra, torch.utils.tensorboard, "
+                         "reglab.train, pyarrow.csv, pyarrow.parquet")
+#: Peak RSS of a child when /usr/bin/time is missing: getrusage(RUSAGE_CHILDREN) in a
+#: small wrapper process, so the figure is the child's own (ru_maxrss survives exec, so a
+#: child started straight from this large process would inherit this process's peak).
+_RUSAGE_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL).returncode\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n")
+GNU_TIME = Path("/usr/bin/time")
+
+
+def write_table(root: Path, rows: int, seed: int = 0) -> dict[str, Path]:
+    """``y = X·w + b + noise`` with ten standard-normal features, written once as CSV and
+    as Parquet (numpy draws it, pyarrow writes it)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, TABLE_FEATURES))
+    w = np.linspace(-2.0, 2.0, TABLE_FEATURES)
+    y = x @ w + 4.2 + 0.1 * rng.standard_normal(rows)
+    columns = {f"x{i}": x[:, i] for i in range(TABLE_FEATURES)}
+    table = pa.table({**columns, "y": y})
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": root / f"table{rows}.csv", "parquet": root / f"table{rows}.parquet"}
+    pcsv.write_csv(table, paths["csv"])
+    pq.write_table(table, paths["parquet"])
+    return paths
+
+
+def measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS in bytes and stdout of one child process.
+
+    The RSS is the child's ru_maxrss as /usr/bin/time reports it (or, without it, as a
+    small wrapper's getrusage(RUSAGE_CHILDREN) does): in both the child is started from
+    a process a few MB large, so the figure is its own.
+    """
+    rss_file = cwd / ".peak_rss"
+    rss_file.unlink(missing_ok=True)
+    if GNU_TIME.is_file():
+        wrapped = [str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *cmd]
+    else:
+        wrapped = [sys.executable, "-c", _RUSAGE_WRAPPER, str(rss_file), *cmd]
+    start = time.perf_counter()
+    out = subprocess.run(wrapped, cwd=cwd, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({out.returncode}): {out.stderr[-3000:]}")
+    kb = int(rss_file.read_text().split()[-1])  # GNU time: a status line may come first
+    rss_file.unlink()
+    return elapsed, kb * 1024, out.stdout
+
+
+def reglab_table_cmd(path: Path, run_dir: Path) -> list[str]:
+    return [str(BIN / "reglab-train"), "data=csv", f"data.source.path={path}",
+            "data.source.target=y", "data.batch_size=1024", "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}"]
+
+
+def pyarrow_float64(path: Path) -> Any:
+    """pyarrow's own read of the table, into one float64 numpy array (rows × columns)."""
+    import numpy as np
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    else:
+        import pyarrow.csv as pcsv
+
+        table = pcsv.read_csv(path)
+    return np.column_stack([c.to_numpy().astype(np.float64, copy=False)
+                            for c in table.columns])
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def bench_tables(reps: int) -> dict[str, Any]:
+    """`reglab-train data=csv` on a TABLE_ROWS × 11 table, as CSV and as Parquet, against
+    `benchmarks/table_floor.py` (pyarrow read, a shuffled 70 %, one plain SGD epoch):
+    whole processes, start to exit, and their peak RSS; then the reading alone, in this
+    process: ``reglab.tables.read_table`` against pyarrow's read into a float64 array.
+
+    Each round runs an imports-only process, then per format reglab and the floor in an
+    order that alternates between rounds; ratios are medians of each pair's own ratios.
+    Memory: reglab's peak RSS less that of a process that only imports what every
+    `reglab-train` run imports (TABLE_IMPORTS), over the table's float64 bytes.
+    """
+    import reglab.tables
+
+    load_start = _loadavg()
+    root = TMP / "tables"
+    cwd = root / "cwd"  # the children's working directory: must stay empty
+    cwd.mkdir(parents=True, exist_ok=True)
+    paths = write_table(root, TABLE_ROWS)
+    small = write_table(root / "warmup", 1000)
+    floor = [sys.executable, str(HERE / "table_floor.py")]
+    data_bytes = TABLE_ROWS * (TABLE_FEATURES + 1) * 8
+    runs = 0
+
+    def reglab_run(path: Path, rows: int = TABLE_ROWS) -> tuple[float, int, dict[str, Any]]:
+        nonlocal runs
+        runs += 1
+        run_dir = root / "runs" / f"{runs:03d}"
+        wall_s, rss, _ = measured(reglab_table_cmd(path, run_dir), cwd)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        shutil.rmtree(run_dir)
+        if sum(metrics["rows"].values()) != rows:
+            raise RuntimeError(f"reglab-train read {metrics['rows']} rows of {path}")
+        return wall_s, rss, metrics
+
+    def floor_run(path: Path) -> tuple[float, int, dict[str, Any]]:
+        wall_s, rss, stdout = measured([*floor, str(path)], cwd)
+        return wall_s, rss, json.loads(stdout.splitlines()[-1])
+
+    # Warm-up on a 1000-row copy: byte-code and matplotlib's font caches, pyarrow's
+    # libraries in the page cache (the big files are there already: just written).
+    for fmt in TABLE_FORMATS:
+        reglab_run(small[fmt], 1000), floor_run(small[fmt])
+    imports_pyarrow_peak = measured([sys.executable, "-c", TABLE_IMPORTS_PYARROW], cwd)[1]
+
+    rounds: list[dict[str, Any]] = []
+    for i in range(reps):
+        r: dict[str, Any] = {}
+        r["imports_s"], r["imports_rss"], _ = measured([sys.executable, "-c", TABLE_IMPORTS],
+                                                       cwd)
+        for fmt in TABLE_FORMATS:
+            order = ("reglab", "floor") if i % 2 == 0 else ("floor", "reglab")
+            for who in order:
+                run = reglab_run if who == "reglab" else floor_run
+                r[f"{fmt}_{who}"] = run(paths[fmt])
+        rounds.append(r)
+        print(f"[bench] tables round {i + 1}/{reps}: "
+              + ", ".join(f"{fmt} reglab {r[f'{fmt}_reglab'][0]:.2f} s / floor "
+                          f"{r[f'{fmt}_floor'][0]:.2f} s" for fmt in TABLE_FORMATS), flush=True)
+    leftovers = sorted(p.name for p in cwd.iterdir())
+    if leftovers:
+        raise RuntimeError(f"the runs left files in their working directory: {leftovers}")
+
+    # The reading alone, in this process, the two readers alternating.
+    reglab.tables.read_table(str(small["csv"]), target="y"), pyarrow_float64(small["csv"])
+    reads: dict[str, list[tuple[float, float]]] = {fmt: [] for fmt in TABLE_FORMATS}
+    for i in range(reps):
+        for fmt in TABLE_FORMATS:
+            path = paths[fmt]
+
+            def ours(path: Path = path) -> float:
+                return _timed(lambda: reglab.tables.read_table(str(path), target="y"))
+
+            def theirs(path: Path = path) -> float:
+                return _timed(lambda: pyarrow_float64(path))
+
+            if i % 2 == 0:
+                a = ours()
+                b = theirs()
+            else:
+                b = theirs()
+                a = ours()
+            reads[fmt].append((a, b))
+
+    med = statistics.median
+    mb = 2**20
+    imports_peak = med(r["imports_rss"] for r in rounds)
+    imports_s = med(r["imports_s"] for r in rounds)
+    out: dict[str, Any] = {
+        "rows": TABLE_ROWS, "data_mb": data_bytes / mb,
+        **{f"{fmt}_file_mb": paths[fmt].stat().st_size / mb for fmt in TABLE_FORMATS},
+        # Which reader was measured: src/reglab/tables.py changes under this benchmark.
+        "tables_py_sha1": hashlib.sha1(Path(reglab.tables.__file__).read_bytes())
+        .hexdigest()[:12],
+        "rss_from": str(GNU_TIME) if GNU_TIME.is_file() else "getrusage(RUSAGE_CHILDREN)",
+        # Other work on the machine slows torch's threads a lot (the floor's epoch, most).
+        "load_average_start": load_start, "load_average_end": _loadavg(),
+        "imports_s": imports_s, "imports_peak_mb": imports_peak / mb,
+        "imports_and_pyarrow_peak_mb": imports_pyarrow_peak / mb}
+    for fmt in TABLE_FORMATS:
+        ours_runs = [r[f"{fmt}_reglab"] for r in rounds]
+        floor_runs = [r[f"{fmt}_floor"] for r in rounds]
+        reglab_peak = med(rss for _, rss, _ in ours_runs)
+        fit_s = med(m["fit_seconds"] for _, _, m in ours_runs)
+        plot_s = med(m.get("plot_seconds", 0.0) for _, _, m in ours_runs)
+        out.update({
+            f"{fmt}_reglab_s": med(w for w, _, _ in ours_runs),
+            f"{fmt}_floor_s": med(w for w, _, _ in floor_runs),
+            f"{fmt}_process_over_floor": med(r[f"{fmt}_reglab"][0] / r[f"{fmt}_floor"][0]
+                                             for r in rounds),
+            f"{fmt}_reglab_fit_s": fit_s, f"{fmt}_reglab_plot_s": plot_s,
+            # Reading, splits, least squares, test, checkpoints, start and exit.
+            f"{fmt}_reglab_beyond_imports_fit_plots_s": med(
+                r[f"{fmt}_reglab"][0] - r["imports_s"] - r[f"{fmt}_reglab"][2]["fit_seconds"]
+                - r[f"{fmt}_reglab"][2].get("plot_seconds", 0.0) for r in rounds),
+            f"{fmt}_floor_import_s": med(f["import_s"] for _, _, f in floor_runs),
+            f"{fmt}_floor_read_s": med(f["read_s"] for _, _, f in floor_runs),
+            f"{fmt}_floor_epoch_s": med(f["epoch_s"] for _, _, f in floor_runs),
+            f"{fmt}_read_reglab_s": med(a for a, _ in reads[fmt]),
+            f"{fmt}_read_pyarrow_s": med(b for _, b in reads[fmt]),
+            f"{fmt}_read_over_pyarrow": med(a / b for a, b in reads[fmt]),
+            f"{fmt}_reglab_peak_mb": reglab_peak / mb,
+            f"{fmt}_floor_peak_mb": med(rss for _, rss, _ in floor_runs) / mb,
+            f"{fmt}_rss_beyond_imports_over_data": (reglab_peak - imports_peak) / data_bytes,
+            f"{fmt}_rss_beyond_imports_and_pyarrow_over_data":
+                (reglab_peak - imports_pyarrow_peak) / data_bytes,
+            f"{fmt}_floor_rss_beyond_imports_over_data":
+                (med(rss for _, rss, _ in floor_runs) - imports_peak) / data_bytes,
+            f"{fmt}_runs": {"reglab": [round(w, 2) for w, _, _ in ours_runs],
+                            "floor": [round(w, 2) for w, _, _ in floor_runs],
+                            "read": [[round(a, 3), round(b, 3)] for a, b in reads[fmt]]}})
+    return out
+
+
 SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "tiny": bench_tiny, "process": bench_process, "large": bench_large, "startup": bench_startup,
     "sweep": bench_sweep, "memory": bench_memory, "closed_form": bench_closed_form,
+    "tables": bench_tables,
 }
 #: With --gpu: the same pairs with reglab on trainer=gpu and the plain loops on CUDA.
 GPU_SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -549,6 +786,18 @@ TARGETS: list[tuple[str, str, str, float | None, str]] = [
     ("sweep", "long_joblib_over_sequential", "", None,
      "the same sweep with 10× the epochs: joblib ÷ sequential wall"),
     ("memory", "beyond_imports_over_data", "<=", 2.5, "memory beyond imports ÷ data bytes"),
+    ("tables", "csv_process_over_floor", "<=", 1.6,
+     "tables, CSV: `reglab-train data=csv` ÷ floor script, start to exit"),
+    ("tables", "parquet_process_over_floor", "<=", 1.6,
+     "tables, Parquet: `reglab-train data=csv` ÷ floor script, start to exit"),
+    ("tables", "csv_read_over_pyarrow", "<=", 2.0,
+     "tables, CSV: `reglab.tables.read_table` ÷ pyarrow read to float64"),
+    ("tables", "parquet_read_over_pyarrow", "<=", 2.0,
+     "tables, Parquet: `reglab.tables.read_table` ÷ pyarrow read to float64"),
+    ("tables", "csv_rss_beyond_imports_over_data", "<=", 2.5,
+     "tables, CSV: reglab-train peak RSS beyond imports ÷ float64 table bytes"),
+    ("tables", "parquet_rss_beyond_imports_over_data", "<=", 2.5,
+     "tables, Parquet: reglab-train peak RSS beyond imports ÷ float64 table bytes"),
 ]
 
 
@@ -564,6 +813,12 @@ def environment() -> dict[str, str]:
     commit = _commit()
     if commit:
         env["reglab commit"] = commit
+    try:
+        import pyarrow
+
+        env["pyarrow"] = pyarrow.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -595,7 +850,7 @@ def _cpu_name() -> str:
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3g}"
+        return f"{v:,.0f}" if abs(v) >= 1e3 else f"{v:.3g}"
     return str(v)
 
 
@@ -624,13 +879,19 @@ def render(env: dict[str, str], results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    global TABLE_ROWS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
     parser.add_argument("--reps", type=int, default=5, help="repetitions per figure")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     parser.add_argument("--gpu", action="store_true",
                         help="also tiny and large with trainer=gpu (needs CUDA)")
+    parser.add_argument("--table-rows", type=int, default=TABLE_ROWS,
+                        help=f"rows of the tables section's table (default {TABLE_ROWS:,})")
+    parser.add_argument("--table-reps", type=int, default=TABLE_REPS,
+                        help=f"rounds of the tables section (default {TABLE_REPS})")
     args = parser.parse_args()
+    TABLE_ROWS = args.table_rows
     sections = dict(SECTIONS)
     wanted = args.sections or list(SECTIONS)
     if args.gpu:
@@ -645,6 +906,8 @@ def main() -> None:
         print(f"[bench] {name} …", flush=True)
         if name == "process":
             reps = max(3, args.reps)
+        elif name == "tables":
+            reps = args.table_reps
         elif name in ("tiny", "large", "startup", "closed_form", *GPU_SECTIONS):
             reps = args.reps
         else:
