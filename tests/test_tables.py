@@ -286,3 +286,56 @@ def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     scored = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())["metrics"]
     assert scored["per_target"]["v"]["mse"] == pytest.approx(
         metrics["test"]["per_target"]["v"]["mse"], rel=1e-9)
+
+
+def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
+    """reglab-eval scores a table by the model's column names, reads the file training
+    read (not one of the same relative name elsewhere), and refuses it once changed."""
+    import json
+
+    from tests.conftest import run_cli, script
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 2))
+    y = x @ [3.0, -1.0] + 0.5 + 0.01 * rng.normal(size=300)
+    rows = [f"{a!r},{b!r},{t!r}" for (a, b), t in zip(x.tolist(), y.tolist(), strict=True)]
+    (tmp_path / "t.csv").write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    done = run_cli([script("reglab-train"), "data=csv", "data.source.path=t.csv",
+                    "data.source.target=y", "trainer.max_epochs=3", "logger=none",
+                    "callbacks=none", f"hydra.run.dir={run}"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((run / "metrics.json").read_text())["data"]["file"]
+    assert recorded["path"] == str((tmp_path / "t.csv").resolve()) and recorded["bytes"] > 0
+
+    def evaluate(*args: str, cwd: Path = tmp_path) -> tuple[int, str, dict]:
+        out = cwd / f"ev{len(list(cwd.glob('ev*')))}"
+        done = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}", *args,
+                        f"hydra.run.dir={out}"], cwd)
+        scored = (json.loads((out / "eval_metrics.json").read_text())["metrics"]
+                  if done.returncode == 0 else {})
+        return done.returncode, done.stderr, scored
+
+    code, err, base = evaluate("split=all")
+    assert code == 0, err
+    # The same rows with the feature columns swapped: the same figures.
+    swapped = [f"{b!r},{a!r},{t!r}" for (a, b), t in zip(x.tolist(), y.tolist(), strict=True)]
+    (tmp_path / "swapped.csv").write_text("b,a,y\n" + "\n".join(swapped) + "\n")
+    code, err, again = evaluate("data.source.path=swapped.csv", "split=all")
+    assert code == 0, err
+    assert again["r2"] == pytest.approx(base["r2"], rel=1e-12)  # by position: another figure
+    (tmp_path / "narrow.csv").write_text("b,y\n1,2\n")
+    code, err, _ = evaluate("data.source.path=narrow.csv", "split=all")
+    assert code == 2 and "no column 'a'" in err
+    # Another directory holding another t.csv: the run's own file is scored.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "t.csv").write_text("a,b,y\n1,1,100\n2,2,200\n3,3,300\n")
+    code, err, there = evaluate("split=all", cwd=other)
+    assert code == 0, err
+    assert there["mse"] == pytest.approx(base["mse"], rel=1e-12)
+    # Rows appended to the training table: refused, not silently re-split.
+    with (tmp_path / "t.csv").open("a") as handle:
+        handle.write("1.0,2.0,3.0\n")
+    code, err, _ = evaluate()
+    assert code == 2 and "changed since the run trained on it" in err

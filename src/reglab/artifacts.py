@@ -83,6 +83,8 @@ class Trained:
     features: list[str] | None  # input column names, in order
     target: str | list[str] | None  # one name, or one per target column
     kwargs: dict[str, Any] = field(default_factory=dict)  # the constructor's arguments
+    #: The table the model was trained on (``tables.file_identity``), if it read one.
+    data_file: dict[str, Any] | None = None
 
     @property
     def in_features(self) -> int | None:
@@ -197,8 +199,10 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
         scaling = Scaling.from_dict(stamp.get("scaling"))
     else:
         raise ReglabError(f"{path}: neither a reglab model file nor a reglab checkpoint")
+    file = data.get("file")
     return Trained(model, scaling, data.get("features"), data.get("target"),
-                   dict(kwargs) if isinstance(kwargs, dict) else {})
+                   dict(kwargs) if isinstance(kwargs, dict) else {},
+                   file if isinstance(file, dict) else None)
 
 
 def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Module:

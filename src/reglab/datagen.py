@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +29,8 @@ class Dataset:
     #: Whether ``x`` and ``y`` were made for this data set alone (a table just read), so
     #: splitting may rearrange their rows in place instead of copying the whole set.
     owns_memory: bool = False
+    #: A table's file as read (``tables.file_identity``): path, size and digest.
+    source_file: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.y.ndim != 2 or self.y.shape[1] < 1:

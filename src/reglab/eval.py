@@ -43,8 +43,12 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
         from hydra import compose
 
         previous = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        # The run's own data arguments stay (data=csv, its path and target) and yours
+        # apply on top, unless you pick another data option, which starts afresh.
+        new_group = any(o.lstrip("+~").split("=", 1)[0] == "data" for o in data_overrides)
         keep = [o for o in previous if not o.lstrip("+~").startswith(
-            ("data", "hydra", "ckpt_path", "resume"))]
+            ("hydra", "ckpt_path", "resume")) and not (
+            new_group and o.lstrip("+~").startswith("data"))]
         composed = compose(config_name="train", overrides=[*keep, *data_overrides])
         with open_dict(cfg):
             cfg.data = composed.data
@@ -89,6 +93,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.parts import is_reglab_data
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
+    _same_table(train_cfg, trained, data_overrides or [])
     datamodule = instantiate(train_cfg.data)
     if is_reglab_data(datamodule):
         datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
@@ -188,6 +193,46 @@ def _recorded_report(run_dir: Path) -> dict[str, Any] | None:
     closed = metrics.get("closed_form") if isinstance(metrics, dict) else None
     report = closed.get("report") if isinstance(closed, dict) else None
     return report if isinstance(report, dict) and report.get("coef") else None
+
+
+def _overridden(overrides: list[str], key: str) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+def _same_table(cfg: DictConfig, trained: Any, overrides: list[str]) -> None:
+    """Score the table the model was trained on, by the columns it was trained on.
+
+    Columns are taken by the names stored with the model, so a file with its columns in
+    another order (or with more of them) gives the same figures, and a missing one is an
+    error naming it. Unless ``data.source.path`` is given, the file is the one training
+    read (its absolute path, not one found by the same relative name elsewhere), and it
+    must still hold what training read: a changed file would silently give other rows
+    and other splits than the run recorded.
+    """
+    source = cfg.data.get("source") if isinstance(cfg.get("data"), DictConfig) else None
+    if not isinstance(source, DictConfig) or "path" not in source:
+        return
+    with open_dict(source):
+        if trained.features and not _overridden(overrides, "data.source.features"):
+            source.features = list(trained.features)
+        recorded = trained.data_file
+        if recorded is None or _overridden(overrides, "data.source.path"):
+            return
+        from reglab.tables import file_identity
+
+        path = Path(recorded["path"])
+        if not path.is_file():
+            raise validate.DataError(
+                f"data.source.path: {path}, the table this model was trained on, is gone; "
+                "give the file to score with data.source.path=<file>")
+        now = file_identity(path)
+        if (now["bytes"], now["blake2b"]) != (recorded.get("bytes"), recorded.get("blake2b")):
+            raise validate.DataError(
+                f"data.source.path: {path} changed since the run trained on it ({now['bytes']} "
+                f"bytes, was {recorded.get('bytes')}); its rows and splits would not be the "
+                f"ones the run recorded. To score what it holds now, pass "
+                f"data.source.path={path} split=all")
+        source.path = str(path)
 
 
 def table(out: dict[str, Any], out_dir: Path) -> str:

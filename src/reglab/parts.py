@@ -51,7 +51,10 @@ def describe_data(datamodule: Any) -> tuple[int, dict[str, Any]]:
     """
     if is_reglab_data(datamodule):
         data = datamodule.prepare()
-        return data.num_features, {"features": data.feature_names, "target": data.target_name}
+        info = {"features": data.feature_names, "target": data.target_name}
+        if data.source_file is not None:
+            info["file"] = data.source_file
+        return data.num_features, info
     info = {"features": _plain_list(getattr(datamodule, "feature_names", None)),
             "target": getattr(datamodule, "target_name", None)}
     width = getattr(datamodule, "num_features", None)
