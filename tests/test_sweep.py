@@ -175,3 +175,18 @@ def test_report_for_one_swept_key_with_a_failed_and_a_missing_job(tmp_path: Path
     assert [r["status"] for r in report.rows] == ["completed", "completed", "failed", "missing"]
     assert "job 2 (optimizer.lr=1.0): boom" in report.markdown
     assert _is_png(tmp_path / "sweep_heatmap.png") and _is_png(tmp_path / "sweep_curves.png")
+
+
+def test_a_job_with_an_unreadable_record_is_reported_by_name(tmp_path: Path):
+    """A truncated metrics.json, or one that is not a record, is that job's row only."""
+    done = {"status": "completed", "train_loss": 0.2, "val_loss": 0.2, "epochs": 3}
+    _fake_job(tmp_path, 0, ["optimizer.lr=0.001"], done)
+    _fake_job(tmp_path, 1, ["optimizer.lr=0.01"], done)
+    _fake_job(tmp_path, 2, ["optimizer.lr=0.1"], done)
+    (tmp_path / "1" / "metrics.json").write_text('{"status": "compl')  # cut mid-write
+    (tmp_path / "2" / "metrics.json").write_text("[1, 2]")
+    report = sweep_report.write_report(tmp_path)
+    assert [r["status"] for r in report.rows] == ["completed", "unreadable", "unreadable"]
+    assert report.best["job"] == "0"
+    assert "1/metrics.json: unreadable (JSONDecodeError" in report.markdown
+    assert "2/metrics.json: unreadable (holds a list" in report.markdown

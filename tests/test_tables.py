@@ -339,3 +339,49 @@ def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
         handle.write("1.0,2.0,3.0\n")
     code, err, _ = evaluate()
     assert code == 2 and "changed since the run trained on it" in err
+
+
+def test_a_value_float32_cannot_hold_is_named_by_column(run_train, tmp_path: Path):
+    path = _write(tmp_path / "over.csv", "x,y\n1,2\n2,1e39\n3,4\n")
+    args = ["data=csv", f"data.source.path={path}", "data.source.target=y",
+            "data.standardize=false", "data.val_fraction=0", "data.test_fraction=0",
+            "trainer.max_epochs=1", "logger=none", "callbacks=none"]
+    with pytest.raises(DataError, match=r"column 'y' holds 1e\+39 \(train split, row 1\), "
+                                        r"beyond float32's range"):
+        run_train(*args)
+    metrics, _ = run_train(*args, "trainer.precision=64-true")  # float64 holds it
+    assert metrics["status"] == "completed"
+    fake = _write(tmp_path / "fake.parquet", "a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+        read_table(str(fake), target="b")
+
+
+def test_model_files_are_checked_before_anything_is_built(tmp_path: Path):
+    """Declared shapes against stored tensors first (on the meta device: no memory for
+    a file whose arguments claim a huge model); a 0-byte or incomplete file: one line."""
+    from reglab.artifacts import read_trained, save_model
+    from reglab.models import LinearRegression
+    from reglab.scaling import Scaling
+    from reglab.validate import ReglabError
+
+    good = tmp_path / "model.pt"
+    save_model(LinearRegression(2), good, scaling=Scaling(), extra={},
+               kwargs={"in_features": 2})
+    payload = torch.load(good, weights_only=True)
+    payload["model"]["kwargs"]["out_features"] = 200_000_000  # 1.6 GB if it were built
+    torch.save(payload, tmp_path / "huge.pt")
+    with pytest.raises(ReglabError, match=r"declares 'linear.weight' of shape "
+                                          r"\[200000000, 2\], but the file holds \[1, 2\]"):
+        read_trained(tmp_path / "huge.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ReglabError, match=r"empty.pt: not a readable .* \(0 bytes\)"):
+        read_trained(tmp_path / "empty.pt")
+    payload = torch.load(good, weights_only=True)
+    payload["model"]["kwargs"] = [1, 2]
+    torch.save(payload, tmp_path / "args.pt")
+    with pytest.raises(ReglabError, match=r"recorded arguments are not a mapping"):
+        read_trained(tmp_path / "args.pt")
+    del payload["model"]
+    torch.save(payload, tmp_path / "nomodel.pt")
+    with pytest.raises(ReglabError, match=r"names no model class"):
+        read_trained(tmp_path / "nomodel.pt")

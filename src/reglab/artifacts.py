@@ -70,8 +70,11 @@ def _safe_load(path: Path, what: str = "file") -> Any:
         raise ReglabError(f"{path}: refused: the file holds objects that are not plain "
                           f"weights and could run code when loaded ({first[:160]})") from None
     except Exception as exc:  # torch raises several types for truncated or corrupt files
-        raise ReglabError(f"{path}: not a readable {what}, truncated or corrupt "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        lines = str(exc).strip().splitlines()
+        detail = f": {lines[0][:160]}" if lines else ""
+        empty = " (0 bytes)" if path.stat().st_size == 0 else ""
+        raise ReglabError(f"{path}: not a readable {what}{empty}, truncated or corrupt "
+                          f"({type(exc).__name__}{detail})") from None
 
 
 @dataclass
@@ -152,9 +155,38 @@ def model_class(name: Any, allow_modules: tuple[str, ...] = (), where: str = "mo
     return obj
 
 
-def _build(path: Path, name: Any, kwargs: Any, state: dict[str, Any],
+def _check_shapes(path: Path, cls: type[nn.Module], name: Any, kwargs: dict[str, Any],
+                  state: dict[str, Any]) -> None:
+    """Compare the tensors the recorded arguments would create with the stored ones
+    before anything is allocated: the module is built on PyTorch's ``meta`` device (shapes
+    only), so a file whose arguments declare a huge model costs no memory to refuse."""
+    try:
+        with torch.device("meta"):
+            probe = cls(**kwargs)
+        declared = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    except Exception:  # a class that cannot be built on the meta device: checked later
+        return
+    for key, shape in declared.items():
+        stored = state.get(key)
+        if not isinstance(stored, torch.Tensor):
+            raise ReglabError(f"{path}: {name}({kwargs}) has a tensor {key!r} the file does "
+                              "not hold")
+        if tuple(stored.shape) != shape:
+            raise ReglabError(f"{path}: {name}({kwargs}) declares {key!r} of shape "
+                              f"{list(shape)}, but the file holds {list(stored.shape)}")
+
+
+def _build(path: Path, name: Any, kwargs: Any, state: Any,
            allow_modules: tuple[str, ...] = ()) -> nn.Module:
     cls = model_class(name, allow_modules, where=str(path))
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ReglabError(f"{path}: the model's recorded arguments are not a mapping of "
+                          f"names to values: {str(kwargs)[:120]}")
+    if not isinstance(state, dict):
+        raise ReglabError(f"{path}: holds no weights (state_dict)")
+    _check_shapes(path, cls, name, kwargs, state)
     try:
         model = cls(**(kwargs or {}))
     except Exception as exc:
@@ -179,9 +211,11 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
         if payload.get("format_version") != FORMAT_VERSION:
             raise ReglabError(f"{path}: model file format {payload.get('format_version')} is "
                               f"not supported (this reglab reads {FORMAT_VERSION})")
-        spec = payload["model"]
+        spec = payload.get("model")
+        if not isinstance(spec, dict):
+            raise ReglabError(f"{path}: names no model class (the file is incomplete)")
         kwargs = spec.get("kwargs")
-        model = _build(path, spec.get("class"), kwargs, payload["state_dict"], allow)
+        model = _build(path, spec.get("class"), kwargs, payload.get("state_dict"), allow)
         data = (payload.get("extra") or {}).get("data") or {}
         scaling = Scaling.from_dict(payload.get("scaling"))
     elif isinstance(payload, dict) and isinstance(payload.get("reglab"), dict):
@@ -190,8 +224,11 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
             raise ReglabError(f"{path}: written by reglab {stamp.get('version')} (format "
                               f"{stamp.get('format_version')}); this reglab reads format "
                               f"{FORMAT_VERSION}")
-        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()
-                 if k.startswith("model.")}
+        raw_state = payload.get("state_dict")
+        if not isinstance(raw_state, dict):
+            raise ReglabError(f"{path}: holds no weights (state_dict)")
+        state = {k.removeprefix("model."): v for k, v in raw_state.items()
+                 if isinstance(k, str) and k.startswith("model.")}
         kwargs = stamp.get("model_kwargs")
         model = _build(path, stamp.get("model_class") or stamp.get("model"), kwargs, state,
                        allow)

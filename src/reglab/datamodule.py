@@ -245,9 +245,25 @@ class RegressionDataModule(pl.LightningDataModule):
         out_y = torch.empty(y.shape, dtype=dtype, device=device)
         for i in range(0, int(x.shape[0]), EVAL_BATCH_ROWS * 4):
             j = i + EVAL_BATCH_ROWS * 4
-            out_x[i:j] = self.scaling.x(x[i:j]).to(dtype)
-            out_y[i:j] = self.scaling.y(y[i:j]).to(dtype)
+            xs, ys = self.scaling.x(x[i:j]).to(dtype), self.scaling.y(y[i:j]).to(dtype)
+            self._representable(split, i, x[i:j], xs, y[i:j], ys, dtype)
+            out_x[i:j], out_y[i:j] = xs, ys
         return out_x, out_y
+
+    def _representable(self, split: str, first: int, x: torch.Tensor, xs: torch.Tensor,
+                       y: torch.Tensor, ys: torch.Tensor, dtype: torch.dtype) -> None:
+        """Values that are finite as read but not in ``dtype`` (1e39 in float32): named by
+        column, instead of surfacing as an infinite loss."""
+        for raw, cast, names in ((x, xs, self.data.feature_names),
+                                 (y, ys, self.data.target_names)):
+            bad = ~torch.isfinite(cast)
+            if bool(bad.any()):
+                row, col = (int(v) for v in bad.nonzero()[0])
+                name = names[col] if names and col < len(names) else str(col)
+                raise DataError(
+                    f"data: column {name!r} holds {float(raw[row, col]):g} ({split} split, "
+                    f"row {first + row}), beyond {str(dtype).removeprefix('torch.')}'s range "
+                    "once scaled: use trainer.precision=64-true or data.standardize=true")
 
     def served(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -21,7 +21,10 @@ class RunDirGuard:
     """A snapshot of ``path`` (``None``: the dir is Hydra's fresh, stamped one)."""
 
     def __init__(self, path: Path | None) -> None:
+        import time
+
         self.path = path
+        self.started = time.time()
         self.existed = path is not None and path.exists()
         self.entries: set[Path] = set()
         self.saved: dict[Path, bytes] = {}
@@ -38,6 +41,8 @@ class RunDirGuard:
             if self.path is None and not _stamped(run_dir):
                 return  # a dir given in a way not seen before Hydra: never remove it
             shutil.rmtree(run_dir, ignore_errors=True)
+            if self.path is None:
+                _remove_new_empty_parents(run_dir, self.started)
             return
         added = sorted((p for p in run_dir.rglob("*") if p not in self.entries),
                        key=lambda p: len(p.parts), reverse=True)
@@ -49,6 +54,21 @@ class RunDirGuard:
         for file, content in self.saved.items():
             if not file.is_file() or file.read_bytes() != content:
                 file.write_bytes(content)
+
+
+def _remove_new_empty_parents(run_dir: Path, since: float, levels: int = 2) -> None:
+    """``outputs/<task>/runs`` above a removed stamped run dir, where this command made
+    them (created since it started) and they are left empty; an older or non-empty one
+    is kept."""
+    parent = run_dir.parent
+    for _ in range(levels):
+        try:
+            if any(parent.iterdir()) or parent.stat().st_ctime < since:
+                return
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
 
 
 def _stamped(run_dir: Path) -> bool:

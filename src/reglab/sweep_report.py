@@ -66,22 +66,41 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return jobs
 
 
+def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
+    """A job's metrics.json, or ({}, why it cannot be read): one broken job (a truncated
+    file, a disk that filled up) is reported by name, never the whole sweep refused."""
+    if not path.is_file():
+        return {}, ""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return {}, f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:80]})"
+    if not isinstance(metrics, dict):
+        return {}, f"{path}: unreadable (holds a {type(metrics).__name__}, not a record)"
+    return metrics, ""
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
                                       dict[str, dict[str, Any]]]:
     """One row per job, the swept keys, and each job's metrics.json (for curves)."""
     rows, overrides_by_job, metrics_by_job = [], {}, {}
     for job in job_dirs(sweep_dir):
         ov_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
-        overrides_by_job[job.name] = dict(_parse_override(o) for o in overrides or [])
-        m_file = job / "metrics.json"
-        metrics = json.loads(m_file.read_text()) if m_file.is_file() else {}
+        try:
+            overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            overrides = []
+        if not isinstance(overrides, list):
+            overrides = []
+        overrides = [str(o) for o in overrides]
+        overrides_by_job[job.name] = dict(_parse_override(o) for o in overrides)
+        metrics, unreadable = _read_metrics(job / "metrics.json")
         metrics_by_job[job.name] = metrics
         test = metrics.get("test") or {}
         rows.append({
             "job": job.name,
             "overrides": " ".join(overrides or []),
-            "status": metrics.get("status", "missing"),
+            "status": "unreadable" if unreadable else metrics.get("status", "missing"),
             "train_loss": metrics.get("train_loss"),
             "val_loss": metrics.get("val_loss"),
             "test_loss": test.get("mse"),
@@ -89,7 +108,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
             "epochs": metrics.get("epochs"),
             "fit_seconds": metrics.get("fit_seconds"),
             "run_dir": str(job.resolve()),
-            "error": metrics.get("error") or (
+            "error": unreadable or metrics.get("error") or (
                 f"diverged at step {metrics['diverged_at_step']}"
                 if metrics.get("status") == "diverged" else ""),
         })

@@ -245,8 +245,9 @@ def _read(file: Path, features: Sequence[str] | None, targets: Sequence[str], de
             meta = pq.ParquetFile(file)
             header = list(meta.schema_arrow.names)
             rows = int(meta.metadata.num_rows)
-        except OSError as exc:
-            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise DataError(f"{file}: not a readable Parquet file ({first})") from None
         names = _columns(file, header, features, targets)
         try:
             return names, _assemble(file, rows, _parquet_pieces(file, names),
