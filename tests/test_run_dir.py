@@ -88,6 +88,9 @@ def test_resume_from_last_checkpoint(run_train):
                            f"ckpt_path={ckpt}")
     assert resumed["epochs"] == 8
     assert resumed["steps"] == first["steps"] * 8 // 5
+    # The record covers the whole run, the epochs before the resume included.
+    assert [e for e, _ in resumed["history"]["train_loss"]] == list(range(8))
+    assert resumed["history"]["train_loss"][:5] == first["history"]["train_loss"]
     assert resumed["train_loss"] < first["train_loss"]
     # Same data order after resume: identical to an uninterrupted 8-epoch run.
     straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8")

@@ -116,7 +116,16 @@ class RegressionModule(pl.LightningModule):
             "model_kwargs": dict(self.model_spec.get("kwargs") or {}),
             "scaling": self.scaling.to_dict(),
             "data": dict(self.data_info),
+            # The epochs so far, so a resumed run's record covers the whole run.
+            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take back the per-epoch history of the run this checkpoint continues."""
+        history = (checkpoint.get("reglab") or {}).get("history")
+        if isinstance(history, dict):
+            self.history = {k: [list(p) for p in history.get(k) or []]
+                            for k in ("train_loss", "val_loss")}
 
     # -- signals ------------------------------------------------------------------------
     def on_train_start(self) -> None:
