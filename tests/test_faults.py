@@ -47,6 +47,17 @@ def test_sigterm_checkpoints_and_reports_interrupted(tmp_path: Path):
     assert ckpt["global_step"] == metrics["steps"]  # the checkpoint is the stopping point
 
 
+def test_a_second_ctrl_c_stops_at_once_and_says_so(tmp_path: Path):
+    proc, run_dir = _start(tmp_path, *LONG)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # impatient: both land while the step runs
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["interrupted_by"] == "SIGINT"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # what a resume starts from
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, run_train):
     args = [*LONG[:1], "trainer.max_epochs=1000", *LONG[2:]]
     proc, run_dir = _start(tmp_path, *args)

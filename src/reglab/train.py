@@ -89,7 +89,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
             lr_find = find_lr(trainer, module, datamodule, cfg.tuner.lr_find)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except (KeyboardInterrupt, SystemExit):
+            if module.interrupted_by is None:
+                raise
+            # Asked twice: the fit stopped at once, mid-step. Say so, and which
+            # checkpoint a resume would use (the last one written before it).
+            forced = {"status": "interrupted", "interrupted_by": module.interrupted_by,
+                      "stopped": "at once (a second signal): this step was not saved",
+                      "epochs": int(trainer.current_epoch),
+                      "steps": int(trainer.global_step),
+                      "hparams": results.hparams(cfg, choices)}
+            if _global_rank() == 0:
+                results.write_json(run_dir / results.METRICS_FILE, forced)
+            return forced
         # The fit's own time: drawing its pictures at the end is reported apart.
         draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
         fit_seconds = time.perf_counter() - start - draw_seconds
