@@ -280,6 +280,13 @@ def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open()))
     assert set(rows[0]) >= {"u_predicted", "v_predicted"} and len(rows) == 400
+    # Output piped into a reader that stops early: a quiet end, no traceback.
+    many = tmp_path / "many.csv"
+    np.savetxt(many, rng.normal(size=(20000, 2)), delimiter=",", header="a,b", comments="")
+    piped = run_cli(["bash", "-o", "pipefail", "-c", f"{script('reglab-predict')} "
+                     f"ckpt_path={run_dir / 'model.pt'} input_path={many} | head -1"], tmp_path)
+    assert piped.returncode == 0 and piped.stdout == "a,b,u_predicted,v_predicted\n"
+    assert "Traceback" not in piped.stderr and "Error" not in piped.stderr
     done = run_cli([script("reglab-eval"), f"ckpt_path={run_dir / 'model.pt'}",
                     "hydra.run.dir=ev"], tmp_path)
     assert done.returncode == 0, done.stderr

@@ -141,6 +141,11 @@ def predict(cfg: DictConfig) -> list[Any]:
 def _main(cfg: DictConfig) -> None:
     try:
         predict(cfg)
+    except BrokenPipeError:
+        # The reader went away (`reglab-predict … | head -1`): end quietly, as a shell
+        # tool does; stdout is pointed at /dev/null so the exit flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except validate.ReglabError as exc:
         cli.fail("reglab-predict", exc)
 
