@@ -1,9 +1,10 @@
 """Real data: a numeric table from a CSV or Parquet file, and scikit-learn's diabetes set.
 
-Files are read by pyarrow straight into float64 columns. Cells are checked a whole
-column at a time (nulls, text, non-finite values), and only when a column fails is the
-first bad cell located, so a bad one is still reported by file, line (or row), column and
-its text instead of surfacing later as a NaN loss.
+Files are read by pyarrow straight into preallocated float64 columns: a CSV streamed a
+block at a time, a Parquet file a row group and a column at a time, so the table is held
+about once. Cells are checked a whole column at a time (nulls, text, non-finite values);
+only when a check fails is the first bad cell located, so it is still reported by file,
+line (or row), column and its text instead of surfacing later as a NaN loss.
 """
 
 from __future__ import annotations
