@@ -39,6 +39,14 @@ def test_csv_bad_input_is_named_by_line_and_column(tmp_path: Path, text: str, me
         read_table(str(path), target="y")
 
 
+def test_csv_bytes_that_are_not_utf8_are_named(tmp_path: Path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"a,y\n1,2\n\xe9t\xe9,3\n")
+    with pytest.raises(DataError, match=r"latin.csv, line 3, column 'a': b'\\xe9t\\xe9' "
+                                        r"is not UTF-8 text"):
+        read_table(str(path), target="y")
+
+
 def test_csv_reads_float64_exactly_and_keeps_text_columns_out(tmp_path: Path):
     path = _write(tmp_path / "t.csv",
                   "\ufeffa, b ,note,y\n0.1,1, x ,0.30000000000000004\n 2 ,3,y,4\n\n")

@@ -94,6 +94,17 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
     if pa.types.is_null(kind) or column.null_count:
         row = 0 if pa.types.is_null(kind) else _first(pc.is_null(column))
         raise DataError(f"{where(row)}: empty cell (expected a number)")
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        # pyarrow reads a column holding bytes that are not UTF-8 as binary.
+        try:
+            column, kind = pc.cast(column, pa.string()), pa.string()
+        except pa.ArrowInvalid:
+            for row, raw in enumerate(column.to_pylist()):  # the error path only
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{where(row)}: {raw[:40]!r} is not UTF-8 text (save "
+                                    "the file as UTF-8)") from None
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.utf8_trim_whitespace(column)
         row = _first(pc.equal(text, ""))
