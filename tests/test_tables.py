@@ -223,6 +223,25 @@ def test_weight_decay_reports_the_ridge_optimum_training_reaches(run_train):
     assert closed["report"]["coef"][0]["name"] == "const"
 
 
+def test_weight_decay_with_several_targets_sums_the_penalty_over_every_row(run_train,
+                                                                         tmp_path: Path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 2))
+    y = np.c_[x @ [1.0, 2.0] + 1.0, x @ [-1.0, 0.5]]
+    path = tmp_path / "two.csv"
+    np.savetxt(path, np.c_[x, y], delimiter=",", header="a,b,u,v", comments="", fmt="%.17g")
+    metrics, _ = run_train("data=csv", f"data.source.path={path}", "data.source.target=[u,v]",
+                           "data.standardize=false", "data.val_fraction=0",
+                           "data.test_fraction=0", "data.batch_size=null",
+                           "data.shuffle=false", "optimizer.lr=0.1",
+                           "optimizer.weight_decay=0.2", "trainer.max_epochs=400",
+                           "logger=none", "callbacks=none")
+    closed = metrics["closed_form"]
+    assert len(closed["params"]["bias"]) == 2
+    # Full-batch descent reaches the ridge optimum of both targets: the gap closes.
+    assert 0 <= closed["optimality_gap"]["relative"] < 1e-6
+
+
 def test_readme_your_own_table_section_runs_end_to_end(tmp_path: Path):
     """The README's commands, as written, in a fresh directory: train, eval, predict."""
     import os
@@ -354,6 +373,16 @@ def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
         handle.write("1.0,2.0,3.0\n")
     code, err, _ = evaluate()
     assert code == 2 and "changed since the run trained on it" in err
+    # Refused into a folder of the user's own: the folder is left as it was.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "eval.log").write_text("an older log")
+    done = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}",
+                    f"hydra.run.dir={mine}"], tmp_path)
+    assert done.returncode == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["eval.log", "notes.txt"]
+    assert (mine / "eval.log").read_text() == "an older log"
 
 
 def test_a_value_float32_cannot_hold_is_named_by_column(run_train, tmp_path: Path):

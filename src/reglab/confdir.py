@@ -67,8 +67,9 @@ def compose(overrides: list[str] | None = None, run_dir: str | Path | None = Non
     from omegaconf import open_dict
 
     # The root lists `experiment: null`: `+experiment=x` means `experiment=x`.
-    overrides = [o.removeprefix("+") if o.startswith("+experiment=") else o
-                 for o in overrides or []]
+    from reglab.cli import experiment_argv
+
+    overrides = experiment_argv(list(overrides or []))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides,

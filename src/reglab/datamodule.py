@@ -214,7 +214,9 @@ class RegressionDataModule(pl.LightningDataModule):
             data = self.source()
             if len(data) == 0:
                 raise DataError("data: the data set is empty (0 rows)")
-            row = _first_nonfinite_row(data.x, data.y)
+            # A table reglab read was checked cell by cell already (file, line, column).
+            row = None if data.source_file is not None else _first_nonfinite_row(data.x,
+                                                                                   data.y)
             if row is not None:
                 raise DataError(f"data: row {row} holds a non-finite value "
                                 f"(x={data.x[row].tolist()}, y={data.y[row].tolist()})")
@@ -274,6 +276,13 @@ class RegressionDataModule(pl.LightningDataModule):
         if self._served_key != key:
             self._served = {"train": self.training_units("train", dtype, device)}
             self._served_key = key
+            for split in ("val", "test"):  # converted per batch later: checked here, once
+                if split in self.splits and not (split == "val" and self.val_is_train):
+                    x, y = self.splits[split]
+                    for i in range(0, int(x.shape[0]), EVAL_BATCH_ROWS * 4):
+                        j = i + EVAL_BATCH_ROWS * 4
+                        self._representable(split, i, x[i:j], self.scaling.x(x[i:j]).to(dtype),
+                                            y[i:j], self.scaling.y(y[i:j]).to(dtype), dtype)
         return self._served
 
     def _split(self, data: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -336,10 +345,6 @@ class RegressionDataModule(pl.LightningDataModule):
     @property
     def num_features(self) -> int:
         return self.prepare().num_features
-
-    @property
-    def num_targets(self) -> int:
-        return int(self.prepare().y.shape[1])
 
     @property
     def val_is_train(self) -> bool:

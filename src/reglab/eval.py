@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reglab import cli, validate
+from reglab import cli, run_guard, validate
 from reglab.confdir import CONF_DIR
 
 EVAL_FILE = "eval_metrics.json"
@@ -22,6 +22,8 @@ SPLITS = ("test", "val", "train", "all")
 
 #: ``data…`` arguments, held back from Hydra and applied to the training run's config.
 _data_overrides: list[str] = []
+#: The output dir as it was before Hydra touched it (see :mod:`reglab.run_guard`).
+_guard = run_guard.RunDirGuard(None)
 
 
 def run_dir_of(ckpt_path: Path) -> Path:
@@ -45,7 +47,7 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
         previous = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
         # The run's own data arguments stay (data=csv, its path and target) and yours
         # apply on top, unless you pick another data option, which starts afresh.
-        new_group = any(o.lstrip("+~").split("=", 1)[0] == "data" for o in data_overrides)
+        new_group = _overridden(data_overrides, "data")
         keep = [o for o in previous if not o.lstrip("+~").startswith(
             ("hydra", "ckpt_path", "resume")) and not (
             new_group and o.lstrip("+~").startswith("data"))]
@@ -258,9 +260,7 @@ def _main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg, _data_overrides)
     except validate.ReglabError as exc:
-        import shutil
-
-        shutil.rmtree(cfg.paths.run_dir, ignore_errors=True)  # nothing was scored
+        _guard.restore(Path(cfg.paths.run_dir))  # nothing was scored: leave it as it was
         cli.fail("reglab-eval", exc)
 
 
@@ -271,6 +271,8 @@ def main() -> None:
     _data_overrides = [a for a in args if a.lstrip("+~").startswith(("data=", "data."))]
     sys.argv = [sys.argv[0], *(a for a in args if a not in _data_overrides)]
     cli.answer_help("reglab-eval", "eval", sys.argv)
+    global _guard
+    _guard = run_guard.guard_from_argv(sys.argv[1:])  # before Hydra touches the dir
     cli.run_hydra_app(_main)
 
 

@@ -27,10 +27,6 @@ class RegressionSums:
         self.n += int(yd.shape[0])
         self._sums = sums if self._sums is None else self._sums + sums
 
-    @property
-    def sse(self) -> float:
-        return 0.0 if self._sums is None else float(self._sums[0].sum())
-
     def compute(self, centered: bool = True, names: list[str] | None = None
                 ) -> dict[str, Any]:
         """MSE, RMSE, MAE and R². ``centered=False`` gives the uncentred R² (1 − RSS/Σy²)

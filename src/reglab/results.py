@@ -485,8 +485,9 @@ def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_sec
             trained += penalty * sum(float(p.detach().double().pow(2).sum())
                                      for p in model.parameters())
             best = closed["params"]
-            optimum += penalty * (sum(w * w for w in best["weight"][0])
-                                  + (best["bias"] or 0.0) ** 2)
+            bias = best["bias"] if isinstance(best["bias"], list) else [best["bias"] or 0.0]
+            optimum += penalty * (sum(w * w for row in best["weight"] for w in row)
+                                  + sum(b * b for b in bias))
         closed = {**closed, "optimality_gap": optimality_gap(trained, optimum)}
     return {
         "status": status,

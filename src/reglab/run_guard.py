@@ -14,7 +14,7 @@ from pathlib import Path
 
 #: The files Hydra and reglab write into a run dir before a command can be rejected.
 _REWRITTEN = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
-              "train.log", "metrics.json")
+              "train.log", "metrics.json", "eval.log", "eval_metrics.json")
 
 
 class RunDirGuard:

@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.model, in_features, len(targets) if isinstance(targets, list) else 1)
         scheduler = cfg.get("scheduler")
         optimizer = parts.build("optimizer", lambda: instantiate(cfg.optimizer))
-        parts.build("optimizer", lambda: optimizer(model.parameters()))  # its arguments
+        probe = parts.build("optimizer", lambda: optimizer(model.parameters()))  # its args
         module = RegressionModule(
             model=model, optimizer=optimizer,
             loss=parts.build("loss", lambda: instantiate(cfg.loss)),
@@ -68,10 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 optimizer(model.parameters()), lambda: 100))
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to.
-        closed, solution = (results.closed_form(
-            model, module.loss_fn, datamodule,
-            parts.build("optimizer", lambda: optimizer(model.parameters())))
-            if parts.is_reglab_data(datamodule) else (None, None))
+        closed, solution = (results.closed_form(model, module.loss_fn, datamodule, probe)
+                            if parts.is_reglab_data(datamodule) else (None, None))
         if closed and "train_loss" in closed:
             module.reference_loss = closed["train_loss"]
             module.closed_form = solution
