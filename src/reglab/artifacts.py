@@ -192,6 +192,12 @@ def _build(path: Path, name: Any, kwargs: Any, state: Any,
     except Exception as exc:
         raise ReglabError(f"{path}: {name}({kwargs}) could not be built: "
                           f"{type(exc).__name__}: {exc}") from None
+    # Weights trained under 64-true are float64: rebuilt in float32 they would lose the
+    # digits the run kept (load_state_dict copies into the parameters' own dtype).
+    dtypes = {v.dtype for v in state.values()
+              if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -220,20 +220,28 @@ class FitPlots(pl.Callback):
             self._states.append((done, trainer.global_step, self._state(pl_module)))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.draw(trainer, pl_module)
+
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+             final_title: str | None = None) -> float:
+        """Draw the run's pictures now (at train end, or after an exact fit, which has no
+        training loop); returns the seconds it took."""
         if not trainer.is_global_zero:
-            return
+            return 0.0
         start = time.perf_counter()
         try:
-            self._draw(trainer, pl_module)
+            self._draw(trainer, pl_module, final_title)
         except Exception as exc:  # a picture must never cost the run its results
             import logging
 
             logging.getLogger("reglab").warning("plots skipped: %s: %s",
                                                 type(exc).__name__, exc)
-        finally:
-            self.draw_seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.draw_seconds += seconds
+        return seconds
 
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+              final_title: str | None = None) -> None:
         from pathlib import Path
 
         from reglab import figures, plots
@@ -258,7 +266,7 @@ class FitPlots(pl.Callback):
             if self._states and self._states[-1][1] == trainer.global_step:
                 self._states.pop()  # the final state is drawn below, from the model itself
             frames = [(f"epoch {epoch}", state) for epoch, _, state in self._states]
-            final_title = f"epoch {trainer.current_epoch} (final)"
+            final_title = final_title or f"epoch {trainer.current_epoch} (final)"
             drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
             if drawn is not None:
                 animation, images = drawn

@@ -18,7 +18,7 @@ import torch
 
 from reglab.datagen import Dataset
 from reglab.scaling import Scaling
-from reglab.validate import DataError
+from reglab.validate import ConfigError, DataError
 
 #: Rows per validation/test batch (at least the training batch size).
 EVAL_BATCH_ROWS = 1 << 14
@@ -191,8 +191,19 @@ class RegressionDataModule(pl.LightningDataModule):
     def __init__(self, source: Callable[[], Dataset], batch_size: int | None = None,
                  shuffle: bool = False, val_fraction: float = 0.0,
                  test_fraction: float = 0.0, seed: int = 0, standardize: bool = False,
-                 standardize_target: bool = False, scaling: Scaling | None = None) -> None:
+                 standardize_target: bool = False, scaling: Scaling | None = None,
+                 folds: int | None = None) -> None:
         super().__init__()
+        if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int)
+                                  or folds < 2):
+            raise ConfigError(f"data.folds: expected a whole number >= 2, or null, got "
+                              f"{folds!r}")
+        if folds is not None and float(val_fraction) > 0:
+            raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each "
+                              "fold of the training rows is the validation split in turn); "
+                              f"got {val_fraction}")
+        #: K-fold cross-validation over the training rows (see :meth:`fold`), or None.
+        self.folds = folds
         self.source = source
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -206,6 +217,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._served: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._served_key: tuple[torch.dtype, str] | None = None
+        self._checked_dtype: torch.dtype | None = None
 
     # -- data ---------------------------------------------------------------------------
     def prepare(self) -> Dataset:
@@ -276,14 +288,22 @@ class RegressionDataModule(pl.LightningDataModule):
         if self._served_key != key:
             self._served = {"train": self.training_units("train", dtype, device)}
             self._served_key = key
-            for split in ("val", "test"):  # converted per batch later: checked here, once
-                if split in self.splits and not (split == "val" and self.val_is_train):
-                    x, y = self.splits[split]
-                    for i in range(0, int(x.shape[0]), EVAL_BATCH_ROWS * 4):
-                        j = i + EVAL_BATCH_ROWS * 4
-                        self._representable(split, i, x[i:j], self.scaling.x(x[i:j]).to(dtype),
-                                            y[i:j], self.scaling.y(y[i:j]).to(dtype), dtype)
+            self._check_held_out(dtype)
         return self._served
+
+    def _check_held_out(self, dtype: torch.dtype, with_train: bool = False) -> None:
+        """Val and test rows (and, ``with_train``, training rows validated without a
+        served copy) are converted per batch later: checked here, once."""
+        if self._checked_dtype == dtype and not with_train:
+            return
+        for split in ("train", "val", "test") if with_train else ("val", "test"):
+            if split in self.splits and not (split == "val" and self.val_is_train):
+                x, y = self.splits[split]
+                for i in range(0, int(x.shape[0]), EVAL_BATCH_ROWS * 4):
+                    j = i + EVAL_BATCH_ROWS * 4
+                    self._representable(split, i, x[i:j], self.scaling.x(x[i:j]).to(dtype),
+                                        y[i:j], self.scaling.y(y[i:j]).to(dtype), dtype)
+        self._checked_dtype = dtype
 
     def _split(self, data: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         n = len(data)
@@ -342,6 +362,36 @@ class RegressionDataModule(pl.LightningDataModule):
             splits["val"] = splits["train"]
         return {k: splits[k] for k in ("train", "val", "test") if k in splits}
 
+    def fold_indices(self) -> list[torch.Tensor]:
+        """The training rows of each of the ``folds`` validation folds: a permutation of
+        the training split (seeded by ``seed``) cut into near-equal parts, the first
+        ``n % folds`` one row longer, as ``numpy.array_split`` cuts."""
+        self.prepare()
+        if not self.folds:
+            raise ValueError("fold_indices: this data module has no folds (data.folds)")
+        n = int(self.splits["train"][0].shape[0])
+        if n < self.folds:
+            raise DataError(f"data.folds: {self.folds} folds need at least {self.folds} "
+                            f"training rows, the training split has {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 1))
+        return list(torch.tensor_split(order, self.folds))
+
+    def fold(self, j: int) -> RegressionDataModule:
+        """A view of this data module whose train split is every training row outside
+        fold ``j`` and whose val split is fold ``j``; the scaling stays the run's, so a
+        fold's losses are in the run's training units."""
+        import copy
+
+        rows = self.fold_indices()
+        x, y = self.splits["train"]
+        val = rows[j]
+        train = torch.cat([r for i, r in enumerate(rows) if i != j]).sort().values
+        view = copy.copy(self)
+        view.splits = {"train": (x[train], y[train]), "val": (x[val], y[val])}
+        view.folds = None
+        view._served, view._served_key, view._checked_dtype = {}, None, None
+        return view
+
     @property
     def num_features(self) -> int:
         return self.prepare().num_features
@@ -371,13 +421,18 @@ class RegressionDataModule(pl.LightningDataModule):
         self.prepare()
         t = self.trainer
         device = t.strategy.root_device if t is not None else torch.device("cpu")
-        self.served(_serve_dtype(t), device)
+        if stage in (None, "fit"):
+            self.served(_serve_dtype(t), device)
+        else:  # validate or test alone (an exact fit): no training copy is needed
+            self._check_held_out(_serve_dtype(t), with_train=self.val_is_train)
 
     def _eval_batches(self, split: str) -> TensorBatches | ConvertedBatches:
         """Validation or test batches: the served training copy when validation is on
         the training rows, else the stored split converted a batch at a time."""
         if split == "val" and self.val_is_train:
-            return self._batches("train", False, self._eval_batch_size())
+            if self._served_key is not None:  # during a fit: cut from the served copy
+                return self._batches("train", False, self._eval_batch_size())
+            split = "train"  # validating alone: converted a batch at a time
         t = self.trainer
         dtype = _serve_dtype(t)
         device = t.strategy.root_device if t is not None else torch.device("cpu")

@@ -69,14 +69,18 @@ def weight_decay(optimizer: Any) -> tuple[float, str | None]:
     if name == "AdamW" or defaults.get("decoupled_weight_decay"):
         return decay, (f"{name} decays the weights apart from the gradient (decoupled), so "
                        "no penalised least-squares problem has its fixed point")
+    from reglab.exact import is_exact
+
+    if is_exact(optimizer):  # solved with torch's penalty definition, by construction
+        return decay, None
     if name not in _COUPLED_DECAY or type(optimizer).__module__.split(".")[0] != "torch":
         return decay, (f"reglab does not know how {type(optimizer).__qualname__} applies "
                        "weight_decay, so it cannot say which optimum it approaches")
     return decay, None
 
 
-def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any = None
-                ) -> tuple[dict[str, Any] | None, Any]:
+def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any = None,
+                report: bool = True) -> tuple[dict[str, Any] | None, Any]:
     """The optimum a linear or polynomial model trained with MSE approaches, on the
     training split, and the least-squares report of that split in the data's units.
 
@@ -86,7 +90,8 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
     loss + (λ/2)·(‖w‖² + b²) (torch decays every parameter it is given, the bias too).
     Returns (the ``closed_form`` record for metrics.json, the optimum's solution) or
     (None, None) for a model that is not linear in its parameters; a record saying why
-    for losses other than MSE, whose optimum least squares is not.
+    for losses other than MSE, whose optimum least squares is not. ``report=False`` skips
+    the report (cross-validation folds need the losses only).
     """
     import torch
 
@@ -115,13 +120,17 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
         def design(t: torch.Tensor, scaling: Any = scaling) -> torch.Tensor:
             return model.features(scaling.x(t.double()))  # data units in, model columns out
 
-        report, solution = report_for_model(model, x, y[:, j:j + 1], scaling,
-                                            data.feature_names)
-        report.pop("params", None)
+        if report or (decay > 0 and no_ridge is not None):
+            summary, solution = report_for_model(model, x, y[:, j:j + 1], scaling,
+                                                 data.feature_names)
+            summary.pop("params", None)
+        else:
+            summary, solution = None, (None if decay > 0 else cf.solve(
+                x, scaling.y(y[:, j].double()), bias=model.has_bias, features=design))
         if decay > 0 and no_ridge is None:
             solution = cf.solve(x, scaling.y(y[:, j].double()), bias=model.has_bias,
                                 features=design, ridge=penalty * (1 if summed else n * k))
-        targets.append((scaling, design, report, solution))
+        targets.append((scaling, design, summary, solution))
 
     record: dict[str, Any] = {"objective": "least squares"}
     if decay > 0:
@@ -169,6 +178,8 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
 def _add_reports(record: dict[str, Any], targets: list[Any], names: list[str],
                  with_params: bool) -> None:
     """The report (and data-unit coefficients) of one target, or of each by name."""
+    if targets[0][2] is None:  # no report asked for
+        return
     if len(targets) == 1:
         report = targets[0][2]
         record["report"] = report
@@ -376,11 +387,19 @@ def _fmt(value: float | list[float] | None) -> str:
 
 def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     """A few lines a person reads at the end of a run."""
+    exact = metrics.get("method") == "exact"
+    how = ("solved exactly, no gradient steps (optimizer=exact)" if exact else
+           f"{metrics['epochs']} epochs, {metrics['steps']} steps")
     lines = [
         f"reglab: {metrics['hparams']['experiment']} {metrics['status']} in "
-        f"{metrics['fit_seconds']:.2f} s — {metrics['epochs']} epochs, {metrics['steps']} steps",
+        f"{metrics['fit_seconds']:.2f} s — {how}",
         f"  train loss {_fmt(metrics['train_loss'])}   val loss {_fmt(metrics['val_loss'])}",
     ]
+    cv = metrics.get("cv")
+    if cv:
+        lines.append(f"  {cv['folds']}-fold cross-validation over {cv['rows']} rows: val loss "
+                     f"{_fmt(cv['val_loss_mean'])} ± {_fmt(cv['val_loss_std'])} (std over "
+                     f"folds), train loss {_fmt(cv['train_loss_mean'])}")
     test = metrics.get("test")
     if test:
         lines.append(f"  test  mse {_fmt(test['mse'])}  rmse {_fmt(test['rmse'])}  "
@@ -407,7 +426,11 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
         lines.append(line)
     closed = metrics.get("closed_form") or {}
     gap = closed.get("optimality_gap")
-    if gap:
+    if exact and gap and gap["relative"] is not None and gap["relative"] > 1e-9:
+        lines.append(f"  the weights were rounded to the model's precision: train loss "
+                     f"{gap['relative']:.3g} (relative) above the optimum in metrics.json; "
+                     "trainer.precision=64-true keeps every digit")
+    elif gap and not exact:
         rel = "" if gap["relative"] is None else f" ({gap['relative']:.3g} relative)"
         what = "least-squares" if closed.get("objective") == "least squares" else "ridge"
         lines.append(f"  {what} optimum: train loss {_fmt(closed['train_loss'])}; "

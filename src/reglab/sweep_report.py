@@ -1,8 +1,12 @@
-"""The sweep report: one table, one heat map and one chart of curves per multirun.
+"""The sweep report: one table, one heat map and one chart of curves per multirun, and a
+validation curve (train and val loss against the swept value) when one numeric key is swept.
 
 Built only from files on disk (each job's ``.hydra/overrides.yaml`` and
 ``metrics.json``), so the same report comes out at the end of a sweep, for a sweep that
 was cut short, and for one that ran on another machine.
+
+A job run with k-fold cross-validation (``data.folds=K``) carries a ``cv`` record; the
+sweep is then decided by its K-fold mean val loss (shown as mean ± std), not by one split.
 """
 
 from __future__ import annotations
@@ -12,12 +16,18 @@ import csv
 import json
 import logging
 import math
+import re
+import statistics
 import sys
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("reglab")
 
@@ -25,8 +35,13 @@ SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
 HEATMAP_PNG = "sweep_heatmap.png"
 CURVES_PNG = "sweep_curves.png"
+VALIDATION_CURVE_PNG = "sweep_validation_curve.png"
 COLUMNS = ["job", "overrides", "status", "train_loss", "val_loss", "test_loss", "r2",
            "epochs", "fit_seconds", "run_dir", "error"]
+#: From a job's ``cv`` record; in the CSV (after val_loss) only when some job has one.
+CV_COLUMNS = ["cv_val_loss", "cv_val_std", "cv_train_loss", "folds"]
+# How Hydra writes small and large floats (1e-06, 1e+20); YAML 1.1 reads them as strings.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass
@@ -38,12 +53,42 @@ class Report:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        done = [r for r in self.rows if _num(r["val_loss"]) is not None]
-        return min(done, key=lambda r: r["val_loss"]) if done else None
+        """The job with the lowest :func:`rank_loss` (K-fold mean when cross-validated)."""
+        done = [r for r in self.rows if rank_loss(r) is not None]
+        return min(done, key=lambda r: rank_loss(r) or 0.0) if done else None
 
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def rank_loss(row: dict[str, Any]) -> float | None:
+    """The validation loss a sweep is decided by: the K-fold mean when the job was
+    cross-validated (one split's loss is one draw of the noise), else its val loss."""
+    cv = _num(row.get("cv_val_loss"))
+    return cv if cv is not None else _num(row.get("val_loss"))
+
+
+def _has_cv(row: dict[str, Any]) -> bool:
+    return any(row.get(c) is not None for c in CV_COLUMNS)
+
+
+def _folds_label(rows: list[dict[str, Any]]) -> str:
+    """The fold count to print: "5" when every cross-validated job used 5, else "K"."""
+    folds = {r.get("folds") for r in rows if r.get("folds") is not None}
+    return str(folds.pop()) if len(folds) == 1 else "K"
+
+
+def _cv_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The K-fold summary of a job's ``cv`` record; all None for a job fit on one split."""
+    cv = metrics.get("cv")
+    if not isinstance(cv, dict):
+        return dict.fromkeys(CV_COLUMNS)
+    folds = cv.get("folds")
+    return {"cv_val_loss": _num(cv.get("val_loss_mean")),
+            "cv_val_std": _num(cv.get("val_loss_std")),
+            "cv_train_loss": _num(cv.get("train_loss_mean")),
+            "folds": folds if isinstance(folds, int) and not isinstance(folds, bool) else None}
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -52,6 +97,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # weight_decay=1e-06 is a number, to sort and to plot as one
     return key.lstrip("+~"), value
 
 
@@ -103,6 +150,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
             "status": "unreadable" if unreadable else metrics.get("status", "missing"),
             "train_loss": metrics.get("train_loss"),
             "val_loss": metrics.get("val_loss"),
+            **_cv_fields(metrics),
             "test_loss": test.get("mse"),
             "r2": test.get("r2"),
             "epochs": metrics.get("epochs"),
@@ -129,22 +177,40 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _cv_cell(row: dict[str, Any]) -> str:
+    mean, std = _num(row.get("cv_val_loss")), _num(row.get("cv_val_std"))
+    if mean is None:
+        return "—"
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.4g}"
+
+
 def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str:
-    """The table sorted by val loss (failed jobs last), the best row marked."""
-    ordered = sorted(rows, key=lambda r: (_num(r["val_loss"]) is None,
-                                          _num(r["val_loss"]) or 0.0, int(r["job"])))
-    best = ordered[0] if ordered and _num(ordered[0]["val_loss"]) is not None else None
-    cols = ["job", *swept, "status", "val_loss", "train_loss", "test_loss", "r2", "epochs",
-            "fit_seconds"]
+    """The table sorted by :func:`rank_loss` (failed jobs last), the best row marked; a
+    ``cv val_loss`` column (K-fold mean ± std) when some job was cross-validated."""
+    ordered = sorted(rows, key=lambda r: (rank_loss(r) is None, rank_loss(r) or 0.0,
+                                          int(r["job"])))
+    best = ordered[0] if ordered and rank_loss(ordered[0]) is not None else None
+    with_cv = any(_has_cv(r) for r in rows)
+    cols = ["job", *swept, "status", *(["cv val_loss"] if with_cv else []), "val_loss",
+            "train_loss", "test_loss", "r2", "epochs", "fit_seconds"]
     done = sum(r["status"] == "completed" for r in rows)
-    lines = [f"## Sweep {title}", "",
-             f"{len(rows)} jobs: {done} completed, {len(rows) - done} not"
-             + (f"; best val_loss {best['val_loss']:.4g} (job {best['job']})" if best else ""),
+    summary = f"{len(rows)} jobs: {done} completed, {len(rows) - done} not"
+    k = _folds_label(rows)
+    if best and _num(best.get("cv_val_loss")) is not None:
+        summary += (f"; best cv val_loss {_cv_cell(best)} ({k}-fold mean ± std,"
+                    f" job {best['job']})")
+    else:
+        if best:
+            summary += f"; best val_loss {rank_loss(best):.4g} (job {best['job']})"
+        if with_cv:
+            summary += f"; cv val_loss is the {k}-fold mean ± std"
+    lines = [f"## Sweep {title}", "", summary,
              "", "| " + " | ".join(["", *cols]) + " |",
              "|" + "---|" * (len(cols) + 1)]
     for r in ordered:
         mark = "★ best" if r is best else ""
-        lines.append("| " + " | ".join([mark, *(_cell(r.get(c)) for c in cols)]) + " |")
+        cells = (_cv_cell(r) if c == "cv val_loss" else _cell(r.get(c)) for c in cols)
+        lines.append("| " + " | ".join([mark, *cells]) + " |")
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "Failures:"]
@@ -153,7 +219,11 @@ def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
+    """One line per job; the :data:`CV_COLUMNS` after val_loss when some job has them."""
     cols = ["job", "overrides", *swept, *COLUMNS[2:]]
+    if any(_has_cv(r) for r in rows):
+        at = cols.index("val_loss") + 1
+        cols[at:at] = CV_COLUMNS
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
@@ -165,14 +235,26 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 
+def _unevenness(points: list[float]) -> float:
+    gaps = [b - a for a, b in pairwise(points)]
+    return statistics.pstdev(gaps) / statistics.fmean(gaps) if len(gaps) > 1 else 0.0
+
+
 def _is_log_axis(values: list[Any]) -> bool:
+    """Whether the values are read best on a log axis: positive numbers spanning a decade
+    or more and spaced at least as evenly by ratio as by difference, so a grid such as
+    1e-6, 1e-5, ..., 1 is, while the degrees 1, 2, ..., 12 stay linear."""
     nums = [v for v in values if isinstance(v, (int, float))]
-    return len(nums) == len(values) and min(nums) > 0 and max(nums) / min(nums) >= 10
+    if not nums or len(nums) != len(values) or min(nums) <= 0 or max(nums) / min(nums) < 10:
+        return False
+    grid = sorted(set(nums))
+    return _unevenness([math.log(v) for v in grid]) <= _unevenness(grid)
 
 
 def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> bool:
-    """Final val loss over the swept axes: a heat map for two keys, a line for one."""
-    if not swept or not any((_num(r["val_loss"]) or 0) > 0 for r in rows):
+    """Final val loss (K-fold mean when cross-validated) over the swept axes: a heat map
+    for two keys, a line for one."""
+    if not swept or not any((rank_loss(r) or 0) > 0 for r in rows):
         return False  # nothing finished: no losses to compare
     import matplotlib
 
@@ -180,10 +262,12 @@ def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) ->
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
+    cv_rows = [r for r in rows if _num(r.get("cv_val_loss")) is not None]
+    what = f"val loss, {_folds_label(cv_rows)}-fold mean" if cv_rows else "final val loss"
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     if len(swept) == 1:
         key = swept[0]
-        pts = sorted(((r[key], _num(r["val_loss"])) for r in rows), key=lambda p: _sort_key(p[0]))
+        pts = sorted(((r[key], rank_loss(r)) for r in rows), key=lambda p: _sort_key(p[0]))
         xs = [p[0] for p in pts]
         positions = xs if all(isinstance(x, (int, float)) for x in xs) else list(range(len(xs)))
         ok = [(x, y) for x, y in zip(positions, (p[1] for p in pts), strict=True) if y is not None]
@@ -197,14 +281,14 @@ def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) ->
             ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(key)
-        ax.set_ylabel("final val loss (red: failed)")
+        ax.set_ylabel(f"{what} (red: failed)")
     else:
         kx, ky = swept[0], swept[1]
         xs = sorted({r[kx] for r in rows}, key=_sort_key)
         ys = sorted({r[ky] for r in rows}, key=_sort_key)
         grid = [[math.nan] * len(xs) for _ in ys]
         for r in rows:  # with more than two keys swept: the best over the others
-            v = _num(r["val_loss"])
+            v = rank_loss(r)
             i, j = ys.index(r[ky]), xs.index(r[kx])
             if v is not None and (math.isnan(grid[i][j]) or v < grid[i][j]):
                 grid[i][j] = v
@@ -226,7 +310,7 @@ def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) ->
                 ax.text(j, i, f"{v:.3g}" + ("\n★ best" if v == best else ""), ha="center",
                         va="center", color="black" if bright else "white", fontsize=9,
                         fontweight="bold" if v == best else "normal")
-        fig.colorbar(image, ax=ax, label="final val loss (log scale)")
+        fig.colorbar(image, ax=ax, label=f"{what} (log scale)")
     ax.set_title("Sweep: final validation loss")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -274,8 +358,98 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], swept: list[str],
     return True
 
 
+def _is_numeric_axis(values: list[Any]) -> bool:
+    """Numbers (not bools), at least two distinct: a key a validation curve can run along."""
+    nums = [v for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return len(nums) == len(values) and len(set(nums)) >= 2
+
+
+def draw_validation_curve(rows: list[dict[str, Any]], key: str) -> Figure | None:
+    """Train and val loss against the one swept numeric ``key``, the lowest val marked.
+
+    The picture of model selection: where the val loss turns up while the train loss keeps
+    falling is where a larger degree or a smaller weight decay starts to overfit. The val
+    loss is the K-fold mean with ±std error bars for a cross-validated job, so the reader
+    sees whether the best value beats its neighbours by more than the noise. Failed,
+    diverged and missing jobs are red dotted lines at their value. None when ``key`` is
+    not numeric or no job has a val loss. The figure is not in pyplot's registry: the
+    caller saves it and drops it, nothing to close.
+    """
+    placed = sorted((r for r in rows if r.get(key) is not None), key=lambda r: r[key])
+    if not _is_numeric_axis([r[key] for r in placed]):
+        return None
+    done = [r for r in placed if rank_loss(r) is not None]
+    if not done:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    def train_of(r: dict[str, Any]) -> float | None:
+        return _num(r.get("cv_train_loss" if _num(r.get("cv_val_loss")) is not None
+                          else "train_loss"))
+
+    cv_used = any(_num(r.get("cv_val_loss")) is not None for r in done)
+    k = _folds_label(done)
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    trained = [(r[key], t) for r in done if (t := train_of(r)) is not None]
+    if trained:
+        ax.plot([p[0] for p in trained], [p[1] for p in trained], "s--", color="tab:blue",
+                lw=1.4, ms=5, label=f"train ({k}-fold mean)" if cv_used else "train")
+    xs, vals = [r[key] for r in done], [rank_loss(r) or 0.0 for r in done]
+    if cv_used:
+        errs = [_num(r.get("cv_val_std")) or 0.0 for r in done]
+        ax.errorbar(xs, vals, yerr=errs, fmt="o-", color="tab:orange", lw=1.6, ms=5,
+                    capsize=3, label=f"validation ({k}-fold mean ± std)")
+    else:
+        ax.plot(xs, vals, "o-", color="tab:orange", lw=1.6, ms=5, label="validation")
+    best = min(done, key=lambda r: rank_loss(r) or 0.0)
+    bx, bv = best[key], rank_loss(best) or 0.0
+    ax.plot([bx], [bv], ls="none", marker="*", ms=18, color="gold", mec="black", zorder=5,
+            gid="lowest_val", label="lowest val")
+    ax.annotate(f"lowest val {bv:.4g} at {key}={_cell(bx)}", xy=(bx, bv),
+                xytext=(0, 36), textcoords="offset points", ha="center", fontsize=9,
+                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85},
+                arrowprops={"arrowstyle": "->"})
+    for n, r in enumerate(r for r in placed if rank_loss(r) is None):
+        ax.axvline(r[key], color="tab:red", ls=":", lw=1.4,
+                   label="failed / diverged / missing" if n == 0 else None)
+        ax.text(r[key], 0.02, f"{r['status']} ", transform=ax.get_xaxis_transform(),
+                rotation=90, va="bottom", ha="right", color="tab:red", fontsize=8)
+    values = [r[key] for r in placed]
+    if _is_log_axis(values):
+        ax.set_xscale("log")
+    elif all(isinstance(v, int) for v in values):
+        grid = sorted(set(values))
+        if len(grid) <= 20:
+            ax.set_xticks(grid)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    log_y = all(v > 0 for v in [*vals, *(p[1] for p in trained)])
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="major")
+    ax.set_xlabel(key)
+    ax.set_ylabel("loss (log scale)" if log_y else "loss")
+    ax.set_title(f"Validation curve: {key}")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_validation_curve(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> bool:
+    """The validation curve into ``path`` when exactly one numeric key was swept."""
+    if len(swept) != 1:
+        return False
+    fig = draw_validation_curve(rows, swept[0])
+    if fig is None:
+        return False
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def write_report(sweep_dir: str | Path) -> Report:
-    """Write the CSV, Markdown, heat map and curves into ``sweep_dir``."""
+    """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     rows, swept, metrics_by_job = collect(sweep_dir)
     markdown = to_markdown(rows, swept, sweep_dir.name)
@@ -283,7 +457,8 @@ def write_report(sweep_dir: str | Path) -> Report:
     write_csv(files[0], rows, swept)
     files[1].write_text(markdown)
     for name, draw in ((HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
-                       (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job))):
+                       (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job)),
+                       (VALIDATION_CURVE_PNG, lambda p: plot_validation_curve(p, rows, swept))):
         try:  # a chart that cannot be drawn must not cost the table
             if draw(sweep_dir / name):
                 files.append(sweep_dir / name)
@@ -296,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     """``reglab-sweep-report <multirun dir>``: rebuild the report from files on disk."""
     parser = argparse.ArgumentParser(
         prog="reglab-sweep-report",
-        description="Summarise a reglab sweep: CSV, Markdown, heat map and loss curves.")
+        description="Summarise a reglab sweep: CSV, Markdown, heat map, loss curves and,"
+                    " for one numeric swept key, a validation curve.")
     parser.add_argument("sweep_dir", type=Path, help="outputs/<task>/multiruns/<stamp>")
     args = parser.parse_args(argv)
     try:

@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from reglab import exact as exact_fit
     from reglab import parts, results
     from reglab.artifacts import check_checkpoint, save_model
     from reglab.module import RegressionModule
@@ -67,9 +68,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             parts.build("scheduler", lambda: module.make_scheduler(
                 optimizer(model.parameters()), lambda: 100))
 
-        # The exact optimum of linear and polynomial models: the bar the fit is held to.
+        # The exact optimum of linear and polynomial models: the bar the fit is held to,
+        # or, with optimizer=exact, the fit itself.
+        exact = exact_fit.is_exact(probe)
+        start = time.perf_counter()
         closed, solution = (results.closed_form(model, module.loss_fn, datamodule, probe)
                             if parts.is_reglab_data(datamodule) else (None, None))
+        if exact and (why := exact_fit.refusal(closed, model, datamodule)):
+            raise validate.ConfigError(why)
+        folds = getattr(datamodule, "folds", None) if exact else None
+        cv = (exact_fit.cross_validate(model, module.loss_fn, datamodule, probe, folds)
+              if folds else None)
+        solve_seconds = time.perf_counter() - start
         if closed and "train_loss" in closed:
             module.reference_loss = closed["train_loss"]
             module.closed_form = solution
@@ -88,7 +98,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lr_find = find_lr(trainer, module, datamodule, cfg.tuner.lr_find)
         start = time.perf_counter()
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            if exact:  # no gradient loop: the optimum is set, Lightning validates it
+                exact_fit.fit(trainer, module, datamodule, closed, cv)
+            else:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except (KeyboardInterrupt, SystemExit):
             if module.interrupted_by is None:
                 raise
@@ -105,13 +118,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The fit's own time: drawing its pictures at the end is reported apart.
         draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
         fit_seconds = time.perf_counter() - start - draw_seconds
+        if exact:  # the fit was the solve
+            fit_seconds = solve_seconds
+            draw_seconds += exact_fit.draw_figures(trainer, module)
         finished = module.diverged_at_step is None and module.interrupted_by is None
         if cfg.get("test", True) and finished and parts.has_test(datamodule):
             trainer.test(module, datamodule=datamodule, verbose=False)
+        if exact:
+            exact_fit.save_checkpoint(trainer, callbacks)
 
         metrics = results.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
                                   closed=closed)
         metrics["plot_seconds"] = round(draw_seconds, 4)
+        metrics["method"] = "exact" if exact else "gradient"
+        if cv is not None:
+            metrics["cv"] = cv
         if lr_find is not None:
             metrics["lr_find"] = lr_find
             if lr_find["applied"]:
@@ -133,8 +154,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     results.write_json(run_dir / results.METRICS_FILE, metrics)
     test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
+    cv_tags = ["cv/val_loss", "cv/val_loss_std"] if metrics.get("cv") else []
     results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
-                                                       *test_tags],
+                                                       *cv_tags, *test_tags],
                         reference_layout=bool(closed and "train_loss" in closed),
                         report=(closed or {}).get("report"),
                         per_target=(closed or {}).get("per_target"))
@@ -254,8 +276,9 @@ def _main(cfg: DictConfig) -> float:
             return _FAILED
         print(f"reglab-train: error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
-    val = metrics.get("val_loss")
-    return _FAILED if val is None else float(val)  # what a sweeper minimises
+    # What a sweeper minimises: with data.folds, the mean validation loss over the folds.
+    val = (metrics.get("cv") or {}).get("val_loss_mean", metrics.get("val_loss"))
+    return _FAILED if val is None else float(val)
 
 
 def _check_sweep_can_run_data_parallel(cfg: DictConfig) -> None:

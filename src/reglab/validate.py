@@ -77,6 +77,13 @@ def check(cfg: DictConfig) -> None:
         for key in ("weight_decay", "momentum"):
             _check(cfg, f"optimizer.{key}", lambda v: is_number(v) and math.isfinite(v)
                    and v >= 0, "a finite number >= 0")
+    exact = _target(cfg, "optimizer") == "reglab.exact.ExactLeastSquares"
+    if exact:
+        from reglab.exact import check_config
+
+        _check(cfg, "optimizer.weight_decay", lambda v: is_number(v) and math.isfinite(v)
+               and v >= 0, "a finite number >= 0")
+        check_config(cfg)
     _check(cfg, "task_name", _plain_name, _TASK_NAME)
     _check(cfg, "trainer.max_epochs", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
@@ -173,6 +180,19 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
     _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
     _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
     data = cfg.get("data") or {}
+    folds = data.get("folds")
+    if folds is not None:
+        _check(cfg, "data.folds", lambda v: isinstance(v, int) and not isinstance(v, bool)
+               and v >= 2, "a whole number >= 2, or null")
+        if "optimizer" in cfg and _target(cfg, "optimizer") != \
+                "reglab.exact.ExactLeastSquares":  # (reglab-eval checks data alone)
+            raise ConfigError(f"data.folds: k-fold cross-validation fits each fold exactly; "
+                              f"add optimizer=exact (a gradient fit per fold is not "
+                              f"supported), or drop data.folds={folds}")
+        if data.get("val_fraction"):
+            raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each "
+                              f"fold of the training rows is the validation split in turn); "
+                              f"got {data.get('val_fraction')}")
     held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
     if held_out >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "
