@@ -22,7 +22,7 @@ def test_help_lists_groups_without_importing_torch(tmp_path: Path):
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
     for line in ("experiment: d2l, d2l_lbfgs, diabetes, line, noisy_line, origin, poly_ill, "
-                 "quadratic_mlp", "optimizer: adam, adamw, lbfgs, sgd",
+                 "poly_select, quadratic_mlp", "optimizer: adam, adamw, exact, lbfgs, sgd",
                  "model: linear, mlp, polynomial",
                  "logger: csv, none, tensorboard", "trainer: cpu, ddp, ddp_cpu, default, gpu"):
         assert line in out.stdout

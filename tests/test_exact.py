@@ -232,3 +232,25 @@ def test_own_model_that_is_not_linear_is_refused_at_run_time(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "Tiny" in out.stderr and "optimizer=exact" in out.stderr
     assert REPO.is_dir()
+
+
+def test_poly_select_sweep_picks_degree_3_and_draws_the_validation_curve(tmp_path):
+    """The README's model-selection sweep: degree 3 has the lowest 5-fold validation
+    loss of 1..12, degree 12 overfits, and the sweep report draws and stars it."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    out = run_cli([script("reglab-train"), "-m", "experiment=poly_select",
+                   "model.degree=1,2,3,4,5,6,7,8,9,10,11,12", f"hydra.sweep.dir={sweep}"],
+                  cwd=tmp_path, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {int(r["model.degree"]): r for r in csv.DictReader(
+        (sweep / "sweep_summary.csv").open())}
+    cv = {d: float(r["cv_val_loss"]) for d, r in rows.items()}
+    assert min(cv, key=cv.get) == 3
+    train = {d: float(r["train_loss"]) for d, r in rows.items()}
+    assert train[12] < train[3] and cv[12] > 1.5 * cv[3]  # overfitting, seen both ways
+    assert cv[1] > 5 * cv[3]  # a line underfits a cubic
+    assert "★ best | 2 | 3 |" in (sweep / "sweep_summary.md").read_text()
+    png = sweep / "sweep_validation_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 
 from reglab.tables import read_inputs, read_table
 from reglab.validate import DataError
-from tests.conftest import compose_config
 
 
 def _write(path: Path, text: str) -> Path:
@@ -248,7 +248,7 @@ def test_readme_your_own_table_section_runs_end_to_end(tmp_path: Path):
     import re
     import sys
 
-    from tests.conftest import REPO, run_cli
+    from conftest import REPO, run_cli
 
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Your own table"):]
@@ -273,7 +273,7 @@ def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     import csv
     import json
 
-    from tests.conftest import run_cli, script
+    from conftest import run_cli, script
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 2))
@@ -327,7 +327,7 @@ def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
     read (not one of the same relative name elsewhere), and refuses it once changed."""
     import json
 
-    from tests.conftest import run_cli, script
+    from conftest import run_cli, script
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 2))

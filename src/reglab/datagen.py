@@ -140,3 +140,22 @@ def sine(start: float = -3.0, stop: float = 3.0, num: int = 60, noise: float = 0
     x = _grid(start, stop, num)
     y = torch.sin(x) + noise * torch.randn(num, 1, generator=g, dtype=torch.float64)
     return _finish(x, y, None)
+
+
+def polynomial(coefficients: Sequence[float] = (1.0, -2.0, 0.0, 1.0), low: float = -2.5,
+               high: float = 2.5, noise: float = 1.0, num_samples: int = 60,
+               seed: int = 0) -> Dataset:
+    """y = c₀ + c₁x + c₂x² + … + N(0, noise²) with x ~ U[low, high): a known degree, so a
+    model-selection sweep can be checked against the truth. Random x (not a grid) puts
+    few rows near the ends, where a too-flexible polynomial swings."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if not coefficients:
+        raise ValueError("coefficients: expected at least one (the constant term)")
+    g = _generator(seed)
+    x = low + (high - low) * torch.rand(num_samples, 1, generator=g, dtype=torch.float64)
+    clean = sum(float(c) * x ** k for k, c in enumerate(coefficients))
+    y = clean + noise * torch.randn(num_samples, 1, generator=g, dtype=torch.float64)
+    truth = None if len(coefficients) > 2 else _truth([float(coefficients[1])],
+                                                        float(coefficients[0]))
+    return _finish(x, y, truth)

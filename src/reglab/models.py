@@ -39,7 +39,10 @@ class LinearRegression(nn.Module):
         # The functional form skips a second module call, a third of a tiny step's
         # forward time; ``self.linear`` still holds the parameters.
         linear = self.linear
-        return nn.functional.linear(self.features(x), linear.weight, linear.bias)
+        weight = linear.weight
+        if x.dtype != weight.dtype and x.is_floating_point():
+            x = x.to(weight.dtype)  # a float64 model (64-true, exact) takes float32 input too
+        return nn.functional.linear(self.features(x), weight, linear.bias)
 
     @property
     def has_bias(self) -> bool:

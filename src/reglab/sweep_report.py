@@ -408,8 +408,13 @@ def draw_validation_curve(rows: list[dict[str, Any]], key: str) -> Figure | None
     bx, bv = best[key], rank_loss(best) or 0.0
     ax.plot([bx], [bv], ls="none", marker="*", ms=18, color="gold", mec="black", zorder=5,
             gid="lowest_val", label="lowest val")
+    # Toward the middle of the chart, so a minimum at either end keeps its label inside.
+    order = sorted(r[key] for r in done)
+    place = order.index(bx) / max(1, len(order) - 1)
+    align = "left" if place < 0.25 else "right" if place > 0.75 else "center"
     ax.annotate(f"lowest val {bv:.4g} at {key}={_cell(bx)}", xy=(bx, bv),
-                xytext=(0, 36), textcoords="offset points", ha="center", fontsize=9,
+                xytext=({"left": 12, "right": -12, "center": 0}[align], 36),
+                textcoords="offset points", ha=align, fontsize=9,
                 bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85},
                 arrowprops={"arrowstyle": "->"})
     for n, r in enumerate(r for r in placed if rank_loss(r) is None):
