@@ -53,6 +53,8 @@ class LeastSquares:
     s: np.ndarray | None = None
     keep: np.ndarray | None = None
     ridge: float = 0.0
+    #: Σ residual² on the rows it was solved on, once someone has summed it (saves a pass).
+    train_sse: float | None = None
 
     def covariance(self, sigma2: float) -> np.ndarray:
         """Cov(θ) = σ²·(XᵀX)⁺ for θ = (b, w…) (b first when there is one), X = [1, D].

@@ -78,7 +78,8 @@ def _truth(weight: Sequence[float], bias: float | None) -> dict:
 
 def _finish(x: torch.Tensor, y: torch.Tensor, truth: dict | None) -> Dataset:
     # Kept in float64: the truth is exact and the least-squares report sees these values.
-    return Dataset(x.contiguous(), y.contiguous(), truth)
+    # Nobody else holds these tensors, so the split may reuse their storage.
+    return Dataset(x.contiguous(), y.contiguous(), truth, owns_memory=True)
 
 
 def line(a: float = 2.0, b: float = 1.0, start: float = 0.0, stop: float = 10.0,
@@ -110,7 +111,7 @@ def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: floa
     for i in range(0, num_samples, _BLOCK):
         rows = min(_BLOCK, num_samples - i)
         y[i:i + rows] += noise * torch.randn(rows, 1, generator=g, dtype=torch.float64)
-    return Dataset(x, y, _truth(list(weight), bias))
+    return Dataset(x, y, _truth(list(weight), bias), owns_memory=True)
 
 
 def uniform_line(a: float = 2.0, b: float = 6.0, low: float = 0.0, high: float = 5.0,

@@ -227,8 +227,9 @@ def _same_table(cfg: DictConfig, trained: Any, overrides: list[str]) -> None:
             raise validate.DataError(
                 f"data.source.path: {path}, the table this model was trained on, is gone; "
                 "give the file to score with data.source.path=<file>")
-        now = file_identity(path)
-        if (now["bytes"], now["blake2b"]) != (recorded.get("bytes"), recorded.get("blake2b")):
+        algorithm = "blake2b" if "blake2b" in recorded else "sha256"  # as it was recorded
+        now = file_identity(path, algorithm)
+        if (now["bytes"], now[algorithm]) != (recorded.get("bytes"), recorded.get(algorithm)):
             raise validate.DataError(
                 f"data.source.path: {path} changed since the run trained on it ({now['bytes']} "
                 f"bytes, was {recorded.get('bytes')}); its rows and splits would not be the "

@@ -124,6 +124,7 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
         raise ValueError("a regression report needs at least one row")
     sol = solve(x, prob.y_train, bias=bias, features=prob.train_features, chunk=chunk)
     ssr_t = sol.sse(x, prob.y_train, prob.train_features, chunk)
+    sol.train_sse = ssr_t
     rank = sol.rank + int(bias)
     cond, k_const = _design_facts(x, prob.data_design, bias, chunk)
     df_resid = n - rank

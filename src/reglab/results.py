@@ -145,7 +145,8 @@ def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer
 
     def loss(split: str) -> float:
         xs, ys = datamodule.splits[split]
-        sse = sum(sol.sse(xs, sc.y(ys[:, j].double()), features=dz)
+        sse = sum(sol.train_sse if split == "train" and sol.train_sse is not None else
+                  sol.sse(xs, sc.y(ys[:, j].double()), features=dz)
                   for j, (sc, dz, _, sol) in enumerate(targets))
         return sse if summed else sse / (int(xs.shape[0]) * k)
 
@@ -356,7 +357,10 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-    clean = {k: ("full" if v is None else v) for k, v in hp.items()}
+    # TensorBoard takes no None: a null batch size is a full batch; anything else unset
+    # (the lr of optimizer=exact, a seed left to chance) reads "none".
+    clean = {k: (("full" if k == "batch_size" else "none") if v is None else v)
+             for k, v in hp.items()}
     layout = {"reglab": {"train loss vs least-squares optimum": [
         "Multiline", ["train/loss_epoch", "train/loss_closed_form"]]}}
     for log_dir in _tensorboard_dirs(loggers):

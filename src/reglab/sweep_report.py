@@ -332,7 +332,7 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], swept: list[str],
         history = (metrics_by_job.get(r["job"]) or {}).get("history") or {}
         pts = [(e, v) for e, v in history.get("val_loss") or history.get("train_loss") or []
                if v is not None and v > 0]
-        if not pts:
+        if len(pts) < 2:  # an exact fit (or a job cut short) has no curve to draw
             continue
         label = " ".join(f"{k.rsplit('.', 1)[-1]}={r.get(k)}" for k in swept) or f"job {r['job']}"
         ok = r["status"] == "completed"
