@@ -46,11 +46,16 @@ def peak_rss_kb() -> int:
     return -1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(doc: str | None) -> argparse.Namespace:
+    """``TABLE [--target y]``, as both floor scripts take it."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("path", type=Path)
     parser.add_argument("--target", default="y")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = command_line(__doc__)
     imported = time.perf_counter()
 
     data = read_float64(args.path, args.target)
