@@ -15,6 +15,9 @@ BAD = [
     (["optimizer.weight_decay=nan"], "optimizer.weight_decay: expected a finite number >= 0"),
     (["task_name=../../escape"], "task_name: expected a plain folder name"),
     (["trainer.precision=7"], "trainer: Precision 7 is invalid"),
+    (["seed=99999999999"], "seed: expected a whole number from 0 to 4294967295, got "
+                           "99999999999"),
+    (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input"),
     (["+optimizer.foo=1"], "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
     (["+loss.bogus=2"], "loss: _Loss.__init__() got an unexpected keyword argument 'bogus'"),
     (["scheduler=step", "+scheduler.scheduler.foo=1"],

@@ -88,7 +88,9 @@ def check(cfg: DictConfig) -> None:
     _check(cfg, "trainer.max_epochs", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
            "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
-    _check(cfg, "seed", lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0")
+    # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
+    _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
+           and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295")
     _check_strategy(cfg)
     if _target(cfg, "data") == "reglab.datamodule.RegressionDataModule":
         _check_data(cfg, positive, fraction)
