@@ -38,7 +38,9 @@ def test_exact_fit_equals_lstsq_and_statsmodels(run_train, tmp_path):
     import statsmodels.api as sm
 
     x, y = _table(tmp_path / "t.csv")
+    threads = torch.get_num_threads()
     metrics, run_dir = run_train(*_csv_args(tmp_path / "t.csv"), "trainer.precision=64-true")
+    assert torch.get_num_threads() == threads  # the solve's single thread is given back
     assert metrics["status"] == "completed" and metrics["method"] == "exact"
     assert metrics["epochs"] == 0 and metrics["steps"] == 0
     design = np.hstack([np.ones((len(y), 1)), x])

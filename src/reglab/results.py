@@ -81,6 +81,21 @@ def weight_decay(optimizer: Any) -> tuple[float, str | None]:
 
 def closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any = None,
                 report: bool = True) -> tuple[dict[str, Any] | None, Any]:
+    """:func:`_closed_form` with torch on one thread: its chunk loops alternate torch
+    (scaling, features) with numpy's BLAS (QR, products), and on a small machine the two
+    thread pools spin against each other (a 10⁶-row solve took 3× as long)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _closed_form(model, loss_fn, datamodule, optimizer, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _closed_form(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any,
+                 report: bool) -> tuple[dict[str, Any] | None, Any]:
     """The optimum a linear or polynomial model trained with MSE approaches, on the
     training split, and the least-squares report of that split in the data's units.
 
