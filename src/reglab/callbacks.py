@@ -260,7 +260,7 @@ class FitPlots(pl.Callback):
             for writer in writers:
                 writer.add_image(tag, image, step, dataformats="HWC")
             if filename:
-                plots.save(fig, str(out / filename))
+                plots.save(fig, str(out / filename), image)
 
         if datamodule.data.num_features == 1:
             if self._states and self._states[-1][1] == trainer.global_step:

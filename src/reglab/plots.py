@@ -131,5 +131,13 @@ def to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save(fig: Figure, path: str) -> None:
-    fig.savefig(path)
+def save(fig: Figure, path: str, image: np.ndarray | None = None) -> None:
+    """Write ``fig`` as a PNG. Given ``image`` (its :func:`to_array` rendering, the same
+    pixels savefig would draw at the figure's dpi) only encodes it: a second render of
+    the figure costs more than the PNG encoding."""
+    if image is None:
+        fig.savefig(path)
+        return
+    from matplotlib.image import imsave
+
+    imsave(path, image)
