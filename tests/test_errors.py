@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, script
+from conftest import has_cuda, run_cli, script
 
 BAD = [
     (["optimizer.lr=-1"], "optimizer.lr: expected a finite number > 0, got -1"),
@@ -137,3 +137,13 @@ def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path)
     out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=150",
                    "logger=none", "callbacks.plots=null"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]  # and a later resume still works
+
+
+@pytest.mark.skipif(has_cuda(), reason="trainer=gpu runs where there is a GPU")
+def test_gpu_trainer_without_a_gpu_says_what_to_use(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "trainer=gpu"], cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reglab-train: error: trainer:")
+    assert "use trainer=cpu" in lines[0]
+    assert not any((tmp_path / "outputs").rglob("metrics.json"))

@@ -177,6 +177,10 @@ def _instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
         if cause is None or not _is_misconfiguration(cause):
             raise
         message = " ".join(str(cause).split())
+        if "gpu backend" in message.lower():  # trainer=gpu on a machine without one
+            message += (" (trainer.accelerator=gpu needs a CUDA or Apple MPS device, and "
+                        "this machine shows none: use trainer=cpu, or trainer=default, "
+                        "which picks what is there)")
         raise validate.ConfigError(f"trainer: {message}") from None
 
 
