@@ -18,7 +18,7 @@ import torch
 
 from reglab.datagen import Dataset
 from reglab.scaling import Scaling
-from reglab.validate import ConfigError, DataError
+from reglab.validate import DataError, check_folds
 
 #: Rows per validation/test batch (at least the training batch size).
 EVAL_BATCH_ROWS = 1 << 14
@@ -194,14 +194,8 @@ class RegressionDataModule(pl.LightningDataModule):
                  standardize_target: bool = False, scaling: Scaling | None = None,
                  folds: int | None = None) -> None:
         super().__init__()
-        if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int)
-                                  or folds < 2):
-            raise ConfigError(f"data.folds: expected a whole number >= 2, or null, got "
-                              f"{folds!r}")
-        if folds is not None and float(val_fraction) > 0:
-            raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each "
-                              "fold of the training rows is the validation split in turn); "
-                              f"got {val_fraction}")
+        if folds is not None:
+            check_folds(folds, float(val_fraction))
         #: K-fold cross-validation over the training rows (see :meth:`fold`), or None.
         self.folds = folds
         self.source = source
@@ -376,13 +370,14 @@ class RegressionDataModule(pl.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 1))
         return list(torch.tensor_split(order, self.folds))
 
-    def fold(self, j: int) -> RegressionDataModule:
+    def fold(self, j: int, rows: list[torch.Tensor] | None = None) -> RegressionDataModule:
         """A view of this data module whose train split is every training row outside
         fold ``j`` and whose val split is fold ``j``; the scaling stays the run's, so a
-        fold's losses are in the run's training units."""
+        fold's losses are in the run's training units. ``rows``: :meth:`fold_indices`,
+        when the caller has them already."""
         import copy
 
-        rows = self.fold_indices()
+        rows = rows if rows is not None else self.fold_indices()
         x, y = self.splits["train"]
         val = rows[j]
         train = torch.cat([r for i, r in enumerate(rows) if i != j]).sort().values

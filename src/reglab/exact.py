@@ -90,8 +90,6 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
     do so in its loops anyway), so the weights keep every digit the solver found; in
     other precisions they are rounded to the model's dtype, as a trained model's are.
     """
-    import torch
-
     if str(trainer.precision).startswith("64"):
         module.double()
     set_weights(module.model, closed["params"])
@@ -107,8 +105,7 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
                         "cv/train_loss": cv["train_loss_mean"]})
     for logger in trainer.loggers:
         logger.log_metrics(scalars, step=0)
-    with torch.no_grad():
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
 
 
 def draw_figures(trainer: Any, module: Any) -> float:
@@ -148,8 +145,10 @@ def cross_validate(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any,
     from reglab.results import closed_form
 
     train_losses, val_losses = [], []
+    rows = datamodule.fold_indices()
     for j in range(folds):
-        record, _ = closed_form(model, loss_fn, datamodule.fold(j), optimizer, report=False)
+        record, _ = closed_form(model, loss_fn, datamodule.fold(j, rows), optimizer,
+                                report=False)
         train_losses.append(float(record["train_loss"]))
         val_losses.append(float(record["val_loss"]))
     return {"folds": folds, "rows": int(datamodule.splits["train"][0].shape[0]),

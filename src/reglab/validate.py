@@ -169,6 +169,17 @@ def _check_strategy(cfg: DictConfig) -> None:
             "start the other ranks by relaunching the command")
 
 
+def check_folds(folds: Any, val_fraction: float) -> None:
+    """``data.folds``: K >= 2 folds of the training rows, which then are the validation
+    split in turn (so no fixed val split besides them)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"data.folds: expected a whole number >= 2, or null, got {folds!r}")
+    if val_fraction:
+        raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each fold "
+                          f"of the training rows is the validation split in turn); got "
+                          f"{val_fraction}")
+
+
 def _target(cfg: DictConfig, key: str) -> str:
     node = cfg.get(key)
     return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
@@ -184,17 +195,12 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
     data = cfg.get("data") or {}
     folds = data.get("folds")
     if folds is not None:
-        _check(cfg, "data.folds", lambda v: isinstance(v, int) and not isinstance(v, bool)
-               and v >= 2, "a whole number >= 2, or null")
+        check_folds(folds, data.get("val_fraction") or 0)
         if "optimizer" in cfg and _target(cfg, "optimizer") != \
                 "reglab.exact.ExactLeastSquares":  # (reglab-eval checks data alone)
             raise ConfigError(f"data.folds: k-fold cross-validation fits each fold exactly; "
                               f"add optimizer=exact (a gradient fit per fold is not "
                               f"supported), or drop data.folds={folds}")
-        if data.get("val_fraction"):
-            raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each "
-                              f"fold of the training rows is the validation split in turn); "
-                              f"got {data.get('val_fraction')}")
     held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
     if held_out >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "
