@@ -94,9 +94,13 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     # one line, exit 2, nothing left behind.
     (tmp_path / "a_dir").mkdir()
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "big.csv").write_text("x\n4\n1e39\n")
     for args, message in [(["x=[[nan]]"], "x: row 0 holds nan; expected a finite number"),
                           (["x=[[inf]]"], "x: row 0 holds inf"),
-                          (["x=[[1e39]]"], "within float32's range"),
+                          (["x=[[1e39]]"], "x: row 0, column 'x': 1e+39 is beyond "
+                                            "float32's range once scaled"),
+                          (["input_path=big.csv"], "big.csv: data row 2, column 'x': 1e+39 "
+                                                   "is beyond float32's range"),
                           (["x=[[4.0]]", "allow_modules=5"],
                            "allow_modules: expected a list of package names"),
                           (["input_path=in.csv", "output_path=a_dir"], "a_dir is a directory"),

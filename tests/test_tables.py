@@ -25,7 +25,7 @@ def _write(path: Path, text: str) -> Path:
     ("a,b,y\n1,2,3\n\n4,,6\n", r"t.csv, line 4, column 'b': empty cell"),
     ("a,b,y\n1,2,3\n4,  ,6\n", r"t.csv, line 3, column 'b': empty cell"),
     ("a,b,y\n1,2,3\n4,5,nan\n", r"t.csv, line 3, column 'y': 'nan' is not a finite number"),
-    ("a,b,y\n1,2,3\n4,1e999,6\n", r"t.csv, line 3, column 'b': 'inf' is not a finite number"),
+    ("a,b,y\n1,2,3\n4,1e999,6\n", r"t.csv, line 3, column 'b': '1e999' is beyond float64's range"),
     ("a,b,y\n1,2,3\n4,5\n", r"t.csv, line 3: 2 fields, but the header has 3"),
     ("a,a,y\n1,2,3\n", r"t.csv: duplicate column 'a' in the header"),
     ("a,y,y\n1,2,3\n", r"t.csv: duplicate column 'y' in the header"),
@@ -373,6 +373,12 @@ def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
         handle.write("1.0,2.0,3.0\n")
     code, err, _ = evaluate()
     assert code == 2 and "changed since the run trained on it" in err
+    assert "allow_changed_data=true" in err
+    # Told to, it scores what the file holds now, and says so.
+    code, err, now = evaluate("allow_changed_data=true", "split=all")
+    assert code == 0, err
+    assert "warning: data.source.path" in err and "is not the run's" in err
+    assert now["mse"] != pytest.approx(base["mse"], rel=1e-9)  # the appended row counts
     # Refused into a folder of the user's own: the folder is left as it was.
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -95,7 +95,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.parts import is_reglab_data
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
-    _same_table(train_cfg, trained, data_overrides or [])
+    _same_table(train_cfg, trained, data_overrides or [], bool(cfg.get("allow_changed_data")))
     datamodule = instantiate(train_cfg.data)
     if is_reglab_data(datamodule):
         datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
@@ -201,7 +201,8 @@ def _overridden(overrides: list[str], key: str) -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-def _same_table(cfg: DictConfig, trained: Any, overrides: list[str]) -> None:
+def _same_table(cfg: DictConfig, trained: Any, overrides: list[str],
+                allow_changed: bool = False) -> None:
     """Score the table the model was trained on, by the columns it was trained on.
 
     Columns are taken by the names stored with the model, so a file with its columns in
@@ -209,7 +210,8 @@ def _same_table(cfg: DictConfig, trained: Any, overrides: list[str]) -> None:
     error naming it. Unless ``data.source.path`` is given, the file is the one training
     read (its absolute path, not one found by the same relative name elsewhere), and it
     must still hold what training read: a changed file would silently give other rows
-    and other splits than the run recorded.
+    and other splits than the run recorded, so it is refused unless ``allow_changed``,
+    and then scored with a warning.
     """
     source = cfg.data.get("source") if isinstance(cfg.get("data"), DictConfig) else None
     if not isinstance(source, DictConfig) or "path" not in source:
@@ -230,11 +232,14 @@ def _same_table(cfg: DictConfig, trained: Any, overrides: list[str]) -> None:
         algorithm = "blake2b" if "blake2b" in recorded else "sha256"  # as it was recorded
         now = file_identity(path, algorithm)
         if (now["bytes"], now[algorithm]) != (recorded.get("bytes"), recorded.get(algorithm)):
-            raise validate.DataError(
-                f"data.source.path: {path} changed since the run trained on it ({now['bytes']} "
-                f"bytes, was {recorded.get('bytes')}); its rows and splits would not be the "
-                f"ones the run recorded. To score what it holds now, pass "
-                f"data.source.path={path} split=all")
+            change = (f"data.source.path: {path} changed since the run trained on it "
+                      f"({now['bytes']} bytes, was {recorded.get('bytes')})")
+            if not allow_changed:
+                raise validate.DataError(
+                    f"{change}; its rows and splits would not be the ones the run recorded. "
+                    "To score what it holds now, pass allow_changed_data=true")
+            print(f"reglab-eval: warning: {change}; scoring what it holds now, so the "
+                  f"{cfg.get('split', 'test')} split is not the run's", file=sys.stderr)
         source.path = str(path)
 
 

@@ -19,9 +19,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from reglab import cli, validate
 from reglab.confdir import CONF_DIR
 
-#: The largest finite float32: the model computes in float32, so larger inputs overflow.
-_FLOAT32_MAX = 3.4028234663852886e38
-
 
 def _check_output_path(path: Path) -> None:
     """An output file can be written there: not a directory, no file in the way."""
@@ -52,10 +49,29 @@ def _inline_rows(x: Any, width: int) -> list[list[float]]:
             raise validate.ConfigError(f"x: row {i} has {len(row)} values, but the model "
                                        f"takes {width} per row")
         for v in row:
-            if not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX):
-                raise validate.ConfigError(f"x: row {i} holds {v!r}; expected a finite "
-                                           "number within float32's range")
+            if not math.isfinite(v):
+                raise validate.ConfigError(f"x: row {i} holds {v!r}; expected a finite number")
     return [[float(v) for v in row] for row in values]
+
+
+def _check_representable(x: Any, trained: Any, names: list[str], where: str) -> None:
+    """Inputs that are finite as given but not once scaled and cast to the model's dtype
+    (1e39 for a float32 model) would give an infinite or silently clipped prediction:
+    named by row and column instead. A float64 model takes them as they are."""
+    import torch
+
+    param = next(iter(trained.model.parameters()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+    z = trained.scaling.x(x).to(dtype)
+    bad = (~torch.isfinite(z)).nonzero()
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        name = names[col] if col < len(names) else str(col)
+        first = 0 if where.startswith("x:") else 1  # data rows of a file count from 1
+        raise validate.DataError(
+            f"{where.format(row + first)}, column {name!r}: {float(x[row, col]):g} is beyond "
+            f"{str(dtype).removeprefix('torch.')}'s range once scaled; this model cannot "
+            "take it (a model trained with trainer.precision=64-true can)")
 
 
 def _row_width(x: Any) -> int:
@@ -116,11 +132,18 @@ def predict(cfg: DictConfig) -> list[Any]:
         if width is not None and x.shape[1] != width:
             raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
                                      f"({', '.join(names)}), but the model takes {width}")
+    where = "x: row {}" if cfg.x is not None else f"{cfg.input_path}: data row {{}}"
+    _check_representable(x, trained, names, where)
     from reglab.scaling import Standardized
 
     with torch.no_grad():
         out = Standardized(trained.model, trained.scaling).eval()(x)
     out = out.reshape(out.shape[0], -1)
+    bad = (~torch.isfinite(out)).any(dim=1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise validate.DataError(f"{where.format(i + (cfg.x is None))}: the model's prediction "
+                                 f"is {out[i].tolist()}, not a finite number")
     targets = trained.target if isinstance(trained.target, list) else [trained.target or "y"]
     if len(targets) != out.shape[1]:
         targets = [f"y{j}" for j in range(out.shape[1])] if out.shape[1] > 1 else ["y"]

@@ -10,8 +10,10 @@ line (or row), column and its text instead of surfacing later as a NaN loss.
 from __future__ import annotations
 
 import csv
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,23 @@ def _columns(path: Path, header: list[str], features: Sequence[str] | None,
     return [*wanted, *targets]
 
 
+@contextmanager
+def _long_fields() -> Iterator[None]:
+    """Let Python's ``csv`` read fields of any length while inside: pyarrow reads them,
+    so the error paths that re-read a file must too (``csv`` stops at 131,072
+    characters). The limit is process-wide, so it is put back on the way out."""
+    old = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
 def _csv_line(path: Path, row: int, delimiter: str) -> int:
     """The file line holding data row ``row`` (0-based, blank lines skipped as pyarrow
     does). Only called on the error path, so it may read the file in Python."""
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with _long_fields(), path.open(newline="", encoding="utf-8-sig",
+                                   errors="replace") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
         seen = -1
@@ -91,6 +106,7 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
 
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     kind = column.type
+    written = None  # the cells as written, for a message about a value they overflow to
     if pa.types.is_null(kind) or column.null_count:
         row = 0 if pa.types.is_null(kind) else _first(pc.is_null(column))
         raise DataError(f"{where(row)}: empty cell (expected a number)")
@@ -113,7 +129,7 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
         row = _first(pc.invert(pc.match_substring_regex(text, _NUMBER)))
         if row is not None:
             raise DataError(f"{where(row)}: {column[row].as_py()[:40]!r} is not a number")
-        column = pc.cast(text, pa.float64())
+        column, written = pc.cast(text, pa.float64()), text
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         column = pc.cast(column, pa.float64())
     else:  # booleans, dates, nested values: nothing a regression should take as a number
@@ -123,7 +139,11 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{where(row)}: {str(values[row])!r} is not a finite number")
+        cell = str(values[row]) if written is None else written[row].as_py()
+        if "n" in cell.lower():  # nan, inf, infinity, as written
+            raise DataError(f"{where(row)}: {cell[:40]!r} is not a finite number")
+        shown = cell if len(cell) <= 40 else f"{cell[:20]}… ({len(cell)} characters)"
+        raise DataError(f"{where(row)}: {shown!r} is beyond float64's range")
     return values
 
 
@@ -191,12 +211,16 @@ def _csv_pieces(path: Path, delimiter: str, raw_names: list[str], names: list[st
         raise _Unclean from None
 
 
-def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = None) -> Any:
-    """The file as a pyarrow table (every column, or ``columns``), errors as DataError."""
+def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = None,
+                    as_text: bool = False) -> Any:
+    """The file as a pyarrow table (every column, or ``columns``), errors as DataError.
+    ``as_text`` keeps the cells as written, so a message can quote them (``1e400``, not
+    the ``inf`` it reads as)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     convert = pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns} if as_text and columns else None,
         # Only an empty cell is missing: "nan" or "NA" reach the checks as text or NaN
         # and are reported as such instead of as an empty cell.
         null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False,
@@ -220,7 +244,8 @@ def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = 
 
 def _ragged_line(path: Path, delimiter: str) -> tuple[int, int, int]:
     """(line, fields on it, header fields) of the first row whose width differs."""
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with _long_fields(), path.open(newline="", encoding="utf-8-sig",
+                                   errors="replace") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         width = len(next(reader, []))
         for fields in reader:
@@ -230,7 +255,8 @@ def _ragged_line(path: Path, delimiter: str) -> tuple[int, int, int]:
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with _long_fields(), path.open(newline="", encoding="utf-8-sig",
+                                   errors="replace") as handle:
         header = next(csv.reader(handle, delimiter=delimiter), [])
     if not header:
         raise DataError(f"{path}: the file is empty (expected a header line)")
@@ -292,7 +318,7 @@ def _read(file: Path, features: Sequence[str] | None, targets: Sequence[str], de
     finally:
         _release_arrow_memory()
     # Something is off: read the whole table as found, to name the bad cell.
-    table = _read_csv_table(file, delimiter, raw)
+    table = _read_csv_table(file, delimiter, raw, as_text=True)
     table = table.rename_columns([str(c).strip() for c in table.column_names])
 
     def where(name: str) -> Any:
@@ -402,7 +428,7 @@ def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[l
         table = pq.read_table(file)
         columns = [[str(v) for v in table.column(c).to_pylist()] for c in table.column_names]
         return list(table.column_names), [list(r) for r in zip(*columns, strict=True)]
-    with file.open(newline="", encoding="utf-8-sig") as handle:
+    with _long_fields(), file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, [])
         return header, [row for row in reader if row and any(c.strip() for c in row)]

@@ -64,7 +64,12 @@ def check(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work."""
     from omegaconf import OmegaConf
 
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    # Hydra's own node (present in a config composed with return_hydra_config) holds
+    # interpolations only a running job resolves: it is not the user's to set.
+    top = [k for k in cfg if k != "hydra"]
+    missing = sorted([k for k in top if OmegaConf.is_missing(cfg, k)] + [
+        m for k in top if not OmegaConf.is_missing(cfg, k) and OmegaConf.is_config(cfg[k])
+        for m in OmegaConf.missing_keys(cfg[k])])
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
                           "to the command line")
