@@ -52,6 +52,10 @@ BAD = [
      "good.csv: no column 'price' (the file has: a, b, y)"),
     (["data=csv", "data.source.path=good.csv", "data.source.target=y",
       "data.source.features=[a,q]"], "good.csv: no column 'q'"),
+    (["data=csv", "data.source.path=good.csv", "data.source.target=y",
+      "data.source.delimiter=';;'"],
+     "data.source.delimiter: expected one character such as ',' or ';' (\\t for a tab), "
+     "got ';;'"),
     (["data=csv", "data.source.path=text.csv", "data.source.target=y"],
      "text.csv, line 3, column 'b': 'x' is not a number"),
     (["data=csv", "data.source.path=hole.csv", "data.source.target=y"],

@@ -12,7 +12,7 @@ import torch
 from conftest import compose_config
 
 from reglab.tables import read_inputs, read_table
-from reglab.validate import DataError
+from reglab.validate import DataError, ReglabError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -45,6 +45,15 @@ def test_csv_bytes_that_are_not_utf8_are_named(tmp_path: Path):
     with pytest.raises(DataError, match=r"latin.csv, line 3, column 'a': b'\\xe9t\\xe9' "
                                         r"is not UTF-8 text"):
         read_table(str(path), target="y")
+
+
+def test_a_tab_delimiter_may_be_spelled_as_a_shell_passes_it(tmp_path: Path):
+    path = _write(tmp_path / "t.tsv", "a\tb\ty\n1\t2\t3\n4\t5\t6\n")
+    for spelling in ("\t", "\\t", "tab"):
+        data = read_table(str(path), target="y", delimiter=spelling)
+        assert data.x.tolist() == [[1.0, 2.0], [4.0, 5.0]], spelling
+    with pytest.raises(ReglabError, match=r"delimiter: expected one character .* got ';;'"):
+        read_table(str(path), target="y", delimiter=";;")
 
 
 def test_csv_reads_float64_exactly_and_keeps_text_columns_out(tmp_path: Path):

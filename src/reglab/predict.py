@@ -113,6 +113,7 @@ def predict(cfg: DictConfig) -> list[Any]:
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     if not ckpt_path.is_file():
         raise validate.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
+    delimiter = validate.delimiter(cfg.delimiter, "delimiter")
 
     import torch
 
@@ -128,7 +129,7 @@ def predict(cfg: DictConfig) -> list[Any]:
     else:
         from reglab.tables import read_inputs
 
-        names, x = read_inputs(cfg.input_path, trained.features, cfg.delimiter)
+        names, x = read_inputs(cfg.input_path, trained.features, delimiter)
         if width is not None and x.shape[1] != width:
             raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
                                      f"({', '.join(names)}), but the model takes {width}")
@@ -150,7 +151,7 @@ def predict(cfg: DictConfig) -> list[Any]:
     columns = [f"{t}_predicted" for t in targets]
     rows = out.tolist()
     if cfg.output_path is not None:
-        _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows, cfg.delimiter)
+        _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows, delimiter)
         print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
     else:
         print(",".join([*names, *columns]))

@@ -22,6 +22,7 @@ import torch
 
 from reglab.datagen import Dataset
 from reglab.validate import DataError
+from reglab.validate import delimiter as validate_delimiter
 
 #: A decimal number as Python's ``float`` reads it (after trimming), for locating bad text.
 _NUMBER = (r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|"
@@ -214,13 +215,13 @@ def _csv_pieces(path: Path, delimiter: str, raw_names: list[str], names: list[st
 def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = None,
                     as_text: bool = False) -> Any:
     """The file as a pyarrow table (every column, or ``columns``), errors as DataError.
-    ``as_text`` keeps the cells as written, so a message can quote them (``1e400``, not
-    the ``inf`` it reads as)."""
+    ``as_text`` keeps the cells as written (bytes: a cell that is not UTF-8 is named
+    too), so a message can quote them: ``1e400``, not the ``inf`` it reads as."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     convert = pcsv.ConvertOptions(
-        column_types={c: pa.string() for c in columns} if as_text and columns else None,
+        column_types={c: pa.binary() for c in columns} if as_text and columns else None,
         # Only an empty cell is missing: "nan" or "NA" reach the checks as text or NaN
         # and are reported as such instead of as an empty cell.
         null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False,
@@ -396,6 +397,7 @@ def read_table(path: str, target: str | Sequence[str], features: Sequence[str] |
     from concurrent.futures import ThreadPoolExecutor
 
     file = Path(path).expanduser()
+    delimiter = validate_delimiter(delimiter, "data.source.delimiter")
     targets = _targets(target)
     k = len(targets)
     # The digest is taken on the other core while this one parses (hashlib releases the
@@ -413,6 +415,7 @@ def read_table(path: str, target: str | Sequence[str], features: Sequence[str] |
 def read_inputs(path: str | Path, features: Sequence[str] | None,
                 delimiter: str = ",") -> tuple[list[str], torch.Tensor]:
     """The named feature columns of a table (for prediction): (names, float64 rows)."""
+    delimiter = validate_delimiter(delimiter, "delimiter")
     names, (x,) = _read(Path(path).expanduser(), features, [], delimiter, "input_path",
                         lambda n: [n])
     return names, x
@@ -421,6 +424,7 @@ def read_inputs(path: str | Path, features: Sequence[str] | None,
 def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[list[str]]]:
     """A table's header and non-blank rows as text (a CSV's cells exactly as written), to
     copy into a prediction output."""
+    delimiter = validate_delimiter(delimiter, "delimiter")
     file = Path(path)
     if _is_parquet(file):
         import pyarrow.parquet as pq

@@ -185,6 +185,17 @@ def check_folds(folds: Any, val_fraction: float) -> None:
                           f"{val_fraction}")
 
 
+def delimiter(value: Any, key: str) -> str:
+    """The one character that separates a table's fields. ``\\t`` (what a shell passes
+    for ``data.source.delimiter='\\t'``) and ``tab`` mean a tab."""
+    if value in ("\\t", "tab"):
+        return "\t"
+    if not isinstance(value, str) or len(value) != 1 or value in ('"', "\n", "\r"):
+        raise ConfigError(f"{key}: expected one character such as ',' or ';' (\\t for a "
+                          f"tab), got {value!r}")
+    return value
+
+
 def _target(cfg: DictConfig, key: str) -> str:
     node = cfg.get(key)
     return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
@@ -226,5 +237,7 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
     _check(cfg, "data.source.features", lambda v: isinstance(v, Iterable) and not isinstance(
         v, str) and len(list(v)) > 0 and all(isinstance(c, str) for c in v),
            "a list of column names, or null for every column but the target", optional=True)
+    if "delimiter" in cfg.data.source:
+        delimiter(cfg.data.source.delimiter, "data.source.delimiter")
     _check(cfg, "data.source.path", lambda v: isinstance(v, str) and Path(v).expanduser()
            .is_file(), "an existing file (a .csv or .parquet table)")
