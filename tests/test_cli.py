@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from conftest import run_cli, script
+from conftest import REPO, run_cli, script
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
 
@@ -124,3 +124,22 @@ def test_eval_and_predict_help_and_errors_stay_light(tmp_path: Path):
                 assert f"{command}:" in out.stdout
             else:
                 assert "EXIT 2" in out.stdout and "no such file" in out.stderr
+
+
+def test_every_test_the_readme_fault_table_names_exists():
+    """The README's fault table names, for each kind of bad input or fault, the test that
+    shows what reglab does; a renamed or deleted test must not leave a row unchecked."""
+    import ast
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Errors, faults and resuming"):]
+    section = section[:section.index("\n## ")]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    assert len(rows) >= 15
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row.split(" | ")[-1])
+        assert named, f"a fault-table row names no test: {row[:80]}"
+        for file, name in named:
+            tree = ast.parse((REPO / "tests" / file).read_text())
+            defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+            assert name in defined, f"README names {file}::{name}, which does not exist"

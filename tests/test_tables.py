@@ -89,6 +89,12 @@ def test_parquet_bad_cells_are_named_by_row(tmp_path: Path):
     pq.write_table(dup, tmp_path / "dup.parquet")
     with pytest.raises(DataError, match=r"duplicate column 'a' in the header"):
         read_table(str(tmp_path / "dup.parquet"), target="y")
+    whole = (tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [1.0, 2.0]}), whole)
+    for name, content in [("cut.parquet", whole.read_bytes()[:-20]), ("empty.parquet", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=rf"{name}: not a readable Parquet file"):
+            read_table(str(tmp_path / name), target="y")
     ints = pa.table({"a": pa.array([1, 2, 3], pa.int32()), "y": [0.5, 1.5, 2.5]})
     pq.write_table(ints, tmp_path / "ints.parquet")
     data = read_table(str(tmp_path / "ints.parquet"), target="y")
