@@ -17,6 +17,8 @@ BAD = [
     (["trainer.precision=7"], "trainer: Precision 7 is invalid"),
     (["seed=99999999999"], "seed: expected a whole number from 0 to 4294967295, got "
                            "99999999999"),
+    (["trainer.check_val_every_n_epoch=0"],
+     "trainer.check_val_every_n_epoch: expected a whole number >= 1, or null"),
     (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input"),
     (["+optimizer.foo=1"], "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
     (["+loss.bogus=2"], "loss: _Loss.__init__() got an unexpected keyword argument 'bogus'"),

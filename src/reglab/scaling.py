@@ -15,16 +15,28 @@ from torch import nn
 
 def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Column means and (population) standard deviations in float64, two passes a block
-    of rows at a time: no temporary the size of a million-row split."""
+    of rows at a time: no temporary the size of a million-row split. A column whose sum
+    or squares pass float64's range (values near 1e300) is summed again scaled down, so
+    its statistics stay finite and right."""
     n = int(t.shape[0])
-    total = torch.zeros(t.shape[1], dtype=torch.float64)
-    for i in range(0, n, chunk):
-        total += t[i:i + chunk].double().sum(dim=0).cpu()
-    mean = total / n
-    sq = torch.zeros_like(mean)
-    for i in range(0, n, chunk):
-        sq += (t[i:i + chunk].double().cpu() - mean).pow(2).sum(dim=0)
-    return mean, (sq / n).sqrt()
+
+    def blocks() -> Any:
+        return (t[i:i + chunk].double().cpu() for i in range(0, n, chunk))
+
+    mean = sum((b.sum(dim=0) for b in blocks()), torch.zeros(t.shape[1],
+                                                             dtype=torch.float64)) / n
+    if not bool(torch.isfinite(mean).all()):
+        mean = sum((b.div(n).sum(dim=0) for b in blocks()), torch.zeros_like(mean))
+    std = (sum(((b - mean).pow(2).sum(dim=0) for b in blocks()), torch.zeros_like(mean))
+           / n).sqrt()
+    wide = ~torch.isfinite(std)
+    if bool(wide.any()):
+        top = torch.stack([(b - mean).abs().amax(dim=0) for b in blocks()]).amax(dim=0)
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        scaled = sum((((b - mean) / top).pow(2).sum(dim=0) for b in blocks()),
+                     torch.zeros_like(mean))
+        std = torch.where(wide, top * (scaled / n).sqrt(), std)
+    return mean, std
 
 
 @dataclass

@@ -256,6 +256,13 @@ def _ragged_line(path: Path, delimiter: str) -> tuple[int, int, int]:
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with path.open("rb") as raw:
+        first = raw.readline()
+    try:
+        first.decode("utf-8")
+    except UnicodeDecodeError:  # names that are not UTF-8 would not match pyarrow's own
+        raise DataError(f"{path}, line 1: the header is not UTF-8 text (save the file as "
+                        "UTF-8)") from None
     with _long_fields(), path.open(newline="", encoding="utf-8-sig",
                                    errors="replace") as handle:
         header = next(csv.reader(handle, delimiter=delimiter), [])

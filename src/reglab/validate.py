@@ -93,6 +93,10 @@ def check(cfg: DictConfig) -> None:
     _check(cfg, "trainer.max_epochs", lambda v: v is None or (
         isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
            "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
+    # Lightning takes 0 here and fails mid-fit dividing by it.
+    _check(cfg, "trainer.check_val_every_n_epoch", lambda v: isinstance(v, int) and not
+           isinstance(v, bool) and v >= 1, "a whole number >= 1, or null to validate "
+           "every val_check_interval steps", optional=True)
     # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
     _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
            and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295")
