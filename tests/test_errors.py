@@ -19,6 +19,7 @@ BAD = [
                            "99999999999"),
     (["trainer.check_val_every_n_epoch=0"],
      "trainer.check_val_every_n_epoch: expected a whole number >= 1, or null"),
+    (["trainer.accelerator=tpu"], "trainer: Requirement 'torch_xla>=1.13' not met"),
     (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input"),
     (["+optimizer.foo=1"], "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
     (["+loss.bogus=2"], "loss: _Loss.__init__() got an unexpected keyword argument 'bogus'"),

@@ -187,7 +187,9 @@ def _instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
 def _is_misconfiguration(exc: BaseException) -> bool:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    return isinstance(exc, (MisconfigurationException, ValueError, TypeError))
+    # ModuleNotFoundError: an accelerator whose package is not installed (tpu: torch_xla).
+    return isinstance(exc, (MisconfigurationException, ValueError, TypeError,
+                            ModuleNotFoundError))
 
 
 def _global_rank() -> int:
