@@ -72,6 +72,21 @@ def test_a_diverging_job_does_not_stop_the_sweep(tmp_path: Path):
     assert metrics["epochs"] < 4  # stopped early, not after every remaining epoch
 
 
+def test_jobs_named_by_any_subdir_pattern_are_reported(tmp_path: Path):
+    """Hydra lets a sweep name its job folders by a pattern; the report finds jobs by
+    their files, not by numbered names."""
+    out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,0.05", "callbacks.plots=null",
+                        "hydra.sweep.subdir=${hydra.job.override_dirname}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert sorted(r["optimizer.lr"] for r in rows) == ["0.01", "0.05"]
+    assert all(f"optimizer.lr={r['optimizer.lr']}" in r["job"] for r in rows)  # its folder
+    assert all(r["status"] == "completed" for r in rows)
+    assert all((sweep / r["job"] / "metrics.json").is_file() for r in rows)
+    again = run_cli([script("reglab-sweep-report"), str(sweep)], cwd=tmp_path)
+    assert again.returncode == 0 and "★ best" in again.stdout, again.stderr[-2000:]
+
+
 def test_optuna_sweep_completes(tmp_path: Path):
     out = run_cli([script("reglab-train"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                    "trainer.max_epochs=3", "logger=none"], cwd=tmp_path)

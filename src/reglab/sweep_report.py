@@ -103,14 +103,30 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The numbered job folders Hydra made in a multirun dir."""
+    """The job folders of a multirun dir, found by what Hydra and reglab write into each
+    (``.hydra/`` or ``metrics.json``), whatever ``hydra.sweep.subdir`` named them:
+    numbered folders in job order, others (``optimizer.lr=0.1``) by name."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()),
-                  key=lambda d: int(d.name))
+    found = {p.parent for name in (".hydra", "metrics.json") for p in sweep_dir.rglob(name)
+             if p.parent != sweep_dir}
+    # A job's own subfolders never hold these files; a folder inside another job's is not
+    # a job of this sweep (a nested sweep, say).
+    jobs = [d for d in found if not any(o in d.parents for o in found)]
     if not jobs:
-        raise ValueError(f"{sweep_dir}: not a sweep directory (no numbered job folders)")
-    return jobs
+        raise ValueError(f"{sweep_dir}: not a sweep directory (no job folders with "
+                         ".hydra/ or metrics.json)")
+    return sorted(jobs, key=lambda d: job_order(job_name(sweep_dir, d)))
+
+
+def job_name(sweep_dir: Path, job: Path) -> str:
+    """How the report names a job: its folder, relative to the sweep dir."""
+    return job.relative_to(sweep_dir).as_posix()
+
+
+def job_order(name: str) -> tuple[int, int, str]:
+    """Numbered jobs first, in number order, then the others by name."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
 def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
@@ -140,12 +156,13 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
         if not isinstance(overrides, list):
             overrides = []
         overrides = [str(o) for o in overrides]
-        overrides_by_job[job.name] = dict(_parse_override(o) for o in overrides)
+        name = job_name(sweep_dir, job)
+        overrides_by_job[name] = dict(_parse_override(o) for o in overrides)
         metrics, unreadable = _read_metrics(job / "metrics.json")
-        metrics_by_job[job.name] = metrics
+        metrics_by_job[name] = metrics
         test = metrics.get("test") or {}
         rows.append({
-            "job": job.name,
+            "job": name,
             "overrides": " ".join(overrides or []),
             "status": "unreadable" if unreadable else metrics.get("status", "missing"),
             "train_loss": metrics.get("train_loss"),
@@ -188,7 +205,7 @@ def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str
     """The table sorted by :func:`rank_loss` (failed jobs last), the best row marked; a
     ``cv val_loss`` column (K-fold mean ± std) when some job was cross-validated."""
     ordered = sorted(rows, key=lambda r: (rank_loss(r) is None, rank_loss(r) or 0.0,
-                                          int(r["job"])))
+                                          job_order(r["job"])))
     best = ordered[0] if ordered and rank_loss(ordered[0]) is not None else None
     with_cv = any(_has_cv(r) for r in rows)
     cols = ["job", *swept, "status", *(["cv val_loss"] if with_cv else []), "val_loss",
