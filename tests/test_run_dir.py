@@ -95,3 +95,31 @@ def test_resume_from_last_checkpoint(run_train):
     # Same data order after resume: identical to an uninterrupted 8-epoch run.
     straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8")
     assert resumed["params"] == straight["params"]
+
+
+def test_seed_null_draws_a_seed_that_repeats_the_run_and_resumes_with_it(run_train,
+                                                                          tmp_path: Path):
+    from conftest import run_cli, script
+
+    args = ["experiment=noisy_line", "trainer.max_epochs=3", "callbacks.plots=null"]
+    first, _ = run_train(*args, "seed=null")
+    second, _ = run_train(*args, "seed=null")
+    seed = first["hparams"]["seed"]
+    assert isinstance(seed, int) and 0 <= seed < 2**32
+    assert seed != second["hparams"]["seed"]
+    again, _ = run_train(*args, f"seed={seed}")  # the recorded seed repeats the run
+    assert again["params"] == first["params"] and again["train_loss"] == first["train_loss"]
+
+    # resume= takes the drawn seed, so the resumed run keeps its splits.
+    run_dir = tmp_path / "cli"
+    out = run_cli([script("reglab-train"), *args, "seed=null", f"hydra.run.dir={run_dir}"],
+                  tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    drawn = json.loads((run_dir / "metrics.json").read_text())["hparams"]["seed"]
+    assert f"drew seed {drawn}" in out.stdout
+    out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=5"],
+                  tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["hparams"]["seed"] == drawn and resumed["epochs"] == 5
+    assert "drew seed" not in out.stdout

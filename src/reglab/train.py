@@ -44,6 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = _hydra_choices()
     try:
+        if cfg.get("seed") is None:
+            _draw_seed(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
         # Data first: the model's input width comes from it.
@@ -162,6 +164,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         per_target=(closed or {}).get("per_target"))
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
+
+
+def _draw_seed(cfg: DictConfig) -> None:
+    """``seed=null`` (lightning-hydra-template's default): a fresh seed for this run, set
+    in the config so every ``${seed}`` takes it, and printed and recorded (``hparams``
+    in ``metrics.json``) so the run can be repeated; ``resume=`` reuses it."""
+    import secrets
+
+    cfg.seed = secrets.randbelow(2**32)
+    log.info("seed=null: drew seed %d", cfg.seed)  # in train.log, should the run be killed
+    print(f"reglab: seed=null: drew seed {cfg.seed}; repeat this run with seed={cfg.seed}",
+          flush=True)
 
 
 def _instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
@@ -346,7 +360,33 @@ def _resume_argv(argv: list[str]) -> list[str]:
         hydra_cfg = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
         previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
+    if "seed" not in skip:
+        previous += _drawn_seed(run_dir)
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
+
+
+def _drawn_seed(run_dir: Path) -> list[str]:
+    """``seed=<n>`` when the run was started with ``seed=null``: its splits and shuffles
+    came from the seed it drew, which ``metrics.json`` recorded."""
+    import json
+
+    import yaml
+
+    config = run_dir / ".hydra" / "config.yaml"
+    try:
+        if (yaml.safe_load(config.read_text()) or {}).get("seed") is not None:
+            return []
+    except (OSError, yaml.YAMLError):
+        return []
+    try:
+        seed = json.loads((run_dir / "metrics.json").read_text())["hparams"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        seed = None
+    if not isinstance(seed, int):  # another seed would give other splits: never guess
+        raise validate.ReglabError(
+            f"resume: {run_dir} was started with seed=null and its metrics.json records no "
+            "seed; add the seed it drew (its train.log: 'drew seed N') as seed=N")
+    return [f"seed={seed}"]
 
 
 def main() -> None:

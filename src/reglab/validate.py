@@ -99,7 +99,8 @@ def check(cfg: DictConfig) -> None:
            "every val_check_interval steps", optional=True)
     # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
     _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
-           and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295")
+           and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295, or null for a "
+           "fresh one", optional=True)
     _check_strategy(cfg)
     if _target(cfg, "data") == "reglab.datamodule.RegressionDataModule":
         _check_data(cfg, positive, fraction)
