@@ -151,6 +151,9 @@ def test_fast_dev_run_takes_one_step_and_writes_no_checkpoint(run_train, tmp_pat
     assert m["steps"] == trainer.global_step == 1
     assert_same(m, ref)
     assert not list(run_dir.glob("checkpoints/*.ckpt"))
+    # A smoke test leaves no model claiming to be trained, and no logs (as Lightning says).
+    assert m["status"] == "fast_dev_run" and not (run_dir / "model.pt").exists()
+    assert not (run_dir / "tensorboard").exists() and m["logs"] == {}
 
 
 @pytest.mark.parametrize(("override", "kwargs"), [

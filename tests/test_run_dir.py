@@ -123,3 +123,17 @@ def test_seed_null_draws_a_seed_that_repeats_the_run_and_resumes_with_it(run_tra
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["hparams"]["seed"] == drawn and resumed["epochs"] == 5
     assert "drew seed" not in out.stdout
+
+
+def test_the_summary_names_what_the_run_wrote(run_train, capsys):
+    m, run_dir = run_train("trainer.max_epochs=2", "logger=csv", "callbacks.plots=null")
+    out = capsys.readouterr().out
+    table = run_dir / "csv" / "metrics.csv"
+    assert table.is_file() and m["logs"] == {"csv": str(table)}
+    assert f"metrics: {table}" in out and "tensorboard --logdir" not in out
+    m, run_dir = run_train("trainer.max_epochs=2", "logger=none", "callbacks.plots=null")
+    out = capsys.readouterr().out
+    assert m["logs"] == {} and "review:" not in out and "metrics:" not in out
+    m, run_dir = run_train("trainer.max_epochs=2", "callbacks.plots=null")
+    assert f"review:  tensorboard --logdir {run_dir}" in capsys.readouterr().out
+    assert m["logs"] == {"tensorboard": str(run_dir / "tensorboard")}

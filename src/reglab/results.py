@@ -392,6 +392,23 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
                     report_table(own["report"], markdown=True, limit=None)))
 
 
+def log_locations(loggers: list[Any]) -> dict[str, str]:
+    """Where the run's loggers wrote, for the record and the summary: a TensorBoard log
+    dir, a CSV file, or another logger's ``log_dir`` under its class name. Lightning's
+    stand-in under ``fast_dev_run`` writes nothing and is left out."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    out: dict[str, str] = {}
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            out["tensorboard"] = str(Path(lg.log_dir))
+        elif isinstance(lg, CSVLogger):
+            out["csv"] = str(Path(lg.log_dir) / "metrics.csv")
+        elif getattr(lg, "log_dir", None) and type(lg).__name__ != "DummyLogger":
+            out[type(lg).__name__] = str(lg.log_dir)
+    return out
+
+
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -462,7 +479,17 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
         target = f" (target {name})" if name else ""
         lines.append(f"  least squares on the training split, in the data's units{target}:")
         lines += [f"    {line}" for line in report_table(report)]
-    lines += [f"  run dir: {run_dir}", f"  review:  tensorboard --logdir {run_dir}"]
+    if metrics.get("status") == "fast_dev_run":
+        lines.append(f"  fast_dev_run: a smoke test of {metrics['steps']} step(s); as Lightning "
+                     "does, no checkpoint and no logs were written, and no model.pt")
+    lines.append(f"  run dir: {run_dir}")
+    logs = metrics.get("logs") or {}
+    if "tensorboard" in logs:
+        lines.append(f"  review:  tensorboard --logdir {run_dir}")
+    if "csv" in logs:
+        lines.append(f"  metrics: {logs['csv']}")
+    lines += [f"  {name}: {where}" for name, where in logs.items()
+              if name not in ("tensorboard", "csv")]
     return lines
 
 

@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         # Each is a named entry (callbacks.progress_bar=null switches one off); the
         # Trainer's own switches (+trainer.logger=false, ...) win over the groups.
-        loggers, callbacks, switches = parts.trainer_parts(cfg)
+        _, callbacks, switches = parts.trainer_parts(cfg)  # the loggers are in switches
         trainer: pl.Trainer = _instantiate_trainer(parts.trainer_config(cfg), switches)
 
         if cfg.get("ckpt_path"):
@@ -139,15 +139,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics["lr_find"] = lr_find
             if lr_find["applied"]:
                 metrics["hparams"]["lr"] = lr_find["suggestion"]
+        if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
+            metrics["status"] = "fast_dev_run"
+        metrics["logs"] = results.log_locations(trainer.loggers)
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
         if parts.is_reglab_data(datamodule):  # where the batches were cut
             metrics["data_device"] = str(datamodule.batch_device)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
             return metrics
-        save_model(model, run_dir / "model.pt", scaling=module.scaling,
-                   extra={"hparams": metrics["hparams"], "data": data_info},
-                   kwargs=model_spec["kwargs"])
+        if not trainer.fast_dev_run:
+            save_model(model, run_dir / "model.pt", scaling=module.scaling,
+                       extra={"hparams": metrics["hparams"], "data": data_info},
+                       kwargs=model_spec["kwargs"])
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
         if _global_rank() == 0:
@@ -157,7 +161,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results.write_json(run_dir / results.METRICS_FILE, metrics)
     test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
     cv_tags = ["cv/val_loss", "cv/val_loss_std"] if metrics.get("cv") else []
-    results.log_hparams(loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
+    results.log_hparams(trainer.loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
                                                        *cv_tags, *test_tags],
                         reference_layout=bool(closed and "train_loss" in closed),
                         report=(closed or {}).get("report"),
