@@ -137,3 +137,16 @@ def test_the_summary_names_what_the_run_wrote(run_train, capsys):
     m, run_dir = run_train("trainer.max_epochs=2", "callbacks.plots=null")
     assert f"review:  tensorboard --logdir {run_dir}" in capsys.readouterr().out
     assert m["logs"] == {"tensorboard": str(run_dir / "tensorboard")}
+
+
+def test_train_from_python_without_a_run_dir_gets_a_stamped_one(tmp_path: Path, monkeypatch):
+    from reglab.confdir import compose
+    from reglab.train import train
+
+    monkeypatch.chdir(tmp_path)
+    metrics = train(compose(["experiment=origin", "trainer.max_epochs=3",
+                             "callbacks.plots=null", "logger=none"]))
+    assert metrics["status"] == "completed"
+    (run_dir,) = (tmp_path / "outputs" / "origin" / "runs").iterdir()
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    assert (run_dir / "model.pt").is_file()

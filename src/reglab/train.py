@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from reglab.module import RegressionModule
 
     _quiet_lightning()
-    run_dir = Path(cfg.paths.run_dir)
+    run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = _hydra_choices()
     try:
@@ -168,6 +168,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         per_target=(closed or {}).get("per_target"))
     print("\n".join(results.summary_lines(metrics, run_dir)), flush=True)
     return metrics
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    """The run's dir. Composed from Python with no Hydra job running (``hydra.compose``,
+    or ``reglab.confdir.compose`` with no ``run_dir``), Hydra's output dir is unset: the
+    run gets a fresh stamped dir under ``outputs/<task>/runs/``, as the command gives."""
+    from datetime import datetime
+
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        value = cfg.paths.run_dir
+    except OmegaConfBaseException:  # ${hydra:...} with no Hydra config registered
+        value = None
+    if value is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():  # ${hydra:mode} and the like cannot resolve
+            raise validate.ConfigError(
+                "paths.run_dir: this config was composed without Hydra's own settings; "
+                "compose it with reglab.confdir.compose(overrides), or give "
+                "paths.run_dir=<dir> and logger=none")
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        value = str(Path(cfg.paths.output_dir) / str(cfg.task_name) / "runs" / stamp)
+        with open_dict(cfg):
+            cfg.paths.run_dir = value
+    return Path(value)
 
 
 def _draw_seed(cfg: DictConfig) -> None:
