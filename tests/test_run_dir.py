@@ -150,3 +150,21 @@ def test_train_from_python_without_a_run_dir_gets_a_stamped_one(tmp_path: Path, 
     (run_dir,) = (tmp_path / "outputs" / "origin" / "runs").iterdir()
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
     assert (run_dir / "model.pt").is_file()
+
+
+def test_ckpt_path_last_continues_the_run_in_its_dir(run_train, tmp_path: Path):
+    import pytest
+    from conftest import compose_config
+
+    from reglab.train import train
+    from reglab.validate import ConfigError
+
+    first, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=5",
+                               "callbacks.plots=null")
+    again = train(compose_config(["experiment=noisy_line", "trainer.max_epochs=8",
+                                  "callbacks.plots=null", "ckpt_path=last"], run_dir))
+    assert again["epochs"] == 8 and len(again["history"]["train_loss"]) == 8
+    assert again["history"]["train_loss"][:5] == first["history"]["train_loss"]
+    with pytest.raises(ConfigError, match=r"ckpt_path=last: no checkpoints/last.ckpt in the "
+                                          r"run dir .*resume=<run dir>"):
+        train(compose_config(["experiment=noisy_line", "ckpt_path=last"], tmp_path / "new"))

@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: pl.Trainer = _instantiate_trainer(parts.trainer_config(cfg), switches)
 
         if cfg.get("ckpt_path"):
+            cfg.ckpt_path = _checkpoint_named(str(cfg.ckpt_path), run_dir)
             check_checkpoint(cfg.ckpt_path, module)
         lr_find = None
         if (cfg.get("tuner") or {}).get("lr_find") is not None:
@@ -196,6 +197,26 @@ def _run_dir(cfg: DictConfig) -> Path:
         with open_dict(cfg):
             cfg.paths.run_dir = value
     return Path(value)
+
+
+def _checkpoint_named(ckpt_path: str, run_dir: Path) -> str:
+    """Lightning's special ``ckpt_path`` values, found in this run's ``checkpoints/``:
+    ``last`` is ``last.ckpt``, ``best`` the one ``best-*.ckpt``. Where Lightning would
+    warn and start from scratch (no such file), reglab says so and stops."""
+    if ckpt_path not in ("last", "best", "hpc", "registry"):
+        return ckpt_path
+    folder = run_dir / "checkpoints"
+    found = ([folder / "last.ckpt"] if ckpt_path == "last" else
+             sorted(folder.glob("best-*.ckpt")) if ckpt_path == "best" else [])
+    found = [f for f in found if f.is_file()]
+    if len(found) == 1:
+        return str(found[0])
+    what = {"last": "no checkpoints/last.ckpt", "best": f"{len(found)} best-*.ckpt files, not one"
+            }.get(ckpt_path, "no such checkpoint kind in reglab")
+    raise validate.ConfigError(
+        f"ckpt_path={ckpt_path}: {what} in the run dir {run_dir} (Lightning would start "
+        "from scratch); continue a run with "
+        "resume=<run dir>, or give a checkpoint file")
 
 
 def _draw_seed(cfg: DictConfig) -> None:
