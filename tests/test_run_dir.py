@@ -168,3 +168,29 @@ def test_ckpt_path_last_continues_the_run_in_its_dir(run_train, tmp_path: Path):
     with pytest.raises(ConfigError, match=r"ckpt_path=last: no checkpoints/last.ckpt in the "
                                           r"run dir .*resume=<run dir>"):
         train(compose_config(["experiment=noisy_line", "ckpt_path=last"], tmp_path / "new"))
+
+
+def test_a_run_without_hydra_files_can_be_evaluated_and_resumed(tmp_path: Path):
+    """hydra.output_subdir=null writes no .hydra/; the run's own record in metrics.json
+    (config, overrides, launch dir) is enough for reglab-eval and resume=."""
+    from conftest import run_cli, script
+
+    run_dir = tmp_path / "run"
+    args = ["experiment=d2l", "trainer.max_epochs=4", "callbacks.plots=null",
+            "hydra.output_subdir=null"]
+    out = run_cli([script("reglab-train"), *args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (run_dir / ".hydra").exists()
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert trained["run"]["overrides"][:2] == ["experiment=d2l", "trainer.max_epochs=4"]
+    ev = tmp_path / "ev"
+    out = run_cli([script("reglab-eval"), f"ckpt_path={run_dir / 'model.pt'}",
+                   f"hydra.run.dir={ev}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = json.loads((ev / "eval_metrics.json").read_text())["metrics"]
+    assert abs(scored["mse"] - trained["test"]["mse"]) <= 1e-6 * trained["test"]["mse"]
+    out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=6",
+                   "hydra.output_subdir=null"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["epochs"] == 6 and len(resumed["history"]["train_loss"]) == 6

@@ -33,18 +33,21 @@ def run_dir_of(ckpt_path: Path) -> Path:
 
 def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
     """The config the model was trained with, its data replaced where overrides say so."""
+    from reglab.results import saved_run
+
     run_dir = run_dir_of(ckpt_path)
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
+    saved = saved_run(run_dir)
+    if saved is None or not saved["config"]:
         raise validate.ReglabError(f"ckpt_path: {ckpt_path} is not inside a reglab run dir "
-                                   f"(no {saved}); the data to score cannot be rebuilt")
-    cfg = OmegaConf.load(saved)
-    _anchor_data_path(cfg, run_dir)
+                                   f"(no {run_dir / '.hydra' / 'config.yaml'}, and no run "
+                                   "record in its metrics.json); the data to score cannot "
+                                   "be rebuilt")
+    cfg = OmegaConf.create(saved["config"])
+    _anchor_data_path(cfg, saved.get("launch_dir"))
     if data_overrides:
-        import yaml
         from hydra import compose
 
-        previous = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        previous = [str(o) for o in saved["overrides"]]
         # The run's own data arguments stay (data=csv, its path and target) and yours
         # apply on top, unless you pick another data option, which starts afresh.
         new_group = _overridden(data_overrides, "data")
@@ -57,7 +60,7 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _anchor_data_path(cfg: DictConfig, run_dir: Path) -> None:
+def _anchor_data_path(cfg: DictConfig, launch_dir: str | None) -> None:
     """A relative data file path was relative to where training was launched; keep it
     working from any directory by resolving it there (Hydra records that directory)."""
     source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
@@ -65,11 +68,8 @@ def _anchor_data_path(cfg: DictConfig, run_dir: Path) -> None:
     path = source.get("path") if isinstance(source, DictConfig) else None
     if not isinstance(path, str) or Path(path).expanduser().is_absolute() or Path(path).exists():
         return
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_yaml.is_file():
-        launch_dir = OmegaConf.load(hydra_yaml).hydra.runtime.get("cwd")
-        if launch_dir and (Path(launch_dir) / path).is_file():
-            source.path = str(Path(launch_dir) / path)
+    if launch_dir and (Path(launch_dir) / path).is_file():
+        source.path = str(Path(launch_dir) / path)
 
 
 def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[str, Any]:

@@ -311,6 +311,42 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
+def run_record(cfg: DictConfig) -> dict[str, Any]:
+    """What rebuilds this run without Hydra's ``.hydra/`` folder (``hydra.output_subdir=
+    null`` or another name): its config as composed, its command-line overrides and the
+    directory it was launched from. Stored in ``metrics.json`` as ``run``."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    return {"config": config,
+            "overrides": [str(o) for o in hydra.overrides.task] if hydra else [],
+            "launch_dir": str(hydra.runtime.cwd) if hydra else os.getcwd()}
+
+
+def saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """A run's config, overrides and launch dir, from ``.hydra/`` where Hydra wrote it,
+    else from the ``run`` record in ``metrics.json``; None when neither is there."""
+    import yaml
+
+    def load(name: str, empty: Any) -> Any:
+        file = run_dir / ".hydra" / name
+        return (yaml.safe_load(file.read_text()) or empty) if file.is_file() else empty
+
+    try:
+        if (run_dir / ".hydra").is_dir():
+            hydra = (load("hydra.yaml", {}).get("hydra") or {}).get("runtime") or {}
+            return {"config": load("config.yaml", {}), "overrides": load("overrides.yaml", []),
+                    "launch_dir": hydra.get("cwd")}
+        record = json.loads((run_dir / METRICS_FILE).read_text()).get("run")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("config"), dict) \
+        else None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -591,4 +627,9 @@ def failure(cfg: DictConfig, exc: BaseException, choices: dict[str, str] | None 
         hp: dict[str, Any] | None = hparams(cfg, choices)
     except Exception:  # a config broken enough to fail here still gets its record
         hp = None
-    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "hparams": hp}
+    try:
+        run: dict[str, Any] | None = run_record(cfg)
+    except Exception:
+        run = None
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "hparams": hp,
+            "run": run}

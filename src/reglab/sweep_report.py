@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from reglab.results import saved_run
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -148,14 +150,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
     """One row per job, the swept keys, and each job's metrics.json (for curves)."""
     rows, overrides_by_job, metrics_by_job = [], {}, {}
     for job in job_dirs(sweep_dir):
-        ov_file = job / ".hydra" / "overrides.yaml"
-        try:
-            overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            overrides = []
-        if not isinstance(overrides, list):
-            overrides = []
-        overrides = [str(o) for o in overrides]
+        # From .hydra/overrides.yaml, or the run record when Hydra wrote no .hydra/.
+        overrides = (saved_run(job) or {}).get("overrides")
+        overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
         name = job_name(sweep_dir, job)
         overrides_by_job[name] = dict(_parse_override(o) for o in overrides)
         metrics, unreadable = _read_metrics(job / "metrics.json")

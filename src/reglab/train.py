@@ -114,7 +114,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       "stopped": "at once (a second signal): this step was not saved",
                       "epochs": int(trainer.current_epoch),
                       "steps": int(trainer.global_step),
-                      "hparams": results.hparams(cfg, choices)}
+                      "hparams": results.hparams(cfg, choices),
+                      "run": results.run_record(cfg)}
             if _global_rank() == 0:
                 results.write_json(run_dir / results.METRICS_FILE, forced)
             return forced
@@ -143,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
             metrics["status"] = "fast_dev_run"
         metrics["logs"] = results.log_locations(trainer.loggers)
+        metrics["run"] = results.run_record(cfg)
         metrics["world_size"] = trainer.world_size
         metrics["device"] = str(trainer.strategy.root_device)
         if parts.is_reglab_data(datamodule):  # where the batches were cut
@@ -392,20 +394,22 @@ def _resume_argv(argv: list[str]) -> list[str]:
         return argv
     import yaml
 
+    from reglab.results import saved_run
+
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
-    saved = run_dir / ".hydra" / "overrides.yaml"
+    saved = saved_run(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not saved.is_file():
-        raise validate.ReglabError(f"resume: {run_dir} is not a reglab run dir "
-                                   "(no .hydra/overrides.yaml)")
+    if saved is None:
+        raise validate.ReglabError(f"resume: {run_dir} is not a reglab run dir (no "
+                                   ".hydra/config.yaml, and no run record in metrics.json)")
     if not ckpt.is_file():
         raise validate.ReglabError(f"resume: {run_dir} has no checkpoints/last.ckpt to "
                                    "resume from")
     extra = [a for a in argv[1:] if not a.startswith("resume=")]
     given = {a.split("=", 1)[0].lstrip("+~") for a in extra}
     skip = given | {"ckpt_path", "hydra.run.dir"}
-    previous = [o for o in yaml.safe_load(saved.read_text()) or []
-                if o.split("=", 1)[0].lstrip("+~") not in skip]
+    previous = [str(o) for o in saved["overrides"]
+                if str(o).split("=", 1)[0].lstrip("+~") not in skip]
     # Hydra keeps its own overrides apart; the search path is the one a run needs again
     # (its config groups may live in the user's own conf dir).
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
@@ -414,22 +418,18 @@ def _resume_argv(argv: list[str]) -> list[str]:
         previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     if "seed" not in skip:
-        previous += _drawn_seed(run_dir)
+        previous += _drawn_seed(run_dir, saved)
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
 
 
-def _drawn_seed(run_dir: Path) -> list[str]:
+def _drawn_seed(run_dir: Path, saved: dict[str, Any]) -> list[str]:
     """``seed=<n>`` when the run was started with ``seed=null``: its splits and shuffles
     came from the seed it drew, which ``metrics.json`` recorded."""
     import json
 
-    import yaml
-
-    config = run_dir / ".hydra" / "config.yaml"
-    try:
-        if (yaml.safe_load(config.read_text()) or {}).get("seed") is not None:
-            return []
-    except (OSError, yaml.YAMLError):
+    asked = [o for o in saved["overrides"] if str(o).split("=", 1)[0] == "seed"]
+    composed_null = "seed" in saved["config"] and saved["config"]["seed"] is None
+    if not composed_null and not (asked and str(asked[-1]).split("=", 1)[1] == "null"):
         return []
     try:
         seed = json.loads((run_dir / "metrics.json").read_text())["hparams"]["seed"]
