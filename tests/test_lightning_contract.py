@@ -417,3 +417,29 @@ def test_the_trainers_own_switches_win_over_reglabs_groups(run_train, tmp_path):
                            "save_top_k: -1}]")
     assert len(list(extra.glob("*.ckpt"))) == 3  # the user's callback, beside reglab's
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_train, tmp_path):
+    """What save_hyperparameters gives a stock module: the checkpoint alone rebuilds it,
+    and trainer.test / trainer.validate return the metrics they log, in the data's units
+    (diabetes is standardized: a module without its scaling would report about 0.5)."""
+    from hydra.utils import instantiate
+
+    from reglab.module import RegressionModule
+
+    m, run_dir = run_train("data=diabetes", "trainer.max_epochs=3", "callbacks.plots=null",
+                           "scheduler=step")
+    module = RegressionModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert type(module.loss_fn).__name__ == "MSELoss" and module.scheduler_config
+    datamodule = instantiate(compose_config(["data=diabetes"], tmp_path / "x").data)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False)
+    (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    assert tested["test/mse"] == pytest.approx(m["test"]["mse"], rel=1e-5)
+    assert tested["test/mse"] > 1000  # data units (disease progression squared)
+    (validated,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    assert validated["val/loss"] == pytest.approx(m["val_loss"], rel=1e-5)
+    # A run's own class is rebuilt too, and an argument given wins over the record.
+    again = RegressionModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
+                                                  loss=torch.nn.L1Loss())
+    assert type(again.loss_fn).__name__ == "L1Loss"

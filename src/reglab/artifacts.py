@@ -248,6 +248,42 @@ def read_trained(path: str | os.PathLike[str], allow_modules: Any = ()) -> Train
                    file if isinstance(file, dict) else None)
 
 
+def module_arguments(path: Any, allow_modules: Any = (), skip: set[str] | None = None
+                     ) -> dict[str, Any]:
+    """``RegressionModule`` arguments rebuilt from a reglab checkpoint, leaving out the
+    names in ``skip`` (given by the caller): what ``load_from_checkpoint`` needs."""
+    from hydra.utils import instantiate
+
+    skip = skip or set()
+    allow = _package_names(allow_modules)
+    path = Path(path).expanduser()
+    trained = read_trained(path, allow)
+    stamp = (_safe_load(path, "checkpoint") or {}).get("reglab") or {}
+    out: dict[str, Any] = {"model": trained.model.train(), "scaling": trained.scaling,
+                           "data_info": dict(stamp.get("data") or {}),
+                           "model_spec": {"class": stamp.get("model_class"),
+                                          "kwargs": dict(stamp.get("model_kwargs") or {})}}
+    parts = stamp.get("parts") or {}
+    for name in ("loss", "optimizer", "scheduler"):
+        node = parts.get(name)
+        if name in skip or (node is None and name == "scheduler"):
+            continue
+        # A scheduler entry is Lightning's lr_scheduler_config around the torch one.
+        config = node.get("scheduler") if name == "scheduler" and isinstance(node, dict) \
+            else node
+        if not isinstance(config, dict) or not isinstance(config.get("_target_"), str):
+            raise ReglabError(f"{path}: records no {name} config (written by an older "
+                              f"reglab); pass {name}=... to load_from_checkpoint")
+        target = config["_target_"]
+        if not _allowed(target, ("torch", "pytorch_lightning", *allow)):
+            raise ReglabError(f"{path}: the {name} {target} is not reglab's or torch's; "
+                              f"pass {name}=... to load_from_checkpoint, or allow its "
+                              f"package with allow_modules=['{target.split('.')[0]}']")
+        out[name] = ({**node, "scheduler": instantiate(config)} if name == "scheduler"
+                     else instantiate(node))
+    return {k: v for k, v in out.items() if k not in skip}
+
+
 def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Module:
     """Rebuild a trained model from ``model.pt`` (or a checkpoint), in eval mode.
 

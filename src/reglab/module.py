@@ -39,7 +39,8 @@ class RegressionModule(pl.LightningModule):
                  loss: nn.Module, scaling: Scaling | None = None,
                  data_info: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None,
-                 model_spec: dict[str, Any] | None = None) -> None:
+                 model_spec: dict[str, Any] | None = None,
+                 parts: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss
@@ -47,6 +48,9 @@ class RegressionModule(pl.LightningModule):
         self.scheduler_config = dict(scheduler) if scheduler else None
         #: ``{"class": "pkg.mod.Class", "kwargs": {...}}``: how to rebuild ``model``.
         self.model_spec = model_spec or {}
+        #: The loss, optimizer and scheduler as config nodes (``_target_`` and arguments),
+        #: stored in checkpoints so ``load_from_checkpoint`` can rebuild them.
+        self.parts = dict(parts or {})
         #: The data's standardization, undone for test metrics and stored in checkpoints.
         self.scaling = scaling or Scaling()
         #: Feature and target names, stored with checkpoints for prediction files.
@@ -116,9 +120,24 @@ class RegressionModule(pl.LightningModule):
             "model_kwargs": dict(self.model_spec.get("kwargs") or {}),
             "scaling": self.scaling.to_dict(),
             "data": dict(self.data_info),
+            "parts": dict(self.parts),
             # The epochs so far, so a resumed run's record covers the whole run.
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
         }
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,
+                             allow_modules: Any = (), **kwargs: Any) -> Any:
+        """Rebuild a module from its checkpoint alone, as ``save_hyperparameters`` lets a
+        stock module: the model from its recorded class and arguments, the loss,
+        optimizer and scheduler from their recorded configs, and the data's scaling, so
+        ``trainer.test`` reports in the data's units. Arguments given here win. A class
+        outside reglab and torch is imported only when its package is in
+        ``allow_modules`` (importing runs its code)."""
+        from reglab.artifacts import module_arguments
+
+        rebuilt = module_arguments(checkpoint_path, allow_modules, skip=set(kwargs))
+        return super().load_from_checkpoint(checkpoint_path, *args, **rebuilt, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Take back the per-epoch history of the run this checkpoint continues."""

@@ -65,7 +65,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 **OmegaConf.to_container(scheduler, resolve=True),
                 "scheduler": parts.build("scheduler",
                                          lambda: instantiate(scheduler.scheduler))},
-            model_spec=model_spec)
+            model_spec=model_spec,
+            parts={name: OmegaConf.to_container(node, resolve=True) for name, node in
+                   (("loss", cfg.loss), ("optimizer", cfg.optimizer),
+                    ("scheduler", scheduler)) if node})
         if module.scheduler_config:  # its arguments, on a throwaway optimizer
             parts.build("scheduler", lambda: module.make_scheduler(
                 optimizer(model.parameters()), lambda: 100))
