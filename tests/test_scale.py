@@ -32,6 +32,43 @@ def test_ddp_cpu_matches_one_process_and_leaves_one_run_dir(tmp_path: Path, run_
     assert ddp["params"]["bias"] == pytest.approx(single["params"]["bias"], abs=1e-4)
 
 
+def test_two_nodes_on_one_machine_match_one_process(tmp_path: Path, run_train):
+    """trainer.num_nodes=2, one process per "node", started as SLURM or torchrun would
+    start them (MASTER_ADDR/PORT, NODE_RANK): one run, equal to one process."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    run_dir = tmp_path / "run"
+    args = [script("reglab-train"), "experiment=d2l", "trainer=ddp_cpu", "trainer.devices=1",
+            "trainer.num_nodes=2", "callbacks.plots=null", f"hydra.run.dir={run_dir}"]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    # Node 1 keeps its own Hydra files and log beside node 0's.
+    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
+                              "hydra.job.name=train_node1"], cwd=tmp_path,
+                             env={**os.environ, **env, "NODE_RANK": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    try:
+        out = run_cli(args, cwd=tmp_path, timeout=300, env={**env, "NODE_RANK": "0"})
+        _, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["steps"] == 240
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1  # node 1 wrote no record
+    single, _ = run_train("experiment=d2l", "logger=none", "callbacks=none")
+    for got, want in zip(ddp["params"]["weight"][0], single["params"]["weight"][0],
+                         strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert ddp["params"]["bias"] == pytest.approx(single["params"]["bias"], abs=1e-4)
+
+
 def test_submitit_local_sweep_runs_both_jobs_and_reports(tmp_path: Path):
     out = run_cli([script("reglab-train"), "-m", "experiment=noisy_line",
                    "trainer.max_epochs=3", "optimizer.lr=0.01,0.05", "hydra/launcher=local",
