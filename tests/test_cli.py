@@ -143,3 +143,36 @@ def test_every_test_the_readme_fault_table_names_exists():
             tree = ast.parse((REPO / "tests" / file).read_text())
             defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
             assert name in defined, f"README names {file}::{name}, which does not exist"
+
+
+def test_every_readme_training_command_composes_as_written(tmp_path: Path):
+    """Each `reglab-train` line of the README's code blocks, composed with Hydra's API as
+    the command would compose it: a key that needs a leading `+` (or a typo) fails here.
+    Lines that need a file or run dir of the reader's own are skipped."""
+    import shlex
+
+    from reglab.cli import experiment_argv
+    from reglab.confdir import compose
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("reglab-train ") and not line.startswith("reglab-train:"):
+                lines.append(line.split("  #")[0].strip())
+    assert len(lines) >= 25
+    personal = ("<", "$", "resume=", "houses.csv", "mymodels", "data=cubic", "data=csv",
+                "~data")
+    checked = 0
+    for line in lines:
+        if any(p in line for p in personal):
+            continue
+        args = [a for a in shlex.split(line)[1:] if a not in ("-m", "--multirun")]
+        # A sweep's comma lists compose one job at a time: take each key's first value.
+        args = [a if "=" not in a or "[" in a or "," not in a
+                else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0]
+                for a in args]
+        compose(experiment_argv(["reglab-train", *args])[1:], tmp_path / "run")
+        checked += 1
+    assert checked >= 20
