@@ -205,3 +205,18 @@ def test_a_job_with_an_unreadable_record_is_reported_by_name(tmp_path: Path):
     assert report.best["job"] == "0"
     assert "1/metrics.json: unreadable (JSONDecodeError" in report.markdown
     assert "2/metrics.json: unreadable (holds a list" in report.markdown
+
+
+def test_resuming_a_sweep_job_keeps_one_tensorboard_run(tmp_path: Path):
+    out, sweep = _sweep(tmp_path, "optimizer.lr=0.01", "callbacks.plots=null",
+                        "trainer.max_epochs=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    job = sweep / "0"
+    out = run_cli([script("reglab-train"), f"resume={job}", "trainer.max_epochs=5"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = list((job / "tensorboard").rglob("events.*"))
+    assert {e.parent for e in events} == {next((job / "tensorboard").iterdir())}
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss_epoch")][-1] > 0
+    assert len({round(e.value, 9) for e in acc.Scalars("train/loss_epoch")}) == 5

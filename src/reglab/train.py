@@ -422,7 +422,22 @@ def _resume_argv(argv: list[str]) -> list[str]:
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     if "seed" not in skip:
         previous += _drawn_seed(run_dir, saved)
+    if not any(k == "logger" or k.startswith("logger.") for k in skip):
+        previous += _tensorboard_version(run_dir, saved)
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
+
+
+def _tensorboard_version(run_dir: Path, saved: dict[str, Any]) -> list[str]:
+    """A sweep job logs under ``tensorboard/<its overrides>/``; resumed alone it would
+    log under ``tensorboard/`` and TensorBoard would show two runs. Keep the job's."""
+    logger = (saved["config"].get("logger") or {}).get("tensorboard")
+    folder = run_dir / "tensorboard"
+    if not isinstance(logger, dict) or not folder.is_dir() or any(folder.glob("events.*")):
+        return []
+    versions = [d.name for d in folder.iterdir() if d.is_dir() and any(d.glob("events.*"))]
+    if len(versions) != 1 or "'" in versions[0] or "\\" in versions[0]:
+        return []
+    return [f"logger.tensorboard.version='{versions[0]}'"]
 
 
 def _drawn_seed(run_dir: Path, saved: dict[str, Any]) -> list[str]:
