@@ -32,6 +32,7 @@ def test_ddp_cpu_matches_one_process_and_leaves_one_run_dir(tmp_path: Path, run_
     assert ddp["params"]["bias"] == pytest.approx(single["params"]["bias"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_match_one_process(tmp_path: Path, run_train):
     """trainer.num_nodes=2, one process per "node", started as SLURM or torchrun would
     start them (MASTER_ADDR/PORT, NODE_RANK): one run, equal to one process."""
