@@ -15,8 +15,8 @@ BAD = [
     (["optimizer.weight_decay=nan"], "optimizer.weight_decay: expected a finite number >= 0"),
     (["task_name=../../escape"], "task_name: expected a plain folder name"),
     (["trainer.precision=7"], "trainer: Precision 7 is invalid"),
-    (["seed=99999999999"], "seed: expected a whole number from 0 to 4294967295, got "
-                           "99999999999"),
+    (["seed=99999999999"], "seed: expected a whole number from 0 to 4294967295, or null "
+                           "for a fresh one, got 99999999999"),
     (["trainer.check_val_every_n_epoch=0"],
      "trainer.check_val_every_n_epoch: expected a whole number >= 1, or null"),
     (["trainer.accelerator=tpu"], "trainer: Requirement 'torch_xla>=1.13' not met"),
@@ -139,8 +139,9 @@ def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert _snapshot(run_dir) == before, args
     out = run_cli([script("reglab-train"), f"hydra.run.dir={run_dir}", "experiment=origin",
-                   "ckpt_path=last"], cwd=tmp_path)
+                   "ckpt_path=hpc"], cwd=tmp_path)
     assert out.returncode == 2 and _snapshot(run_dir) == before
+    assert "ckpt_path=hpc: Lightning's hpc checkpoints are not used by reglab" in out.stderr
     out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=150",
                    "logger=none", "callbacks.plots=null"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]  # and a later resume still works

@@ -216,12 +216,15 @@ def _checkpoint_named(ckpt_path: str, run_dir: Path) -> str:
     found = [f for f in found if f.is_file()]
     if len(found) == 1:
         return str(found[0])
-    what = {"last": "no checkpoints/last.ckpt", "best": f"{len(found)} best-*.ckpt files, not one"
-            }.get(ckpt_path, "no such checkpoint kind in reglab")
+    if ckpt_path in ("hpc", "registry"):
+        raise validate.ConfigError(
+            f"ckpt_path={ckpt_path}: Lightning's {ckpt_path} checkpoints are not used by "
+            "reglab; continue a run with resume=<run dir>, or give a checkpoint file")
+    what = ("no checkpoints/last.ckpt" if ckpt_path == "last"
+            else f"{len(found)} best-*.ckpt files, not one")
     raise validate.ConfigError(
         f"ckpt_path={ckpt_path}: {what} in the run dir {run_dir} (Lightning would start "
-        "from scratch); continue a run with "
-        "resume=<run dir>, or give a checkpoint file")
+        "from scratch); continue a run with resume=<run dir>, or give a checkpoint file")
 
 
 def _draw_seed(cfg: DictConfig) -> None:
