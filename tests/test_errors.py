@@ -141,7 +141,7 @@ def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path)
     out = run_cli([script("reglab-train"), f"hydra.run.dir={run_dir}", "experiment=origin",
                    "ckpt_path=hpc"], cwd=tmp_path)
     assert out.returncode == 2 and _snapshot(run_dir) == before
-    assert "ckpt_path=hpc: Lightning's hpc checkpoints are not used by reglab" in out.stderr
+    assert "ckpt_path=hpc: Lightning resolves 'hpc' only within the fit" in out.stderr
     out = run_cli([script("reglab-train"), f"resume={run_dir}", "trainer.max_epochs=150",
                    "logger=none", "callbacks.plots=null"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]  # and a later resume still works

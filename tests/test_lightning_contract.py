@@ -439,7 +439,20 @@ def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_tra
     assert tested["test/mse"] > 1000  # data units (disease progression squared)
     (validated,) = trainer.validate(module, datamodule=datamodule, verbose=False)
     assert validated["val/loss"] == pytest.approx(m["val_loss"], rel=1e-5)
-    # A run's own class is rebuilt too, and an argument given wins over the record.
+    # An argument given wins over the record; the record stays, for the next checkpoint.
     again = RegressionModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt",
                                                   loss=torch.nn.L1Loss())
     assert type(again.loss_fn).__name__ == "L1Loss"
+    assert again.parts["optimizer"]["_target_"] == "torch.optim.SGD"
+    # A checkpoint whose recorded loss names other code (here nested in its arguments) is
+    # refused before anything is imported or run.
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    marker = tmp_path / "ran"
+    ckpt["reglab"]["parts"]["loss"] = {"_target_": "torch.nn.MSELoss", "reduction": {
+        "_target_": "pathlib.Path.touch", "self": str(marker)}}
+    torch.save(ckpt, tmp_path / "evil.ckpt")
+    from reglab.validate import ReglabError
+
+    with pytest.raises(ReglabError, match=r"the loss names pathlib.Path.touch"):
+        RegressionModule.load_from_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()

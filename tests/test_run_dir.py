@@ -123,6 +123,13 @@ def test_seed_null_draws_a_seed_that_repeats_the_run_and_resumes_with_it(run_tra
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["hparams"]["seed"] == drawn and resumed["epochs"] == 5
     assert "drew seed" not in out.stdout
+    # reglab-eval rebuilds the same splits: its val MSE is the run's val loss.
+    ev = tmp_path / "ev"
+    out = run_cli([script("reglab-eval"), f"ckpt_path={run_dir / 'model.pt'}", "split=val",
+                   f"hydra.run.dir={ev}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = json.loads((ev / "eval_metrics.json").read_text())["metrics"]
+    assert abs(scored["mse"] - resumed["val_loss"]) <= 1e-5 * resumed["val_loss"]
 
 
 def test_the_summary_names_what_the_run_wrote(run_train, capsys):

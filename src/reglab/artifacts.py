@@ -274,14 +274,27 @@ def module_arguments(path: Any, allow_modules: Any = (), skip: set[str] | None =
         if not isinstance(config, dict) or not isinstance(config.get("_target_"), str):
             raise ReglabError(f"{path}: records no {name} config (written by an older "
                               f"reglab); pass {name}=... to load_from_checkpoint")
-        target = config["_target_"]
-        if not _allowed(target, ("torch", "pytorch_lightning", *allow)):
-            raise ReglabError(f"{path}: the {name} {target} is not reglab's or torch's; "
-                              f"pass {name}=... to load_from_checkpoint, or allow its "
-                              f"package with allow_modules=['{target.split('.')[0]}']")
+        # Every class the node names, nested ones too: instantiating imports and runs it.
+        for target in _targets(node):
+            if not _allowed(target, ("torch.nn", "torch.optim", *allow)):
+                raise ReglabError(
+                    f"{path}: the {name} names {target}, not a class of reglab, torch.nn or "
+                    f"torch.optim; pass {name}=... to load_from_checkpoint, or allow its "
+                    f"package with allow_modules=['{target.split('.')[0]}']")
         out[name] = ({**node, "scheduler": instantiate(config)} if name == "scheduler"
                      else instantiate(node))
+    out["parts"] = dict(parts)  # kept, so the module's own checkpoints record them again
     return {k: v for k, v in out.items() if k not in skip}
+
+
+def _targets(node: Any) -> list[str]:
+    """Every ``_target_`` in a config node, at any depth."""
+    if isinstance(node, dict):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
 
 
 def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Module:

@@ -95,7 +95,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.parts import is_reglab_data
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
-    _same_table(train_cfg, trained, data_overrides or [], bool(cfg.get("allow_changed_data")))
+    _same_table(train_cfg, trained, data_overrides or [], bool(cfg.get("allow_changed_data")),
+                str(cfg.split))
     datamodule = instantiate(train_cfg.data)
     if is_reglab_data(datamodule):
         datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
@@ -202,7 +203,7 @@ def _overridden(overrides: list[str], key: str) -> bool:
 
 
 def _same_table(cfg: DictConfig, trained: Any, overrides: list[str],
-                allow_changed: bool = False) -> None:
+                allow_changed: bool = False, split: str = "test") -> None:
     """Score the table the model was trained on, by the columns it was trained on.
 
     Columns are taken by the names stored with the model, so a file with its columns in
@@ -239,7 +240,8 @@ def _same_table(cfg: DictConfig, trained: Any, overrides: list[str],
                     f"{change}; its rows and splits would not be the ones the run recorded. "
                     "To score what it holds now, pass allow_changed_data=true")
             print(f"reglab-eval: warning: {change}; scoring what it holds now, so the "
-                  f"{cfg.get('split', 'test')} split is not the run's", file=sys.stderr)
+                  f"{'set of rows' if split == 'all' else split + ' split'} is not the "
+                  "run's", file=sys.stderr)
         source.path = str(path)
 
 

@@ -4,6 +4,7 @@ optional learning-rate scheduler, trained by Lightning's automatic optimization.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -121,6 +122,10 @@ class RegressionModule(pl.LightningModule):
             "scaling": self.scaling.to_dict(),
             "data": dict(self.data_info),
             "parts": dict(self.parts),
+            # The run's seed (seed_everything's), so a seed=null run killed before it
+            # wrote metrics.json is resumed on the same splits.
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get(
+                "PL_GLOBAL_SEED", "").isdigit() else None,
             # The epochs so far, so a resumed run's record covers the whole run.
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
         }

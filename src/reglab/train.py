@@ -8,6 +8,7 @@ answer without paying for torch or Lightning.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from reglab.module import RegressionModule
 
     _quiet_lightning()
+    cfg = copy.deepcopy(cfg)  # the run fills in its dir, seed and checkpoint: not the caller's
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = _hydra_choices()
@@ -205,26 +207,21 @@ def _run_dir(cfg: DictConfig) -> Path:
 
 
 def _checkpoint_named(ckpt_path: str, run_dir: Path) -> str:
-    """Lightning's special ``ckpt_path`` values, found in this run's ``checkpoints/``:
-    ``last`` is ``last.ckpt``, ``best`` the one ``best-*.ckpt``. Where Lightning would
-    warn and start from scratch (no such file), reglab says so and stops."""
+    """Lightning's special ``ckpt_path`` values. ``last`` is this run dir's
+    ``checkpoints/last.ckpt`` (``hydra.run.dir=<run> ckpt_path=last`` continues it); where
+    Lightning would warn and start from scratch (no such file), reglab stops. ``best``,
+    ``hpc`` and ``registry`` name what only a fit in this process, a cluster or a model
+    registry holds, which a new fit does not have (Lightning refuses ``best`` too)."""
     if ckpt_path not in ("last", "best", "hpc", "registry"):
         return ckpt_path
-    folder = run_dir / "checkpoints"
-    found = ([folder / "last.ckpt"] if ckpt_path == "last" else
-             sorted(folder.glob("best-*.ckpt")) if ckpt_path == "best" else [])
-    found = [f for f in found if f.is_file()]
-    if len(found) == 1:
-        return str(found[0])
-    if ckpt_path in ("hpc", "registry"):
-        raise validate.ConfigError(
-            f"ckpt_path={ckpt_path}: Lightning's {ckpt_path} checkpoints are not used by "
-            "reglab; continue a run with resume=<run dir>, or give a checkpoint file")
-    what = ("no checkpoints/last.ckpt" if ckpt_path == "last"
-            else f"{len(found)} best-*.ckpt files, not one")
-    raise validate.ConfigError(
-        f"ckpt_path={ckpt_path}: {what} in the run dir {run_dir} (Lightning would start "
-        "from scratch); continue a run with resume=<run dir>, or give a checkpoint file")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path == "last" and last.is_file():
+        return str(last)
+    why = (f"no checkpoints/last.ckpt in the run dir {run_dir} (Lightning would start from "
+           "scratch)" if ckpt_path == "last" else
+           f"Lightning resolves {ckpt_path!r} only within the fit or cluster that made it")
+    raise validate.ConfigError(f"ckpt_path={ckpt_path}: {why}; continue a run with "
+                               "resume=<run dir>, or give a checkpoint file")
 
 
 def _draw_seed(cfg: DictConfig) -> None:
@@ -233,6 +230,10 @@ def _draw_seed(cfg: DictConfig) -> None:
     in ``metrics.json``) so the run can be repeated; ``resume=`` reuses it."""
     import secrets
 
+    inherited = os.environ.get("PL_GLOBAL_SEED")  # set by rank 0's seed_everything
+    if inherited is not None and _global_rank() != 0:  # a relaunched data-parallel rank
+        cfg.seed = int(inherited)
+        return
     cfg.seed = secrets.randbelow(2**32)
     log.info("seed=null: drew seed %d", cfg.seed)  # in train.log, should the run be killed
     print(f"reglab: seed=null: drew seed {cfg.seed}; repeat this run with seed={cfg.seed}",
@@ -424,7 +425,7 @@ def _resume_argv(argv: list[str]) -> list[str]:
         previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     if "seed" not in skip:
-        previous += _drawn_seed(run_dir, saved)
+        previous += _drawn_seed(saved)
     if not any(k == "logger" or k.startswith("logger.") for k in skip):
         previous += _tensorboard_version(run_dir, saved)
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
@@ -443,23 +444,17 @@ def _tensorboard_version(run_dir: Path, saved: dict[str, Any]) -> list[str]:
     return [f"logger.tensorboard.version='{versions[0]}'"]
 
 
-def _drawn_seed(run_dir: Path, saved: dict[str, Any]) -> list[str]:
+def _drawn_seed(saved: dict[str, Any]) -> list[str]:
     """``seed=<n>`` when the run was started with ``seed=null``: its splits and shuffles
-    came from the seed it drew, which ``metrics.json`` recorded."""
-    import json
-
-    asked = [o for o in saved["overrides"] if str(o).split("=", 1)[0] == "seed"]
-    composed_null = "seed" in saved["config"] and saved["config"]["seed"] is None
-    if not composed_null and not (asked and str(asked[-1]).split("=", 1)[1] == "null"):
+    came from the seed it drew, which ``saved_run`` found in its record."""
+    if not saved.get("seed_drawn"):
         return []
-    try:
-        seed = json.loads((run_dir / "metrics.json").read_text())["hparams"]["seed"]
-    except (OSError, ValueError, KeyError, TypeError):
-        seed = None
+    seed = saved["config"].get("seed")
     if not isinstance(seed, int):  # another seed would give other splits: never guess
         raise validate.ReglabError(
-            f"resume: {run_dir} was started with seed=null and its metrics.json records no "
-            "seed; add the seed it drew (its train.log: 'drew seed N') as seed=N")
+            f"resume: {saved['run_dir']} was started with seed=null and neither its "
+            "metrics.json nor its last.ckpt records the seed it drew; add it as seed=N "
+            "(its train.log says 'drew seed N')")
     return [f"seed={seed}"]
 
 

@@ -97,6 +97,10 @@ def check(cfg: DictConfig) -> None:
     _check(cfg, "trainer.check_val_every_n_epoch", lambda v: isinstance(v, int) and not
            isinstance(v, bool) and v >= 1, "a whole number >= 1, or null to validate "
            "every val_check_interval steps", optional=True)
+    trainer = cfg.get("trainer") or {}
+    if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) != 1:
+        raise ConfigError("seed: null draws a seed in each process, and the nodes of a "
+                          "multi-node run must share one; give seed=<a number>")
     # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
     _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
            and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295, or null for a "
