@@ -133,7 +133,7 @@ def _refused(exc: BaseException, name: str) -> None:
     assert name in text or "data." in text, text
 
 
-@settings(SETTINGS, max_examples=60)
+@settings(SETTINGS, max_examples=40)
 @given(table=tables(), precision=st.sampled_from(["32-true", "64-true"]))
 def test_any_table_is_refused_in_one_line_or_fitted_exactly(tmp_path: Path,
                                                             table: dict[str, Any],
@@ -192,7 +192,7 @@ CONFIG_VALUES = {
 }
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=25)
 @given(chosen=st.dictionaries(st.sampled_from(sorted(CONFIG_VALUES)), st.integers(0, 99),
                               min_size=1, max_size=3))
 def test_any_config_value_is_refused_in_one_line_or_runs_right(tmp_path: Path,
