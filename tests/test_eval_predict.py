@@ -76,7 +76,7 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     out = run_cli([script("reglab-predict"), f"ckpt_path={run / 'model.pt'}",
                    "input_path=in.csv", "output_path=pred/out.csv"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = list(csv.DictReader((tmp_path / "pred" / "out.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "pred" / "out.csv").read_text().splitlines()))
     assert [r["note"] for r in rows] == ["a", "b"]  # every input column kept
     assert [round(float(r["y_predicted"]), 2) for r in rows] == [8.0, 10.0]
 
@@ -145,7 +145,7 @@ def test_standardized_model_predicts_in_data_units(tmp_path: Path):
     import reglab
 
     model = reglab.load_model(run / "model.pt")
-    assert float(model(torch.tensor([[50.0, -200.0]]))) == pytest.approx(350.0, abs=0.05)
+    assert float(model(torch.tensor([[50.0, -200.0]])).detach()) == pytest.approx(350.0, abs=0.05)
 
 
 def test_eval_finds_a_relative_data_file_from_another_directory(tmp_path: Path):

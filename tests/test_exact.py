@@ -246,7 +246,7 @@ def test_poly_select_sweep_picks_degree_3_and_draws_the_validation_curve(tmp_pat
                   cwd=tmp_path, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {int(r["model.degree"]): r for r in csv.DictReader(
-        (sweep / "sweep_summary.csv").open())}
+        (sweep / "sweep_summary.csv").read_text().splitlines())}
     cv = {d: float(r["cv_val_loss"]) for d, r in rows.items()}
     assert min(cv, key=cv.get) == 3
     train = {d: float(r["train_loss"]) for d, r in rows.items()}

@@ -80,7 +80,7 @@ def test_submitit_local_sweep_runs_both_jobs_and_reports(tmp_path: Path):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "completed"
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert sorted(r["optimizer.lr"] for r in rows) == ["0.01", "0.05"]
 
 
@@ -104,7 +104,7 @@ def test_data_parallel_inside_a_local_sweep_is_refused_per_job(tmp_path: Path):
                    "optimizer.lr=0.01,0.03"], cwd=tmp_path, timeout=120)
     assert out.returncode == 1  # every job failed, and the sweep says so
     (sweep,) = list((tmp_path / "outputs" / "d2l" / "multiruns").iterdir())
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all("hydra/launcher=slurm" in r["error"] for r in rows)
     assert not list(sweep.glob("*/checkpoints"))  # refused before any training

@@ -64,7 +64,8 @@ def test_grid_sweep_report_and_tensorboard(tmp_path: Path):
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path: Path):
     out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,1000")
     assert out.returncode == 1  # the sweep's status says a job failed ...
-    rows = {r["optimizer.lr"]: r for r in csv.DictReader((sweep / "sweep_summary.csv").open())}
+    table = (sweep / "sweep_summary.csv").read_text().splitlines()
+    rows = {r["optimizer.lr"]: r for r in csv.DictReader(table)}
     assert rows["0.01"]["status"] == "completed"  # ... and the other one completed
     assert rows["1000"]["status"] == "diverged" and "diverged" in rows["1000"]["error"]
     metrics = json.loads((sweep / rows["1000"]["job"] / "metrics.json").read_text())
@@ -78,7 +79,7 @@ def test_jobs_named_by_any_subdir_pattern_are_reported(tmp_path: Path):
     out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,0.05", "callbacks.plots=null",
                         "hydra.sweep.subdir=${hydra.job.override_dirname}")
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert sorted(r["optimizer.lr"] for r in rows) == ["0.01", "0.05"]
     assert all(f"optimizer.lr={r['optimizer.lr']}" in r["job"] for r in rows)  # its folder
     assert all(r["status"] == "completed" for r in rows)
@@ -93,7 +94,7 @@ def test_optuna_sweep_completes(tmp_path: Path):
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "noisy_line" / "multiruns").iterdir())
     assert (sweep / "optimization_results.yaml").is_file()
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
     assert len({r["optimizer.lr"] for r in rows}) == 3  # the sampler proposed lr values
 
@@ -148,7 +149,7 @@ def test_two_parallel_sweeps_started_at_once_never_share_files(tmp_path: Path):
         files += [*events, job / "checkpoints" / "last.ckpt", job / "model.pt"]
     assert len({f.resolve() for f in files}) == len(files)
     for sweep in sweeps:  # each sweep's report sees its own two jobs, and only those
-        rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+        rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
         assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
 
 

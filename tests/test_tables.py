@@ -320,7 +320,7 @@ def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     done = run_cli([script("reglab-predict"), f"ckpt_path={run_dir / 'model.pt'}",
                     f"input_path={path}", f"output_path={out}"], tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert set(rows[0]) >= {"u_predicted", "v_predicted"} and len(rows) == 400
     # Output piped into a reader that stops early: a quiet end, no traceback.
     many = tmp_path / "many.csv"
