@@ -193,6 +193,14 @@ def test_report_for_one_swept_key_with_a_failed_and_a_missing_job(tmp_path: Path
     assert _is_png(tmp_path / "sweep_heatmap.png") and _is_png(tmp_path / "sweep_curves.png")
 
 
+def test_fast_dev_run_jobs_are_smoke_tests_not_failures(tmp_path: Path):
+    smoke = {"status": "fast_dev_run", "train_loss": 0.3, "val_loss": 0.3, "epochs": 1}
+    _fake_job(tmp_path, 0, ["optimizer.lr=0.01"], smoke)
+    _fake_job(tmp_path, 1, ["optimizer.lr=0.1"], {"status": "failed", "error": "boom"})
+    report = sweep_report.write_report(tmp_path)
+    assert "2 jobs: 0 completed, 1 fast_dev_run smoke tests, 1 not" in report.markdown
+
+
 def test_a_job_with_an_unreadable_record_is_reported_by_name(tmp_path: Path):
     """A truncated metrics.json, or one that is not a record, is that job's row only."""
     done = {"status": "completed", "train_loss": 0.2, "val_loss": 0.2, "epochs": 3}

@@ -208,7 +208,10 @@ def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str
     cols = ["job", *swept, "status", *(["cv val_loss"] if with_cv else []), "val_loss",
             "train_loss", "test_loss", "r2", "epochs", "fit_seconds"]
     done = sum(r["status"] == "completed" for r in rows)
-    summary = f"{len(rows)} jobs: {done} completed, {len(rows) - done} not"
+    smoke = sum(r["status"] == "fast_dev_run" for r in rows)  # smoke tests, not failures
+    summary = (f"{len(rows)} jobs: {done} completed, "
+               + (f"{smoke} fast_dev_run smoke tests, " if smoke else "")
+               + f"{len(rows) - done - smoke} not")
     k = _folds_label(rows)
     if best and _num(best.get("cv_val_loss")) is not None:
         summary += (f"; best cv val_loss {_cv_cell(best)} ({k}-fold mean ± std,"
