@@ -54,7 +54,8 @@ def _inline_rows(x: Any, width: int) -> list[list[float]]:
     return [[float(v) for v in row] for row in values]
 
 
-def _check_representable(x: Any, trained: Any, names: list[str], where: str) -> None:
+def _check_representable(x: Any, trained: Any, names: list[str], where: str,
+                         first: int) -> None:
     """Inputs that are finite as given but not once scaled and cast to the model's dtype
     (1e39 for a float32 model) would give an infinite or silently clipped prediction:
     named by row and column instead. A float64 model takes them as they are."""
@@ -67,7 +68,6 @@ def _check_representable(x: Any, trained: Any, names: list[str], where: str) -> 
     if len(bad):
         row, col = (int(v) for v in bad[0])
         name = names[col] if col < len(names) else str(col)
-        first = 0 if where.startswith("x:") else 1  # data rows of a file count from 1
         raise validate.DataError(
             f"{where.format(row + first)}, column {name!r}: {float(x[row, col]):g} is beyond "
             f"{str(dtype).removeprefix('torch.')}'s range once scaled; this model cannot "
@@ -134,7 +134,8 @@ def predict(cfg: DictConfig) -> list[Any]:
             raise validate.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
                                      f"({', '.join(names)}), but the model takes {width}")
     where = "x: row {}" if cfg.x is not None else f"{cfg.input_path}: data row {{}}"
-    _check_representable(x, trained, names, where)
+    first = 0 if cfg.x is not None else 1  # inline rows count from 0, a file's from 1
+    _check_representable(x, trained, names, where, first)
     from reglab.scaling import Standardized
 
     with torch.no_grad():
@@ -143,7 +144,7 @@ def predict(cfg: DictConfig) -> list[Any]:
     bad = (~torch.isfinite(out)).any(dim=1).nonzero()
     if len(bad):
         i = int(bad[0])
-        raise validate.DataError(f"{where.format(i + (cfg.x is None))}: the model's prediction "
+        raise validate.DataError(f"{where.format(i + first)}: the model's prediction "
                                  f"is {out[i].tolist()}, not a finite number")
     targets = trained.target if isinstance(trained.target, list) else [trained.target or "y"]
     if len(targets) != out.shape[1]:

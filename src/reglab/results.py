@@ -442,7 +442,7 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     # TensorBoard takes no None: a null batch size is a full batch; anything else unset
-    # (the lr of optimizer=exact, a seed left to chance) reads "none".
+    # (the lr of optimizer=exact) reads "none".
     clean = {k: (("full" if k == "batch_size" else "none") if v is None else v)
              for k, v in hp.items()}
     layout = {"reglab": {"train loss vs least-squares optimum": [
@@ -466,6 +466,7 @@ def log_locations(loggers: list[Any]) -> dict[str, str]:
     dir, a CSV file, or another logger's ``log_dir`` under its class name. Lightning's
     stand-in under ``fast_dev_run`` writes nothing and is left out."""
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.loggers.logger import DummyLogger
 
     out: dict[str, str] = {}
     for lg in loggers:
@@ -473,7 +474,7 @@ def log_locations(loggers: list[Any]) -> dict[str, str]:
             out["tensorboard"] = str(Path(lg.log_dir))
         elif isinstance(lg, CSVLogger):
             out["csv"] = str(Path(lg.log_dir) / "metrics.csv")
-        elif getattr(lg, "log_dir", None) and type(lg).__name__ != "DummyLogger":
+        elif getattr(lg, "log_dir", None) and not isinstance(lg, DummyLogger):
             out[type(lg).__name__] = str(lg.log_dir)
     return out
 

@@ -15,9 +15,9 @@ from torch import nn
 
 def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Column means and (population) standard deviations in float64, two passes a block
-    of rows at a time: no temporary the size of a million-row split. A column whose sum
-    or squares pass float64's range (values near 1e300) is summed again scaled down, so
-    its statistics stay finite and right."""
+    of rows at a time: no temporary the size of a million-row split. Sums or squares
+    that pass float64's range (values near 1e300) are summed again scaled down, so such
+    a column's statistics stay finite (short of values near ±1.7e308 at both ends)."""
     n = int(t.shape[0])
 
     def blocks() -> Any:

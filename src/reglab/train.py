@@ -179,9 +179,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_dir(cfg: DictConfig) -> Path:
-    """The run's dir. Composed from Python with no Hydra job running (``hydra.compose``,
-    or ``reglab.confdir.compose`` with no ``run_dir``), Hydra's output dir is unset: the
-    run gets a fresh stamped dir under ``outputs/<task>/runs/``, as the command gives."""
+    """The run's dir. Composed from Python with ``reglab.confdir.compose`` and no
+    ``run_dir``, Hydra's output dir is unset: each ``train`` call gets a fresh stamped dir
+    under ``outputs/<task>/runs/``, as the command gives. A config from plain
+    ``hydra.compose`` (no Hydra settings registered) must name ``paths.run_dir``."""
     from datetime import datetime
 
     from omegaconf import open_dict
