@@ -53,9 +53,9 @@ def quiet_lightning() -> None:
 
 # -- reglab through its own train function -------------------------------------------------
 def reglab_fit(overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """One in-process run of ``reglab.train.train`` on the composed config."""
-    from reglab.confdir import compose
-    from reglab.train import train
+    """One in-process run of ``reglab.cli.train.train`` on the composed config."""
+    from reglab.cli.train import train
+    from reglab.config.compose import compose
 
     cfg = compose(overrides, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -314,7 +314,7 @@ def wall_and_exit(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 
 #: Importing torch and Lightning, then the exit reglab's commands make: ``gc.freeze()``
-#: and Python's ordinary shutdown (see ``reglab.cli.run``). The print marks the imports'
+#: and Python's ordinary shutdown (see ``reglab.cli.common.run``). The print marks the imports'
 #: end, so the exit is timed too.
 IMPORTS_FROZEN = "import gc, torch, pytorch_lightning; print('imported', flush=True); gc.freeze()"
 #: The same without ``gc.freeze()``: what any script importing them pays at exit.
@@ -511,7 +511,7 @@ def bench_memory(reps: int) -> dict[str, Any]:
 
 # -- 7. closed form ------------------------------------------------------------------------
 def bench_closed_form(reps: int) -> dict[str, Any]:
-    from reglab.closed_form import solve
+    from reglab.analysis.least_squares import solve
 
     x, y = large_tensors()
     solve_s, _ = median_of(lambda: _timed(lambda: solve(x, y)), reps)
@@ -535,11 +535,11 @@ TABLE_FORMATS = ("csv", "parquet")
 #: logger), pyarrow (the reader), scipy.stats (the regression report's t and F tails)
 #: and matplotlib (the run's figures). The memory figure is the run's peak beyond this.
 TABLE_IMPORTS = ("import torch, pytorch_lightning, hydra, torch.utils.tensorboard, "
-                 "reglab.train, pyarrow.csv, pyarrow.parquet, pyarrow.compute, scipy.stats, "
+                 "reglab.cli.train, pyarrow.csv, pyarrow.parquet, pyarrow.compute, scipy.stats, "
                  "matplotlib.pyplot")
 #: The narrower baseline an earlier version used (no pyarrow, scipy or matplotlib).
 TABLE_IMPORTS_PYARROW = ("import torch, pytorch_lightning, hydra, torch.utils.tensorboard, "
-                         "reglab.train, pyarrow.csv, pyarrow.parquet")
+                         "reglab.cli.train, pyarrow.csv, pyarrow.parquet")
 #: Peak RSS of a child when /usr/bin/time is missing: getrusage(RUSAGE_CHILDREN) in a
 #: small wrapper process, so the figure is the child's own (ru_maxrss survives exec, so a
 #: child started straight from this large process would inherit this process's peak).
@@ -630,14 +630,14 @@ def bench_tables(reps: int) -> dict[str, Any]:
     """`reglab-train data=csv` on a TABLE_ROWS × 11 table, as CSV and as Parquet, against
     `benchmarks/table_floor.py` (pyarrow read, a shuffled 70 %, one plain SGD epoch):
     whole processes, start to exit, and their peak RSS; then the reading alone, in this
-    process: ``reglab.tables.read_table`` against pyarrow's read into a float64 array.
+    process: ``reglab.data.tables.read_table`` against pyarrow's read into a float64 array.
 
     Each round runs an imports-only process, then per format reglab and the floor in an
     order that alternates between rounds; ratios are medians of each pair's own ratios.
     Memory: reglab's peak RSS less that of a process that only imports what every
     `reglab-train` run imports (TABLE_IMPORTS), over the table's float64 bytes.
     """
-    import reglab.tables
+    import reglab.data.tables
 
     load_start = _loadavg()
     root = TMP / "tables"
@@ -689,14 +689,14 @@ def bench_tables(reps: int) -> dict[str, Any]:
         raise RuntimeError(f"the runs left files in their working directory: {leftovers}")
 
     # The reading alone, in this process, the two readers alternating.
-    reglab.tables.read_table(str(small["csv"]), target="y"), pyarrow_float64(small["csv"])
+    reglab.data.tables.read_table(str(small["csv"]), target="y"), pyarrow_float64(small["csv"])
     reads: dict[str, list[tuple[float, float]]] = {fmt: [] for fmt in TABLE_FORMATS}
     for i in range(reps):
         for fmt in TABLE_FORMATS:
             path = paths[fmt]
 
             def ours(path: Path = path) -> float:
-                return _timed(lambda: reglab.tables.read_table(str(path), target="y"))
+                return _timed(lambda: reglab.data.tables.read_table(str(path), target="y"))
 
             def theirs(path: Path = path) -> float:
                 return _timed(lambda: pyarrow_float64(path))
@@ -716,8 +716,8 @@ def bench_tables(reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "rows": TABLE_ROWS, "data_mb": data_bytes / mb,
         **{f"{fmt}_file_mb": paths[fmt].stat().st_size / mb for fmt in TABLE_FORMATS},
-        # Which reader was measured: src/reglab/tables.py changes under this benchmark.
-        "tables_py_sha1": hashlib.sha1(Path(reglab.tables.__file__).read_bytes())
+        # Which reader was measured: src/reglab/data/tables.py changes under this benchmark.
+        "tables_py_sha1": hashlib.sha1(Path(reglab.data.tables.__file__).read_bytes())
         .hexdigest()[:12],
         "rss_from": str(GNU_TIME) if GNU_TIME.is_file() else "getrusage(RUSAGE_CHILDREN)",
         # Other work on the machine slows torch's threads a lot (the floor's epoch, most).
@@ -974,9 +974,9 @@ TARGETS: list[tuple[str, str, str, float | None, str]] = [
     ("tables", "parquet_process_over_floor", "<=", 1.6,
      "tables, Parquet: `reglab-train data=csv` ÷ floor script, start to exit"),
     ("tables", "csv_read_over_pyarrow", "<=", 2.0,
-     "tables, CSV: `reglab.tables.read_table` ÷ pyarrow read to float64"),
+     "tables, CSV: `reglab.data.tables.read_table` ÷ pyarrow read to float64"),
     ("tables", "parquet_read_over_pyarrow", "<=", 2.0,
-     "tables, Parquet: `reglab.tables.read_table` ÷ pyarrow read to float64"),
+     "tables, Parquet: `reglab.data.tables.read_table` ÷ pyarrow read to float64"),
     ("tables", "csv_rss_beyond_imports_over_data", "<=", 2.5,
      "tables, CSV: reglab-train peak RSS beyond imports ÷ float64 table bytes"),
     ("tables", "parquet_rss_beyond_imports_over_data", "<=", 2.5,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from reglab.confdir import compose
+from reglab.config.compose import compose
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
 @pytest.fixture
 def run_train(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
     """Run ``train`` in-process; returns (metrics, run dir). Each call gets its own dir."""
-    from reglab.train import train
+    from reglab.cli.train import train
 
     counter = iter(range(1000))
 

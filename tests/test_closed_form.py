@@ -11,8 +11,8 @@ import torch
 from conftest import compose_config
 from hydra.utils import instantiate
 
-from reglab.closed_form import solve
-from reglab.metrics import RegressionSums
+from reglab.analysis.least_squares import solve
+from reglab.analysis.metrics import RegressionSums
 
 
 def exact_least_squares(design: np.ndarray, y: np.ndarray) -> list[Fraction]:

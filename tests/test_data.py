@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reglab import datagen
-from reglab.datamodule import RegressionDataModule, TensorBatches, TrainBatches
+from reglab.data import synthetic
+from reglab.data.datamodule import RegressionDataModule, TensorBatches, TrainBatches
 
 
 def test_generators_are_seeded():
-    a, b = datagen.linear(seed=3), datagen.linear(seed=3)
+    a, b = synthetic.linear(seed=3), synthetic.linear(seed=3)
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-    assert not torch.equal(a.x, datagen.linear(seed=4).x)
-    q = datagen.quadratic(noise=0.2, seed=1)
+    assert not torch.equal(a.x, synthetic.linear(seed=4).x)
+    q = synthetic.quadratic(noise=0.2, seed=1)
     excess = q.y - q.x.pow(2)
     assert excess.min() >= 0 and excess.max() < 0.2 + 1e-6
-    line = datagen.line(a=2, b=1, start=0, stop=10, num=11)
+    line = synthetic.line(a=2, b=1, start=0, stop=10, num=11)
     assert line.x.flatten().tolist() == [float(i) for i in range(11)]
     assert torch.allclose(line.y, 2 * line.x + 1)
 
@@ -64,7 +64,7 @@ def test_train_batches_resume_mid_epoch_in_the_same_order():
 
 
 def test_too_small_split_is_a_clear_error():
-    dm = RegressionDataModule(source=lambda: datagen.line(num=3), test_fraction=0.1)
+    dm = RegressionDataModule(source=lambda: synthetic.line(num=3), test_fraction=0.1)
     with pytest.raises(ValueError, match="test_fraction"):
         dm.prepare()
 
@@ -100,8 +100,8 @@ def test_module_trains_from_a_stock_dataloader():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from reglab.models import LinearRegression
-    from reglab.module import RegressionModule
+    from reglab.models.regressors import LinearRegression
+    from reglab.training.module import RegressionModule
 
     x = torch.linspace(0, 10, 11).unsqueeze(1)
     module = RegressionModule(LinearRegression(1), partial(torch.optim.SGD, lr=0.01),

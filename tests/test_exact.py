@@ -14,8 +14,9 @@ from conftest import compose_config, run_cli, script
 from hydra.utils import instantiate
 from test_closed_form import exact_least_squares
 
-from reglab import validate
+from reglab import errors
 from reglab.artifacts import load_model
+from reglab.config import checks
 
 
 def _table(path: Path, n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +176,7 @@ def test_k_fold_means_equal_a_hand_computation(run_train, tmp_path):
 
 
 def _without_hydra(cfg):
-    """The job's config as ``validate.check`` sees it inside a run (Hydra's own node
+    """The job's config as ``checks.check`` sees it inside a run (Hydra's own node
     holds sweep-time interpolations that only resolve in a job)."""
     from omegaconf import open_dict
 
@@ -193,8 +194,8 @@ def _without_hydra(cfg):
 ])
 def test_exact_refuses_what_it_cannot_do(overrides, key, tmp_path):
     cfg = _without_hydra(compose_config(["optimizer=exact", *overrides], tmp_path / "run"))
-    with pytest.raises(validate.ConfigError, match=f"^{key}"):
-        validate.check(cfg)
+    with pytest.raises(errors.ConfigError, match=f"^{key}"):
+        checks.check(cfg)
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
@@ -204,8 +205,8 @@ def test_exact_refuses_what_it_cannot_do(overrides, key, tmp_path):
 ])
 def test_folds_refuse_what_they_cannot_do(overrides, key, tmp_path):
     cfg = _without_hydra(compose_config(overrides, tmp_path / "run"))
-    with pytest.raises(validate.ConfigError, match=f"^{key}"):
-        validate.check(cfg)
+    with pytest.raises(errors.ConfigError, match=f"^{key}"):
+        checks.check(cfg)
 
 
 def test_exact_refusal_is_one_line_and_exit_2(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import reglab
-from reglab.datagen import uniform_line
+from reglab.data.synthetic import uniform_line
 
 
 def test_line(run_train):

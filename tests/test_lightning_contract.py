@@ -361,8 +361,8 @@ def test_a_flag_reglab_cannot_honour_is_one_line_and_exit_2(tmp_path, args, mess
 def test_the_module_trains_under_a_plain_trainer_with_any_optimizer():
     """The module itself is a stock LightningModule: automatic optimization,
     training_step returns the loss."""
-    from reglab.models import LinearRegression
-    from reglab.module import RegressionModule
+    from reglab.models.regressors import LinearRegression
+    from reglab.training.module import RegressionModule
 
     module = RegressionModule(LinearRegression(1), partial(torch.optim.Adam, lr=0.1),
                               nn.MSELoss())
@@ -425,7 +425,7 @@ def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_tra
     (diabetes is standardized: a module without its scaling would report about 0.5)."""
     from hydra.utils import instantiate
 
-    from reglab.module import RegressionModule
+    from reglab.training.module import RegressionModule
 
     m, run_dir = run_train("data=diabetes", "trainer.max_epochs=3", "callbacks.plots=null",
                            "scheduler=step")
@@ -451,7 +451,7 @@ def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_tra
     ckpt["reglab"]["parts"]["loss"] = {"_target_": "torch.nn.MSELoss", "reduction": {
         "_target_": "pathlib.Path.touch", "self": str(marker)}}
     torch.save(ckpt, tmp_path / "evil.ckpt")
-    from reglab.validate import ReglabError
+    from reglab.errors import ReglabError
 
     with pytest.raises(ReglabError, match=r"the loss names pathlib.Path.touch"):
         RegressionModule.load_from_checkpoint(tmp_path / "evil.ckpt")

@@ -96,7 +96,7 @@ def test_yaml_files_train_resume_evaluate_predict(project: Path, importable: Non
     import torch
 
     import reglab
-    from reglab.validate import ReglabError
+    from reglab.errors import ReglabError
 
     env, commands = _commands(_blocks("bash")[0], project)
     assert env == {"PYTHONPATH": str(project)}
@@ -173,15 +173,16 @@ def test_command_line_targets_callbacks_and_loggers(project: Path, importable: N
     import torch
 
     import reglab
-    from reglab import validate
+    from reglab import errors
+    from reglab.config import checks
 
     _, (command,) = _commands(_blocks("bash")[1], project)
     assert {"loss._target_=torch.nn.SmoothL1Loss", "optimizer._target_=torch.optim.RMSprop",
             "+model.hidden=2", "+data._target_=mymodels.data.CubicData"} <= set(command)
     # The hidden=2 the user's Cubic takes is a value reglab's MLP refuses.
     mlp = compose_config(["model=mlp", "model.hidden=2"], tmp_path).model
-    with pytest.raises(validate.ConfigError, match=r"model\.hidden: expected a list"):
-        validate.check(OmegaConf.create({"model": OmegaConf.to_container(mlp)}))
+    with pytest.raises(errors.ConfigError, match=r"model\.hidden: expected a list"):
+        checks.check(OmegaConf.create({"model": OmegaConf.to_container(mlp)}))
 
     out = _run(command, project, {"PYTHONPATH": str(project)})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -251,7 +252,7 @@ def test_python_api(project: Path, importable: None, monkeypatch: pytest.MonkeyP
 def test_in_features_only_when_the_constructor_takes_it(importable: None):
     import torch
 
-    from reglab import parts
+    from reglab.config import parts
 
     node = OmegaConf.create({"_target_": "mymodels.Cubic", "_partial_": True, "width": 4})
     model, spec = parts.build_model(node, 3)

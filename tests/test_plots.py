@@ -38,7 +38,7 @@ def line_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import compose_config
     from omegaconf import open_dict
 
-    from reglab.train import train
+    from reglab.cli.train import train
 
     run_dir = tmp_path_factory.mktemp("line") / "run"
     cfg = compose_config(["trainer.max_epochs=200"], run_dir)

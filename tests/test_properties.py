@@ -1,5 +1,5 @@
 """Property tests: random malformed tables and random config values, through Hydra's
-compose API into the same ``validate.check`` and ``train`` the command runs.
+compose API into the same ``checks.check`` and ``train`` the command runs.
 
 Only two outcomes are allowed. Either reglab refuses with one line (exit 2 on the
 command line) and the user's file is untouched, or it completes and its numbers are
@@ -21,7 +21,8 @@ from conftest import compose_config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from reglab import validate
+from reglab import errors
+from reglab.config import checks
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +139,7 @@ def _refused(exc: BaseException, name: str) -> None:
 def test_any_table_is_refused_in_one_line_or_fitted_exactly(tmp_path: Path,
                                                             table: dict[str, Any],
                                                             precision: str):
-    from reglab.train import train
+    from reglab.cli.train import train
 
     path = tmp_path / "t.csv"
     path.write_bytes(table["bytes"])
@@ -151,9 +152,9 @@ def test_any_table_is_refused_in_one_line_or_fitted_exactly(tmp_path: Path,
     try:
         cfg = compose_config(overrides, run_dir)
         cfg.data.source.delimiter = table["delimiter"]  # a tab, without the CLI's quoting
-        validate.check(cfg)
+        checks.check(cfg)
         metrics = train(cfg)
-    except validate.ReglabError as exc:
+    except errors.ReglabError as exc:
         _refused(exc, "t.csv")
         assert path.read_bytes() == table["bytes"]  # the user's file is never rewritten
         # A table a careful reader accepts may only be refused for what the model cannot
@@ -200,7 +201,7 @@ def test_any_config_value_is_refused_in_one_line_or_runs_right(tmp_path: Path,
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from reglab.train import train
+    from reglab.cli.train import train
 
     values = {k: CONFIG_VALUES[k][i % len(CONFIG_VALUES[k])] for k, i in chosen.items()}
     overrides = [f"{k}={v}" for k, v in values.items()]
@@ -208,12 +209,12 @@ def test_any_config_value_is_refused_in_one_line_or_runs_right(tmp_path: Path,
     try:
         cfg = compose_config(["trainer.max_epochs=2", "logger=none", "callbacks=none",
                               *overrides], run_dir)
-        validate.check(cfg)
+        checks.check(cfg)
         metrics = train(cfg)
     except (HydraException, OmegaConfBaseException) as exc:  # Hydra's own refusal
         assert any(k.split(".")[-1] in str(exc) for k in values), str(exc)
         return
-    except validate.ReglabError as exc:
+    except errors.ReglabError as exc:
         text = str(exc)
         assert "\n" not in text.strip(), text
         assert any(k in text or k.split(".")[0] in text for k in values), (overrides, text)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reglab.validate import DataError
+from reglab.errors import DataError
 
 
 def test_csv_with_chosen_columns_and_delimiter(run_train, tmp_path: Path):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from scipy import stats
 
-from reglab.closed_form import solve
-from reglab.models import LinearRegression, PolynomialRegression
-from reglab.regression_report import ols_report, report_for, report_for_model
-from reglab.scaling import Scaling
+from reglab.analysis.least_squares import solve
+from reglab.analysis.ols_report import ols_report, report_for, report_for_model
+from reglab.data.scaling import Scaling
+from reglab.models.regressors import LinearRegression, PolynomialRegression
 
 sm = pytest.importorskip("statsmodels.api")
 

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import reglab
-from reglab.models import LinearRegression
+from reglab.models.regressors import LinearRegression
 
 
 def _events(run_dir: Path) -> EventAccumulator:
@@ -68,7 +68,7 @@ def test_checkpoints_and_model_pt_predict_like_the_run(run_train):
 
     model = reglab.load_model(run_dir / "model.pt")
     raw = torch.load(run_dir / "model.pt", weights_only=True)
-    assert raw["model"]["class"] == "reglab.models.LinearRegression"
+    assert raw["model"]["class"] == "reglab.models.regressors.LinearRegression"
     expected = x @ torch.tensor(m["params"]["weight"]).T + m["params"]["bias"]
 
     state = torch.load(ckpts / "last.ckpt", weights_only=True)["state_dict"]
@@ -147,8 +147,8 @@ def test_the_summary_names_what_the_run_wrote(run_train, capsys):
 
 
 def test_train_from_python_without_a_run_dir_gets_a_stamped_one(tmp_path: Path, monkeypatch):
-    from reglab.confdir import compose
-    from reglab.train import train
+    from reglab.cli.train import train
+    from reglab.config.compose import compose
 
     monkeypatch.chdir(tmp_path)
     metrics = train(compose(["experiment=origin", "trainer.max_epochs=3",
@@ -163,8 +163,8 @@ def test_ckpt_path_last_continues_the_run_in_its_dir(run_train, tmp_path: Path):
     import pytest
     from conftest import compose_config
 
-    from reglab.train import train
-    from reglab.validate import ConfigError
+    from reglab.cli.train import train
+    from reglab.errors import ConfigError
 
     first, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=5",
                                "callbacks.plots=null")

@@ -10,7 +10,7 @@ import pytest
 from conftest import compose_config, run_cli, script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from reglab import sweep_report
+from reglab.reporting import sweep_report
 
 SMALL = ["experiment=noisy_line", "trainer.max_epochs=4", "data.source.num_samples=60"]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import compose_config
 
-from reglab.tables import read_inputs, read_table
-from reglab.validate import DataError, ReglabError
+from reglab.data.tables import read_inputs, read_table
+from reglab.errors import DataError, ReglabError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -426,9 +426,9 @@ def test_model_files_are_checked_before_anything_is_built(tmp_path: Path):
     """Declared shapes against stored tensors first (on the meta device: no memory for
     a file whose arguments claim a huge model); a 0-byte or incomplete file: one line."""
     from reglab.artifacts import read_trained, save_model
-    from reglab.models import LinearRegression
-    from reglab.scaling import Scaling
-    from reglab.validate import ReglabError
+    from reglab.data.scaling import Scaling
+    from reglab.errors import ReglabError
+    from reglab.models.regressors import LinearRegression
 
     good = tmp_path / "model.pt"
     save_model(LinearRegression(2), good, scaling=Scaling(), extra={},

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reglab import sweep_report
-from reglab.sweep_report import VALIDATION_CURVE_PNG, collect, draw_validation_curve, write_report
+from reglab.reporting import sweep_report
+from reglab.reporting.figures import sweep_plots
+from reglab.reporting.figures.sweep_plots import draw_validation_curve
+from reglab.reporting.sweep_report import VALIDATION_CURVE_PNG, collect, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -219,7 +221,7 @@ def test_a_curve_that_cannot_be_drawn_does_not_cost_the_table(
     def broken(rows: Any, key: str) -> None:
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(sweep_report, "draw_validation_curve", broken)
+    monkeypatch.setattr(sweep_plots, "draw_validation_curve", broken)
     report = write_report(degree_cv_sweep)
     assert not (degree_cv_sweep / VALIDATION_CURVE_PNG).exists()
     assert (degree_cv_sweep / "sweep_summary.csv").is_file() and "★ best" in report.markdown

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from reglab import __version__
-from reglab.models import MODEL_CLASSES
-from reglab.scaling import Scaling, Standardized
-from reglab.validate import ReglabError
+from reglab.data.scaling import Scaling, Standardized
+from reglab.errors import ReglabError
+from reglab.models.regressors import MODEL_CLASSES
 
 FORMAT = "reglab.model"
 FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""Numbers about a model: metrics, the least-squares solver, the OLS report, the optimum."""

@@ -1,0 +1,1 @@
+"""The console commands: reglab-train, reglab-eval, reglab-predict, reglab-sweep-report."""

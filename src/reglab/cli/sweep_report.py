@@ -1,0 +1,36 @@
+"""``reglab-sweep-report <multirun dir>``: rebuild a sweep's report from the files on disk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``reglab-sweep-report <multirun dir>``: rebuild the report from files on disk."""
+    parser = argparse.ArgumentParser(
+        prog="reglab-sweep-report",
+        description="Summarise a reglab sweep: CSV, Markdown, heat map, loss curves and,"
+                    " for one numeric swept key, a validation curve.")
+    parser.add_argument("sweep_dir", type=Path, help="outputs/<task>/multiruns/<stamp>")
+    args = parser.parse_args(argv)
+    try:
+        from reglab.reporting.sweep_report import write_report
+
+        report = write_report(args.sweep_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"reglab-sweep-report: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    print("wrote " + ", ".join(str(f) for f in report.files))
+    return 0
+
+
+def console() -> None:
+    """``reglab-sweep-report``: :func:`main`'s status as the exit status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

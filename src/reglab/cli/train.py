@@ -1,0 +1,302 @@
+"""``reglab-train``: compose a config, fit, test, and leave a complete run dir.
+
+The flow reads top to bottom in :func:`train`: config → data module + model →
+Lightning module → trainer (loggers, callbacks) → fit → test → files in the run dir.
+Only Hydra and OmegaConf are imported at module level, so ``--help`` and config errors
+answer without paying for torch or Lightning. What a run settles before its fit (dir,
+seed, checkpoint, Trainer) is in :mod:`reglab.training.run_setup`; ``resume=`` in
+:mod:`reglab.cli.resume`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from reglab import compat, errors
+from reglab.cli import common, run_guard
+from reglab.cli.resume import resume_argv
+from reglab.config import checks
+from reglab.config.compose import CONF_DIR
+from reglab.reporting.sweep_callback import JobsFailed
+from reglab.training import run_setup
+
+log = logging.getLogger("reglab")
+
+#: A failed or diverged sweep job's objective: the worst value, so a search steers away
+#: from it. (NaN would make Optuna 2.x abort the whole study.)
+_FAILED = float("inf")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment described by ``cfg``; return what ``metrics.json`` holds."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from reglab.analysis import optimum
+    from reglab.artifacts import check_checkpoint, save_model
+    from reglab.config import parts
+    from reglab.reporting import run_record, summary, tensorboard
+    from reglab.training import exact as exact_fit
+    from reglab.training.module import RegressionModule
+
+    run_setup.quiet_lightning()
+    cfg = copy.deepcopy(cfg)  # the run fills in its dir, seed and checkpoint: not the caller's
+    run_dir = run_setup.run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    choices = run_setup.hydra_choices()
+    try:
+        if cfg.get("seed") is None:
+            run_setup.draw_seed(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+        # Data first: the model's input width comes from it.
+        datamodule = parts.build("data", lambda: instantiate(cfg.data))
+        in_features, data_info = parts.describe_data(datamodule)
+        targets = data_info.get("target")
+        model, model_spec = parts.build_model(
+            cfg.model, in_features, len(targets) if isinstance(targets, list) else 1)
+        scheduler = cfg.get("scheduler")
+        optimizer = parts.build("optimizer", lambda: instantiate(cfg.optimizer))
+        probe = parts.build("optimizer", lambda: optimizer(model.parameters()))  # its args
+        module = RegressionModule(
+            model=model, optimizer=optimizer,
+            loss=parts.build("loss", lambda: instantiate(cfg.loss)),
+            scaling=getattr(datamodule, "scaling", None), data_info=data_info,
+            scheduler=None if not scheduler else {
+                **OmegaConf.to_container(scheduler, resolve=True),
+                "scheduler": parts.build("scheduler",
+                                         lambda: instantiate(scheduler.scheduler))},
+            model_spec=model_spec,
+            parts={name: OmegaConf.to_container(node, resolve=True) for name, node in
+                   (("loss", cfg.loss), ("optimizer", cfg.optimizer),
+                    ("scheduler", scheduler)) if node})
+        if module.scheduler_config:  # its arguments, on a throwaway optimizer
+            parts.build("scheduler", lambda: module.make_scheduler(
+                optimizer(model.parameters()), lambda: 100))
+
+        # The exact optimum of linear and polynomial models: the bar the fit is held to,
+        # or, with optimizer=exact, the fit itself.
+        exact = exact_fit.is_exact(probe)
+        start = time.perf_counter()
+        closed, solution = (optimum.find_optimum(model, module.loss_fn, datamodule, probe)
+                            if parts.is_reglab_data(datamodule) else (None, None))
+        if exact and (why := exact_fit.refusal(closed, model, datamodule)):
+            raise errors.ConfigError(why)
+        folds = getattr(datamodule, "folds", None) if exact else None
+        cv = (exact_fit.cross_validate(model, module.loss_fn, datamodule, probe, folds)
+              if folds else None)
+        solve_seconds = time.perf_counter() - start
+        if closed and "train_loss" in closed:
+            module.reference_loss = closed["train_loss"]
+            module.closed_form = solution
+
+        # Each is a named entry (callbacks.progress_bar=null switches one off); the
+        # Trainer's own switches (+trainer.logger=false, ...) win over the groups.
+        _, callbacks, switches = parts.trainer_parts(cfg)  # the loggers are in switches
+        trainer: pl.Trainer = run_setup.instantiate_trainer(parts.trainer_config(cfg), switches)
+
+        if cfg.get("ckpt_path"):
+            cfg.ckpt_path = run_setup.checkpoint_named(str(cfg.ckpt_path), run_dir)
+            check_checkpoint(cfg.ckpt_path, module)
+        lr_find = None
+        if (cfg.get("tuner") or {}).get("lr_find") is not None:
+            from reglab.training.lr_finder import find_lr
+
+            lr_find = find_lr(trainer, module, datamodule, cfg.tuner.lr_find)
+        start = time.perf_counter()
+        try:
+            if exact:  # no gradient loop: the optimum is set, Lightning validates it
+                exact_fit.fit(trainer, module, datamodule, closed, cv)
+            else:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except (KeyboardInterrupt, SystemExit):
+            if module.interrupted_by is None:
+                raise
+            # Asked twice: the fit stopped at once, mid-step. Say so, and which
+            # checkpoint a resume would use (the last one written before it).
+            forced = {"status": "interrupted", "interrupted_by": module.interrupted_by,
+                      "stopped": "at once (a second signal): this step was not saved",
+                      "epochs": int(trainer.current_epoch),
+                      "steps": int(trainer.global_step),
+                      "hparams": run_record.hparams(cfg, choices),
+                      "run": run_record.run_record(cfg)}
+            if run_setup.global_rank() == 0:
+                run_record.write_json(run_dir / run_record.METRICS_FILE, forced)
+            return forced
+        # The fit's own time: drawing its pictures at the end is reported apart.
+        draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
+        fit_seconds = time.perf_counter() - start - draw_seconds
+        if exact:  # the fit was the solve
+            fit_seconds = solve_seconds
+            draw_seconds += exact_fit.draw_figures(trainer, module)
+        finished = module.diverged_at_step is None and module.interrupted_by is None
+        if cfg.get("test", True) and finished and parts.has_test(datamodule):
+            trainer.test(module, datamodule=datamodule, verbose=False)
+        if exact:
+            exact_fit.save_checkpoint(trainer, callbacks)
+
+        metrics = run_record.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
+                                  closed=closed)
+        metrics["plot_seconds"] = round(draw_seconds, 4)
+        metrics["method"] = "exact" if exact else "gradient"
+        if cv is not None:
+            metrics["cv"] = cv
+        if lr_find is not None:
+            metrics["lr_find"] = lr_find
+            if lr_find["applied"]:
+                metrics["hparams"]["lr"] = lr_find["suggestion"]
+        if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
+            metrics["status"] = "fast_dev_run"
+        metrics["logs"] = run_record.log_locations(trainer.loggers)
+        metrics["run"] = run_record.run_record(cfg)
+        metrics["world_size"] = trainer.world_size
+        metrics["device"] = str(trainer.strategy.root_device)
+        if parts.is_reglab_data(datamodule):  # where the batches were cut
+            metrics["data_device"] = str(datamodule.batch_device)
+        if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
+            return metrics
+        if not trainer.fast_dev_run:
+            save_model(model, run_dir / "model.pt", scaling=module.scaling,
+                       extra={"hparams": metrics["hparams"], "data": data_info},
+                       kwargs=model_spec["kwargs"])
+    except Exception as exc:
+        # Leave a record that says what went wrong, never a stale "completed".
+        if run_setup.global_rank() == 0:
+            run_record.write_json(run_dir / run_record.METRICS_FILE,
+                               run_record.failure(cfg, exc, choices))
+        raise
+    run_record.write_json(run_dir / run_record.METRICS_FILE, metrics)
+    test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
+    cv_tags = ["cv/val_loss", "cv/val_loss_std"] if metrics.get("cv") else []
+    tensorboard.log_hparams(trainer.loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
+                                                       *cv_tags, *test_tags],
+                        reference_layout=bool(closed and "train_loss" in closed),
+                        report=(closed or {}).get("report"),
+                        per_target=(closed or {}).get("per_target"))
+    print("\n".join(summary.summary_lines(metrics, run_dir)), flush=True)
+    return metrics
+
+
+
+def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:
+    """One job: its exit status for a single run, its objective in a sweep, where a failed
+    job is recorded and the sweep goes on. ``guard`` puts a rejected run's dir back."""
+    multirun = run_setup.is_multirun()
+    try:
+        checks.check(cfg)  # before torch is imported: a typo answers at once
+        if multirun:
+            _check_sweep_can_run_data_parallel(cfg)
+        metrics = train(cfg)
+    except errors.ReglabError as exc:
+        if multirun:
+            _record_failure(cfg, exc)
+            log.error("job failed: %s", exc)
+            return _FAILED
+        # Put the run dir back as it was: removed if this command created it.
+        guard.restore(Path(cfg.paths.run_dir))
+        common.fail("reglab-train", exc)
+    except Exception as exc:
+        if not multirun:
+            raise
+        log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,
+                  exc_info=True)
+        return _FAILED
+    if metrics["status"] == "interrupted":
+        run_dir = Path(cfg.paths.run_dir)
+        print(f"reglab-train: interrupted by {metrics['interrupted_by']} after "
+              f"{metrics['epochs']} epochs; checkpoint in {run_dir / 'checkpoints'}; "
+              f"continue with: reglab-train resume={run_dir}", file=sys.stderr, flush=True)
+        sys.exit(130 if metrics["interrupted_by"] == "SIGINT" else 143)
+    if metrics["status"] == "diverged":
+        message = (f"training diverged at step {metrics['diverged_at_step']}: the loss became "
+                   f"non-finite (optimizer.lr={metrics['hparams']['lr']}; try a smaller one)")
+        if multirun:
+            log.error(message)
+            return _FAILED
+        print(f"reglab-train: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    # What a sweeper minimises: with data.folds, the mean validation loss over the folds.
+    val = (metrics.get("cv") or {}).get("val_loss_mean", metrics.get("val_loss"))
+    return _FAILED if val is None else float(val)
+
+
+def _check_sweep_can_run_data_parallel(cfg: DictConfig) -> None:
+    """Lightning starts data-parallel ranks by relaunching the command line, which would
+    rerun a whole local sweep; on SLURM the scheduler starts the ranks instead."""
+    from hydra.core.hydra_config import HydraConfig
+
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    name = str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy)
+    devices = trainer.get("devices")
+    parallel = "ddp" in name.lower() or (isinstance(devices, int) and (devices > 1 or
+                                                                        devices == -1))
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if parallel and "SlurmLauncher" not in launcher:
+        raise errors.ConfigError(
+            "trainer: data-parallel training (several devices or a ddp strategy) cannot run "
+            "inside a local sweep; sweep with hydra/launcher=slurm (tasks_per_node = "
+            "devices), or run each configuration as its own reglab-train command")
+
+
+def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    from reglab.reporting import run_record
+
+    run_dir = Path(cfg.paths.run_dir)
+    if not (run_dir / run_record.METRICS_FILE).exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_record.write_json(run_dir / run_record.METRICS_FILE, run_record.failure(cfg, exc))
+
+
+def main() -> None:
+    """Console entry point: ``reglab-train [overrides]``.
+
+    Exit status: 0 done; 1 a run (or some sweep job) failed or diverged; 2 bad input
+    (a config Hydra cannot compose, or a value or data set reglab rejects).
+    """
+    sys.argv = common.experiment_argv(sys.argv)
+    try:
+        sys.argv = resume_argv(sys.argv)
+        checks.check_argv(sys.argv[1:])  # before Hydra creates any folder
+        guard = run_guard.guard_from_argv(sys.argv[1:])
+    except errors.ReglabError as exc:
+        common.fail("reglab-train", exc)
+    started = False  # whether Hydra composed the config and handed it to a job
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+    def job(cfg: DictConfig) -> float:
+        nonlocal started
+        started = True
+        return run_job(cfg, guard)
+
+    try:
+        job()
+    except JobsFailed:  # the sweep ran to the end; its report says who failed
+        raise
+    except HydraException as exc:  # a composition error Hydra's --help lets through
+        common.fail("reglab-train", exc)
+    except SystemExit as exc:
+        if exc.code == 1 and not started:  # Hydra could not compose the config
+            sys.exit(common.BAD_INPUT)
+        raise
+    finally:
+        compat.stop_idle_joblib_workers()
+
+
+def console() -> None:
+    """``reglab-train``: :func:`main`, then Python's ordinary exit (see :func:`common.run`)."""
+    common.run(main)
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,1 @@
+"""Configuration: where the YAML lives, composing it, checking it, building its parts."""

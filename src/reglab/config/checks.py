@@ -1,0 +1,236 @@
+"""Checks on a composed config, run before torch or Lightning is imported.
+
+Each problem becomes one :class:`ConfigError` line naming the key, what it holds and
+what was expected, so a typo costs a second, not a traceback after a slow import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from reglab.errors import ConfigError
+from reglab.models.activations import ACTIVATIONS
+
+#: The metrics reglab's module logs, which monitors (checkpoints, early stopping,
+#: ReduceLROnPlateau) can watch.
+METRICS = ("train/loss", "train/loss_epoch", "val/loss")
+
+
+def is_number(value: Any) -> bool:
+    """A real number (bools, which are ints to Python, are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str,
+           optional: bool = False) -> None:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return  # not every data set or model has every key
+        node = node[part]
+    if node is None and optional:
+        return
+    if not ok(node):
+        raise ConfigError(f"{key}: expected {expected}, got {node!r}")
+
+
+def _positive_ints(values: Any) -> bool:
+    return isinstance(values, Iterable) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot work."""
+    from omegaconf import OmegaConf
+
+    # Hydra's own node (present in a config composed with return_hydra_config) holds
+    # interpolations only a running job resolves: it is not the user's to set.
+    top = [k for k in cfg if k != "hydra"]
+    missing = sorted([k for k in top if OmegaConf.is_missing(cfg, k)] + [
+        m for k in top if not OmegaConf.is_missing(cfg, k) and OmegaConf.is_config(cfg[k])
+        for m in OmegaConf.missing_keys(cfg[k])])
+    if missing:
+        raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
+                          "to the command line")
+    positive = lambda v: is_number(v) and math.isfinite(v) and v > 0  # noqa: E731
+    fraction = lambda v: is_number(v) and 0 <= v <= 1  # noqa: E731
+    # Keys of reglab's own classes are checked here, before torch is imported; a class
+    # of the user's own checks its arguments itself (reglab cannot know what they mean).
+    if _target(cfg, "optimizer").startswith("torch.optim."):
+        _check(cfg, "optimizer.lr", positive, "a finite number > 0")
+        for key in ("weight_decay", "momentum"):
+            _check(cfg, f"optimizer.{key}", lambda v: is_number(v) and math.isfinite(v)
+                   and v >= 0, "a finite number >= 0")
+    exact = _target(cfg, "optimizer") == "reglab.training.exact.ExactLeastSquares"
+    if exact:
+        from reglab.training.exact import check_config
+
+        _check(cfg, "optimizer.weight_decay", lambda v: is_number(v) and math.isfinite(v)
+               and v >= 0, "a finite number >= 0")
+        check_config(cfg)
+    _check(cfg, "task_name", _plain_name, _TASK_NAME)
+    _check(cfg, "trainer.max_epochs", lambda v: v is None or (
+        isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
+           "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
+    # Lightning takes 0 here and fails mid-fit dividing by it.
+    _check(cfg, "trainer.check_val_every_n_epoch", lambda v: isinstance(v, int) and not
+           isinstance(v, bool) and v >= 1, "a whole number >= 1, or null to validate "
+           "every val_check_interval steps", optional=True)
+    trainer = cfg.get("trainer") or {}
+    if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) != 1:
+        raise ConfigError("seed: null draws a seed in each process, and the nodes of a "
+                          "multi-node run must share one; give seed=<a number>")
+    # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
+    _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
+           and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295, or null for a "
+           "fresh one", optional=True)
+    _check_strategy(cfg)
+    if _target(cfg, "data") == "reglab.data.datamodule.RegressionDataModule":
+        _check_data(cfg, positive, fraction)
+    model = _target(cfg, "model")
+    if model == "reglab.models.regressors.MLP":
+        _check(cfg, "model.hidden", _positive_ints,
+               "a list of whole numbers > 0, e.g. [10, 10]")
+        _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in
+               ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
+    if model == "reglab.models.regressors.PolynomialRegression":
+        _check(cfg, "model.degree", lambda v: isinstance(v, int) and not isinstance(v, bool)
+               and v >= 1, "a whole number >= 1")
+    if _target(cfg, "loss").startswith("torch.nn."):
+        _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
+    scheduler = cfg.get("scheduler")
+    if scheduler and "scheduler" not in scheduler:
+        raise ConfigError("scheduler: expected Lightning's lr_scheduler_config, a mapping "
+                          "with a `scheduler` entry holding the _target_ (see "
+                          "conf/scheduler/step.yaml)")
+    if scheduler:
+        _check(cfg, "scheduler.interval", lambda v: v in ("epoch", "step"), "epoch or step")
+        _check(cfg, "scheduler.monitor", lambda v: v in METRICS,
+               f"one of the metrics reglab logs: {', '.join(METRICS)}", optional=True)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        # Lightning's own callbacks name a metric to watch; a misspelt one would fail at
+        # the end of the first epoch, after the run dir was set up.
+        if isinstance(callback, DictConfig) and str(callback.get("_target_", "")).startswith(
+                ("pytorch_lightning.", "lightning.")):
+            _check(cfg, f"callbacks.{name}.monitor", lambda v: v in METRICS,
+                   f"one of the metrics reglab logs: {', '.join(METRICS)}", optional=True)
+    lr_find = (cfg.get("tuner") or {}).get("lr_find")
+    if lr_find is not None:
+        _check(cfg, "tuner.lr_find.num_training", lambda v: isinstance(v, int) and v >= 2,
+               "a whole number >= 2")
+        for key in ("min_lr", "max_lr"):
+            _check(cfg, f"tuner.lr_find.{key}", lambda v: is_number(v) and math.isfinite(v)
+                   and v > 0, "a finite number > 0")
+        if is_number(lr_find.get("min_lr")) and is_number(lr_find.get("max_lr")) and \
+                lr_find.min_lr >= lr_find.max_lr:
+            raise ConfigError(f"tuner.lr_find.max_lr: expected a number above min_lr "
+                              f"({lr_find.min_lr}), got {lr_find.max_lr}")
+        _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
+               "a whole number >= 1")
+
+
+def _plain_name(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value \
+        and "\\" not in value
+
+
+#: What task_name must be: it names a folder under outputs/.
+_TASK_NAME = "a plain folder name (no path separators): runs land in outputs/<task_name>/"
+
+
+def check_argv(args: list[str]) -> None:
+    """Command-line values that would make Hydra create folders in the wrong place."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "task_name" and not _plain_name(value):
+            raise ConfigError(f"task_name: expected {_TASK_NAME}, got {value!r}")
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Strategies that start their workers by spawning or forking run the fit in other
+    processes: the model this process saves would be the untrained one."""
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig):
+        name = f"{strategy.get('_target_', '')} start_method={strategy.get('start_method')}"
+    else:
+        name = str(strategy)
+    if "spawn" in name or "fork" in name:
+        raise ConfigError(
+            f"trainer.strategy: {name.strip()} trains in spawned processes, whose results "
+            "never reach this one; use trainer=ddp_cpu (CPU) or trainer=ddp (GPUs), which "
+            "start the other ranks by relaunching the command")
+
+
+def check_folds(folds: Any, val_fraction: float) -> None:
+    """``data.folds``: K >= 2 folds of the training rows, which then are the validation
+    split in turn (so no fixed val split besides them)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"data.folds: expected a whole number >= 2, or null, got {folds!r}")
+    if val_fraction:
+        raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each fold "
+                          f"of the training rows is the validation split in turn); got "
+                          f"{val_fraction}")
+
+
+def delimiter(value: Any, key: str) -> str:
+    """The one character that separates a table's fields. ``\\t`` (what a shell passes
+    for ``data.source.delimiter='\\t'``) and ``tab`` mean a tab."""
+    if value in ("\\t", "tab"):
+        return "\t"
+    if not isinstance(value, str) or len(value) != 1 or value in ('"', "\n", "\r"):
+        raise ConfigError(f"{key}: expected one character such as ',' or ';' (\\t for a "
+                          f"tab), got {value!r}")
+    return value
+
+
+def _target(cfg: DictConfig, key: str) -> str:
+    node = cfg.get(key)
+    return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+
+
+def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
+                fraction: Callable[[Any], bool]) -> None:
+    """The keys of reglab's data module and its sources."""
+    _check(cfg, "data.batch_size", lambda v: isinstance(v, int) and v > 0,
+           "a whole number > 0, or null for full batch", optional=True)
+    _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
+    _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
+    data = cfg.get("data") or {}
+    folds = data.get("folds")
+    if folds is not None:
+        check_folds(folds, data.get("val_fraction") or 0)
+        if "optimizer" in cfg and _target(cfg, "optimizer") != \
+                "reglab.training.exact.ExactLeastSquares":  # (reglab-eval checks data alone)
+            raise ConfigError(f"data.folds: k-fold cross-validation fits each fold exactly; "
+                              f"add optimizer=exact (a gradient fit per fold is not "
+                              f"supported), or drop data.folds={folds}")
+    held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
+    if held_out >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "
+                          f"so rows remain for training, got {held_out:g}")
+    if not _target(cfg.data, "source").startswith("reglab."):
+        return
+    _check(cfg, "data.source.num_samples", lambda v: isinstance(v, int) and v >= 1,
+           "a whole number >= 1")
+    _check(cfg, "data.source.num", lambda v: isinstance(v, int) and v >= 1,
+           "a whole number >= 1")
+    _check(cfg, "data.source.noise", lambda v: is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "data.source.high", lambda v: is_number(v) and v > cfg.data.source.low,
+           "a number above data.source.low")
+    _check(cfg, "data.source.target", lambda v: (isinstance(v, str) and v != "") or (
+        isinstance(v, Iterable) and not isinstance(v, str) and len(list(v)) > 0
+        and all(isinstance(c, str) and c for c in v)),
+           "the name of the column to predict, or a list of names")
+    _check(cfg, "data.source.features", lambda v: isinstance(v, Iterable) and not isinstance(
+        v, str) and len(list(v)) > 0 and all(isinstance(c, str) for c in v),
+           "a list of column names, or null for every column but the target", optional=True)
+    if "delimiter" in cfg.data.source:
+        delimiter(cfg.data.source.delimiter, "data.source.delimiter")
+    _check(cfg, "data.source.path", lambda v: isinstance(v, str) and Path(v).expanduser()
+           .is_file(), "an existing file (a .csv or .parquet table)")

@@ -1,0 +1,1 @@
+"""Data: synthetic sources, tables from files, bundled sets, scaling, the data module."""

@@ -1,0 +1,1 @@
+"""What a run or sweep leaves for people: the record, summary, TensorBoard extras, figures."""

@@ -1,0 +1,123 @@
+"""The console text a person reads: a run's closing summary and the least-squares table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, spec: str = ".6g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else ("<1e-16" if value < 1e-16 else f"{value:.3g}")
+
+
+#: Terms the console table shows; metrics.json and TensorBoard hold every one.
+REPORT_ROWS = 12
+
+
+def report_table(report: dict[str, Any], markdown: bool = False,
+                 limit: int | None = REPORT_ROWS) -> list[str]:
+    """The least-squares report as a table a person reads: one row per term (coef, its
+    standard error, t, p and 95 % interval), then the fit statistics."""
+    head = ["term", "coef", "std err", "t", "P>|t|", "[0.025", "0.975]"]
+    rows = [[str(r["name"]), _num(r["coef"]), _num(r["std_err"], ".4g"), _num(r["t"], ".3f"),
+             _p(r["p_value"]), _num(r["ci_low"]), _num(r["ci_high"])]
+            for r in report["coef"]]
+    more = 0
+    if limit is not None and len(rows) > limit:
+        more, rows = len(rows) - limit, rows[:limit]
+    stats = (f"n {report['n']}   R² {_num(report['r2'], '.6g')}   adj. R² "
+             f"{_num(report['adjusted_r2'], '.6g')}   F {_num(report['f_statistic'], '.4g')} "
+             f"(p {_p(report['f_p_value'])})   σ {_num(report['sigma'], '.4g')}   "
+             f"cond. no. {_num(report['condition_number'], '.3g')}")
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return [*lines, "", stats]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in [head, *rows]]
+    if more:
+        lines.append(f"… {more} more terms in metrics.json")
+    return [*lines, stats]
+
+
+def _fmt(value: float | list[float] | None) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return "—" if value is None else f"{value:.6g}"
+
+
+def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
+    """A few lines a person reads at the end of a run."""
+    exact = metrics.get("method") == "exact"
+    how = ("solved exactly, no gradient steps (optimizer=exact)" if exact else
+           f"{metrics['epochs']} epochs, {metrics['steps']} steps")
+    lines = [
+        f"reglab: {metrics['hparams']['experiment']} {metrics['status']} in "
+        f"{metrics['fit_seconds']:.2f} s — {how}",
+        f"  train loss {_fmt(metrics['train_loss'])}   val loss {_fmt(metrics['val_loss'])}",
+    ]
+    cv = metrics.get("cv")
+    if cv:
+        lines.append(f"  {cv['folds']}-fold cross-validation over {cv['rows']} rows: val loss "
+                     f"{_fmt(cv['val_loss_mean'])} ± {_fmt(cv['val_loss_std'])} (std over "
+                     f"folds), train loss {_fmt(cv['train_loss_mean'])}")
+    test = metrics.get("test")
+    if test:
+        lines.append(f"  test  mse {_fmt(test['mse'])}  rmse {_fmt(test['rmse'])}  "
+                     f"mae {_fmt(test['mae'])}  r2 {_fmt(test['r2'])}")
+        for name, own in (test.get("per_target") or {}).items():
+            lines.append(f"    {name}: mse {_fmt(own['mse'])}  rmse {_fmt(own['rmse'])}  "
+                         f"mae {_fmt(own['mae'])}  r2 {_fmt(own['r2'])}")
+    params = metrics.get("params_data_units") or metrics.get("params")
+    if params and "weight" in params and len(params["weight"]) > 1:  # several targets
+        names = metrics.get("data", {}).get("target") or []
+        biases = params.get("bias") or [None] * len(params["weight"])
+        for j, (row, bias) in enumerate(zip(params["weight"], biases, strict=False)):
+            name = names[j] if j < len(names) else f"y{j}"
+            lines.append(f"  learned {name}: weight [{', '.join(f'{w:.6g}' for w in row[:6])}"
+                         f"{', …' if len(row) > 6 else ''}]   bias {_fmt(bias)}")
+    elif params and "weight" in params:
+        weights = params["weight"][0]
+        weight = ", ".join(f"{w:.6g}" for w in weights[:6]) + (", …" if len(weights) > 6 else "")
+        line = f"  learned weight [{weight}]   bias {_fmt(params.get('bias'))}"
+        truth = metrics.get("true_params")
+        if truth:
+            true_w = ", ".join(f"{w:.6g}" for w in truth["weight"][0])
+            line += f"   (true [{true_w}], {_fmt(truth.get('bias'))})"
+        lines.append(line)
+    closed = metrics.get("closed_form") or {}
+    gap = closed.get("optimality_gap")
+    if exact and gap and gap["relative"] is not None and gap["relative"] > 1e-9:
+        lines.append(f"  the weights were rounded to the model's precision: train loss "
+                     f"{gap['relative']:.3g} (relative) above the optimum in metrics.json; "
+                     "trainer.precision=64-true keeps every digit")
+    elif gap and not exact:
+        rel = "" if gap["relative"] is None else f" ({gap['relative']:.3g} relative)"
+        what = "least-squares" if closed.get("objective") == "least squares" else "ridge"
+        lines.append(f"  {what} optimum: train loss {_fmt(closed['train_loss'])}; "
+                     f"this fit is {gap['absolute']:.3g} above it{rel}")
+    if closed.get("why_no_optimum"):
+        lines.append(f"  no optimum to compare with: {closed['why_no_optimum']}")
+    reports = ({"": closed["report"]} if closed.get("report") else
+               {name: own["report"] for name, own in (closed.get("per_target") or {}).items()})
+    for name, report in reports.items():
+        target = f" (target {name})" if name else ""
+        lines.append(f"  least squares on the training split, in the data's units{target}:")
+        lines += [f"    {line}" for line in report_table(report)]
+    if metrics.get("status") == "fast_dev_run":
+        lines.append(f"  fast_dev_run: a smoke test of {metrics['steps']} step(s); as Lightning "
+                     "does, no checkpoint and no logs were written, and no model.pt")
+    lines.append(f"  run dir: {run_dir}")
+    logs = metrics.get("logs") or {}
+    if "tensorboard" in logs:
+        lines.append(f"  review:  tensorboard --logdir {run_dir}")
+    if "csv" in logs:
+        lines.append(f"  metrics: {logs['csv']}")
+    lines += [f"  {name}: {where}" for name, where in logs.items()
+              if name not in ("tensorboard", "csv")]
+    return lines

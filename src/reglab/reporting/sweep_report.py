@@ -1,0 +1,267 @@
+"""The sweep report: one table, one heat map and one chart of curves per multirun, and a
+validation curve (train and val loss against the swept value) when one numeric key is swept
+(drawn by :mod:`reglab.reporting.figures.sweep_plots`).
+
+Built only from files on disk (each job's ``.hydra/overrides.yaml`` and
+``metrics.json``), so the same report comes out at the end of a sweep, for a sweep that
+was cut short, and for one that ran on another machine.
+
+A job run with k-fold cross-validation (``data.folds=K``) carries a ``cv`` record; the
+sweep is then decided by its K-fold mean val loss (shown as mean ± std), not by one split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reglab.reporting.run_record import saved_run
+
+log = logging.getLogger("reglab")
+
+SUMMARY_CSV = "sweep_summary.csv"
+SUMMARY_MD = "sweep_summary.md"
+HEATMAP_PNG = "sweep_heatmap.png"
+CURVES_PNG = "sweep_curves.png"
+VALIDATION_CURVE_PNG = "sweep_validation_curve.png"
+COLUMNS = ["job", "overrides", "status", "train_loss", "val_loss", "test_loss", "r2",
+           "epochs", "fit_seconds", "run_dir", "error"]
+#: From a job's ``cv`` record; in the CSV (after val_loss) only when some job has one.
+CV_COLUMNS = ["cv_val_loss", "cv_val_std", "cv_train_loss", "folds"]
+# How Hydra writes small and large floats (1e-06, 1e+20); YAML 1.1 reads them as strings.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]]
+    swept: list[str]
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The job with the lowest :func:`rank_loss` (K-fold mean when cross-validated)."""
+        done = [r for r in self.rows if rank_loss(r) is not None]
+        return min(done, key=lambda r: rank_loss(r) or 0.0) if done else None
+
+
+def number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def rank_loss(row: dict[str, Any]) -> float | None:
+    """The validation loss a sweep is decided by: the K-fold mean when the job was
+    cross-validated (one split's loss is one draw of the noise), else its val loss."""
+    cv = number(row.get("cv_val_loss"))
+    return cv if cv is not None else number(row.get("val_loss"))
+
+
+def _has_cv(row: dict[str, Any]) -> bool:
+    return any(row.get(c) is not None for c in CV_COLUMNS)
+
+
+def folds_label(rows: list[dict[str, Any]]) -> str:
+    """The fold count to print: "5" when every cross-validated job used 5, else "K"."""
+    folds = {r.get("folds") for r in rows if r.get("folds") is not None}
+    return str(folds.pop()) if len(folds) == 1 else "K"
+
+
+def _cv_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The K-fold summary of a job's ``cv`` record; all None for a job fit on one split."""
+    cv = metrics.get("cv")
+    if not isinstance(cv, dict):
+        return dict.fromkeys(CV_COLUMNS)
+    folds = cv.get("folds")
+    return {"cv_val_loss": number(cv.get("val_loss_mean")),
+            "cv_val_std": number(cv.get("val_loss_std")),
+            "cv_train_loss": number(cv.get("train_loss_mean")),
+            "folds": folds if isinstance(folds, int) and not isinstance(folds, bool) else None}
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # weight_decay=1e-06 is a number, to sort and to plot as one
+    return key.lstrip("+~"), value
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a multirun dir, found by what Hydra and reglab write into each
+    (``.hydra/`` or ``metrics.json``), whatever ``hydra.sweep.subdir`` named them:
+    numbered folders in job order, others (``optimizer.lr=0.1``) by name."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
+    found = {p.parent for name in (".hydra", "metrics.json") for p in sweep_dir.rglob(name)
+             if p.parent != sweep_dir}
+    # A job's own subfolders never hold these files; a folder inside another job's is not
+    # a job of this sweep (a nested sweep, say).
+    jobs = [d for d in found if not any(o in d.parents for o in found)]
+    if not jobs:
+        raise ValueError(f"{sweep_dir}: not a sweep directory (no job folders with "
+                         ".hydra/ or metrics.json)")
+    return sorted(jobs, key=lambda d: job_order(job_name(sweep_dir, d)))
+
+
+def job_name(sweep_dir: Path, job: Path) -> str:
+    """How the report names a job: its folder, relative to the sweep dir."""
+    return job.relative_to(sweep_dir).as_posix()
+
+
+def job_order(name: str) -> tuple[int, int, str]:
+    """Numbered jobs first, in number order, then the others by name."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
+    """A job's metrics.json, or ({}, why it cannot be read): one broken job (a truncated
+    file, a disk that filled up) is reported by name, never the whole sweep refused."""
+    if not path.is_file():
+        return {}, ""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return {}, f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:80]})"
+    if not isinstance(metrics, dict):
+        return {}, f"{path}: unreadable (holds a {type(metrics).__name__}, not a record)"
+    return metrics, ""
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
+                                      dict[str, dict[str, Any]]]:
+    """One row per job, the swept keys, and each job's metrics.json (for curves)."""
+    rows, overrides_by_job, metrics_by_job = [], {}, {}
+    for job in job_dirs(sweep_dir):
+        # From .hydra/overrides.yaml, or the run record when Hydra wrote no .hydra/.
+        overrides = (saved_run(job) or {}).get("overrides")
+        overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+        name = job_name(sweep_dir, job)
+        overrides_by_job[name] = dict(_parse_override(o) for o in overrides)
+        metrics, unreadable = _read_metrics(job / "metrics.json")
+        metrics_by_job[name] = metrics
+        test = metrics.get("test") or {}
+        rows.append({
+            "job": name,
+            "overrides": " ".join(overrides or []),
+            "status": "unreadable" if unreadable else metrics.get("status", "missing"),
+            "train_loss": metrics.get("train_loss"),
+            "val_loss": metrics.get("val_loss"),
+            **_cv_fields(metrics),
+            "test_loss": test.get("mse"),
+            "r2": test.get("r2"),
+            "epochs": metrics.get("epochs"),
+            "fit_seconds": metrics.get("fit_seconds"),
+            "run_dir": str(job.resolve()),
+            "error": unreadable or metrics.get("error") or (
+                f"diverged at step {metrics['diverged_at_step']}"
+                if metrics.get("status") == "diverged" else ""),
+        })
+    keys = list(dict.fromkeys(k for ov in overrides_by_job.values() for k in ov))
+    swept = [k for k in keys
+             if len({repr(ov.get(k)) for ov in overrides_by_job.values()}) > 1] or keys
+    for row in rows:
+        for key in swept:
+            row[key] = overrides_by_job[row["job"]].get(key)
+    return rows, swept, metrics_by_job
+
+
+def cell(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _cv_cell(row: dict[str, Any]) -> str:
+    mean, std = number(row.get("cv_val_loss")), number(row.get("cv_val_std"))
+    if mean is None:
+        return "—"
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.4g}"
+
+
+def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str:
+    """The table sorted by :func:`rank_loss` (failed jobs last), the best row marked; a
+    ``cv val_loss`` column (K-fold mean ± std) when some job was cross-validated."""
+    ordered = sorted(rows, key=lambda r: (rank_loss(r) is None, rank_loss(r) or 0.0,
+                                          job_order(r["job"])))
+    best = ordered[0] if ordered and rank_loss(ordered[0]) is not None else None
+    with_cv = any(_has_cv(r) for r in rows)
+    cols = ["job", *swept, "status", *(["cv val_loss"] if with_cv else []), "val_loss",
+            "train_loss", "test_loss", "r2", "epochs", "fit_seconds"]
+    done = sum(r["status"] == "completed" for r in rows)
+    smoke = sum(r["status"] == "fast_dev_run" for r in rows)  # smoke tests, not failures
+    summary = (f"{len(rows)} jobs: {done} completed, "
+               + (f"{smoke} fast_dev_run smoke tests, " if smoke else "")
+               + f"{len(rows) - done - smoke} not")
+    k = folds_label(rows)
+    if best and number(best.get("cv_val_loss")) is not None:
+        summary += (f"; best cv val_loss {_cv_cell(best)} ({k}-fold mean ± std,"
+                    f" job {best['job']})")
+    else:
+        if best:
+            summary += f"; best val_loss {rank_loss(best):.4g} (job {best['job']})"
+        if with_cv:
+            summary += f"; cv val_loss is the {k}-fold mean ± std"
+    lines = [f"## Sweep {title}", "", summary,
+             "", "| " + " | ".join(["", *cols]) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for r in ordered:
+        mark = "★ best" if r is best else ""
+        cells = (_cv_cell(r) if c == "cv val_loss" else cell(r.get(c)) for c in cols)
+        lines.append("| " + " | ".join([mark, *cells]) + " |")
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        lines += ["", "Failures:"]
+        lines += [f"- job {r['job']} ({r['overrides']}): {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
+    """One line per job; the :data:`CV_COLUMNS` after val_loss when some job has them."""
+    cols = ["job", "overrides", *swept, *COLUMNS[2:]]
+    if any(_has_cv(r) for r in rows):
+        at = cols.index("val_loss") + 1
+        cols[at:at] = CV_COLUMNS
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in cols})
+
+
+def write_report(sweep_dir: str | Path) -> Report:
+    """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    rows, swept, metrics_by_job = collect(sweep_dir)
+    markdown = to_markdown(rows, swept, sweep_dir.name)
+    files = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
+    write_csv(files[0], rows, swept)
+    files[1].write_text(markdown)
+    from reglab.reporting.figures.sweep_plots import (
+        plot_comparison,
+        plot_curves,
+        plot_validation_curve,
+    )
+
+    for name, draw in ((HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
+                       (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job)),
+                       (VALIDATION_CURVE_PNG, lambda p: plot_validation_curve(p, rows, swept))):
+        try:  # a chart that cannot be drawn must not cost the table
+            if draw(sweep_dir / name):
+                files.append(sweep_dir / name)
+        except Exception as exc:
+            log.warning("sweep report: %s not drawn: %s: %s", name, type(exc).__name__, exc)
+    return Report(rows=rows, swept=swept, markdown=markdown, files=files)

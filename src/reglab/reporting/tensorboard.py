@@ -1,0 +1,57 @@
+"""What reglab adds to a run's TensorBoard logs after the fit: HPARAMS, a custom chart, text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reglab.reporting.summary import report_table
+
+
+def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
+                reference_layout: bool = False, report: dict[str, Any] | None = None,
+                per_target: dict[str, Any] | None = None) -> None:
+    """Fill TensorBoard's HPARAMS tab with this run's hyper-parameters.
+
+    The tab shows, for each metric tag named here, the last value of that scalar series
+    in the run, so it lists the run's real final losses rather than a placeholder. With
+    ``reference_layout``, a Custom Scalars chart also puts the training loss and the
+    least-squares optimum on one set of axes. A least-squares ``report`` goes to the TEXT
+    tab as a table.
+
+    Everything goes to a new event file in the run's own log dir (Lightning has closed
+    its writer by now; TensorBoard reads every event file of a dir as one run), through
+    torch's public ``FileWriter`` and summary builders: ``SummaryWriter.add_hparams``
+    would put the record in a run of its own.
+    """
+    from torch.utils.tensorboard.summary import custom_scalars, hparams, text
+    from torch.utils.tensorboard.writer import FileWriter
+
+    # TensorBoard takes no None: a null batch size is a full batch; anything else unset
+    # (the lr of optimizer=exact) reads "none".
+    clean = {k: (("full" if k == "batch_size" else "none") if v is None else v)
+             for k, v in hp.items()}
+    layout = {"reglab": {"train loss vs least-squares optimum": [
+        "Multiline", ["train/loss_epoch", "train/loss_closed_form"]]}}
+    tables = {}
+    if report:  # TensorBoard's TEXT tab renders markdown tables
+        tables["least_squares/report"] = report
+    tables.update({f"least_squares/report/{name}": own["report"]
+                   for name, own in (per_target or {}).items()})
+    for log_dir in _tensorboard_dirs(loggers):
+        writer = FileWriter(log_dir)
+        try:
+            for summary in hparams(clean, dict.fromkeys(metric_tags, 0.0)):
+                writer.add_summary(summary)
+            if reference_layout:
+                writer.add_summary(custom_scalars(layout))
+            for tag, table in tables.items():
+                writer.add_summary(text(tag, "\n".join(
+                    report_table(table, markdown=True, limit=None))))
+        finally:
+            writer.close()
+
+
+def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return [lg.log_dir for lg in loggers if isinstance(lg, TensorBoardLogger)]

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, reglab's Lightning callbacks, the exact fit, lr_find."""

@@ -1,0 +1,328 @@
+"""The Lightning module: any ``torch.nn.Module`` regressor, a loss, an optimizer and an
+optional learning-rate scheduler, trained by Lightning's automatic optimization."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from reglab.analysis.metrics import RegressionSums
+from reglab.data.scaling import Scaling
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class RegressionModule(pl.LightningModule):
+    """Trains ``model`` with ``loss``: a stock LightningModule, so every ``Trainer``
+    argument and callback means what the Lightning docs say.
+
+    ``optimizer`` and ``scheduler`` are factories (``functools.partial`` from the config)
+    bound to the model's parameters here, so their configs never need to know the model.
+    ``scheduler`` is Lightning's ``lr_scheduler_config`` dict whose ``scheduler`` entry
+    is such a factory (``interval``, ``frequency``, ``monitor`` as Lightning reads them).
+
+    ``training_step`` returns the loss and logs ``train/loss`` (every
+    ``log_every_n_steps`` steps) and ``train/loss_epoch`` (the epoch's row-weighted
+    mean) through ``self.log``, so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor
+    either, as they can ``val/loss``. On an accelerator the loss stays on the device
+    between logging steps: no host sync per step.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 loss: nn.Module, scaling: Scaling | None = None,
+                 data_info: dict[str, Any] | None = None,
+                 scheduler: dict[str, Any] | None = None,
+                 model_spec: dict[str, Any] | None = None,
+                 parts: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_config = dict(scheduler) if scheduler else None
+        #: ``{"class": "pkg.mod.Class", "kwargs": {...}}``: how to rebuild ``model``.
+        self.model_spec = model_spec or {}
+        #: The loss, optimizer and scheduler as config nodes (``_target_`` and arguments),
+        #: stored in checkpoints so ``load_from_checkpoint`` can rebuild them.
+        self.parts = dict(parts or {})
+        #: The data's standardization, undone for test metrics and stored in checkpoints.
+        self.scaling = scaling or Scaling()
+        #: Feature and target names, stored with checkpoints for prediction files.
+        self.data_info = data_info or {}
+        #: The least-squares optimum's training loss, drawn beside the loss curve.
+        self.reference_loss: float | None = None
+        #: That optimum itself (a ``closed_form.LeastSquares``), for the fit plot.
+        self.closed_form: Any = None
+        self.test_metrics: dict[str, float] | None = None
+        #: Epoch means of the train loss and each validation loss, as [epoch, value] pairs.
+        self.history: dict[str, list[list[float]]] = {"train_loss": [], "val_loss": []}
+        #: The optimizer step at which the loss was first seen non-finite, if ever.
+        self.diverged_at_step: int | None = None
+        #: SIGINT or SIGTERM, when one asked the fit to stop.
+        self.interrupted_by: str | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._test_sums = RegressionSums()
+        self._epoch_start_step = 0
+        self._params_step: int | None = None
+        self._epoch_sum: torch.Tensor | float = 0.0
+        self._epoch_rows = 0
+        self._log_every = 1
+        self._lr_each_step = False
+        self._lr_own = True
+        self._on_host = True
+
+    def reset_records(self) -> None:
+        """Forget what a tuning run (``Tuner.lr_find``) recorded, before the real fit."""
+        self.history = {"train_loss": [], "val_loss": []}
+        self.diverged_at_step = None
+        self._params_step = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if not self.scheduler_config:
+            return optimizer
+        config = dict(self.scheduler_config)
+        # OneCycleLR needs the fit's length: Lightning knows it (max_epochs, max_steps,
+        # limit_train_batches, accumulation and devices included).
+        config["scheduler"] = self.make_scheduler(
+            optimizer, lambda: int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer,
+                       total_steps: Callable[[], int]) -> Any:
+        """The configured scheduler on ``optimizer``; ``total_steps`` is asked only by a
+        scheduler that takes that argument and was not given it."""
+        factory = self.scheduler_config["scheduler"]
+        if _takes(factory, "total_steps") and _bound(factory, "total_steps") is None:
+            return factory(optimizer, total_steps=total_steps())
+        return factory(optimizer)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stamp which reglab and which model wrote it, so a mismatch can be named and the
+        model rebuilt without this module."""
+        from reglab import __version__
+        from reglab.artifacts import FORMAT_VERSION
+
+        checkpoint["reglab"] = {
+            "version": __version__, "format_version": FORMAT_VERSION,
+            "model": type(self.model).__name__,
+            "model_class": self.model_spec.get("class"),
+            "model_kwargs": dict(self.model_spec.get("kwargs") or {}),
+            "scaling": self.scaling.to_dict(),
+            "data": dict(self.data_info),
+            "parts": dict(self.parts),
+            # The run's seed (seed_everything's), so a seed=null run killed before it
+            # wrote metrics.json is resumed on the same splits.
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get(
+                "PL_GLOBAL_SEED", "").isdigit() else None,
+            # The epochs so far, so a resumed run's record covers the whole run.
+            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+        }
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,
+                             allow_modules: Any = (), **kwargs: Any) -> Any:
+        """Rebuild a module from its checkpoint alone, as ``save_hyperparameters`` lets a
+        stock module: the model from its recorded class and arguments, the loss,
+        optimizer and scheduler from their recorded configs, and the data's scaling, so
+        ``trainer.test`` reports in the data's units. Arguments given here win. A class
+        outside reglab and torch is imported only when its package is in
+        ``allow_modules`` (importing runs its code)."""
+        from reglab.artifacts import module_arguments
+
+        rebuilt = module_arguments(checkpoint_path, allow_modules, skip=set(kwargs))
+        return super().load_from_checkpoint(checkpoint_path, *args, **rebuilt, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take back the per-epoch history of the run this checkpoint continues."""
+        history = (checkpoint.get("reglab") or {}).get("history")
+        if isinstance(history, dict):
+            self.history = {k: [list(p) for p in history.get(k) or []]
+                            for k in ("train_loss", "val_loss")}
+
+    # -- signals ------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Turn SIGINT/SIGTERM into a clean stop: finish the step, checkpoint, report.
+
+        Installed here, after Lightning registers its own SIGTERM handler (which would
+        end the fit with an exception and no report), and removed at train end.
+        """
+        trainer = self.trainer
+        self._log_every = max(1, int(trainer.log_every_n_steps))
+        self._lr_each_step = any(getattr(c, "interval", None) == "step"
+                                 for c in trainer.lr_scheduler_configs)
+        # One owner per tag: with Lightning's LearningRateMonitor added, lr-* are its.
+        self._lr_own = not any(isinstance(c, pl.callbacks.LearningRateMonitor)
+                               for c in trainer.callbacks)
+        self._on_host = self.device.type == "cpu"
+        if self.reference_loss is not None:
+            self._write({"train/loss_closed_form": self.reference_loss}, trainer.global_step)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def on_train_end(self) -> None:
+        step = self.trainer.global_step
+        if self.reference_loss is not None:  # two points: a flat reference line
+            self._write({"train/loss_closed_form": self.reference_loss}, step)
+        self._write_params(step)  # the final parameters and rate, always
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.interrupted_by is not None:  # asked twice: stop now, no clean-up
+            raise KeyboardInterrupt
+        self.interrupted_by = signal.Signals(signum).name
+        self.trainer.should_stop = True
+
+    # -- training -----------------------------------------------------------------------
+    def _write(self, metrics: dict[str, float], step: int) -> None:
+        """Scalars the module writes itself (no monitor needs them): straight to loggers."""
+        if metrics:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        x, y = batch
+        loss = self.loss_fn(self.model(x), y)
+        step = self.trainer.global_step
+        # Lightning writes step scalars after the steps where (step + 1) is a multiple of
+        # log_every_n_steps; ``self.log`` costs about half a millisecond a call, more than
+        # a small model's whole step, so train/loss is handed over at those steps only.
+        due = (step + 1) % self._log_every == 0
+        # A CPU scalar reads for free; on an accelerator only at logging steps.
+        if (self._on_host or due) and not torch.isfinite(loss):
+            self.diverged_at_step = step
+            self.trainer.should_stop = True
+            if not isinstance(self.optimizers().optimizer, torch.optim.LBFGS):
+                return None  # Lightning skips the step: the weights stay finite
+        rows = x.shape[0]
+        if due:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=rows)
+            if self._lr_each_step and self._lr_own:  # a scheduler stepping every step
+                self._write(self._lr_scalars(), step)
+        # The epoch's row-weighted sum stays on the device: no sync per step.
+        self._epoch_sum = loss.detach() * rows + self._epoch_sum
+        self._epoch_rows += rows
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start_step = self.trainer.global_step
+        self._epoch_sum, self._epoch_rows = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        """``train/loss_epoch``: the epoch's mean loss per row, for monitors (Lightning calls
+        this before ``EarlyStopping`` and ``ModelCheckpoint`` look) and for the loggers."""
+        trainer = self.trainer
+        epoch, step = trainer.current_epoch, trainer.global_step
+        total, rows = self._epoch_sum, self._epoch_rows
+        if trainer.world_size > 1:  # every rank's share: the global mean, alike on all ranks
+            packed = torch.stack([torch.as_tensor(total, dtype=torch.float64,
+                                                  device=self.device).reshape(()),
+                                  torch.tensor(float(rows), dtype=torch.float64,
+                                               device=self.device)])
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+            total, rows = packed[0], int(packed[1])
+        if rows:
+            mean = total / rows
+            # logger=False: written below without Lightning's flush of every logger.
+            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, logger=False)
+            value = float(mean)  # one host sync per epoch
+            self.history["train_loss"].append([epoch, value])
+            self._write({"train/loss_epoch": value, "epoch": float(epoch)}, step)
+        # Parameters for the epochs that hold a logging step, as the step scalars are.
+        first, last = self._epoch_start_step, step - 1
+        if last >= first and (last + 1) // self._log_every > first // self._log_every:
+            self._write_params(step)
+
+    def _write_params(self, step: int) -> None:
+        if step != self._params_step:
+            self._write({**self._param_scalars(), **self._lr_scalars()}, step)
+            self._params_step = step
+
+    def _lr_scalars(self) -> dict[str, float]:
+        """``lr-<Optimizer>`` (``/pg<i>`` per parameter group), named as Lightning's
+        ``LearningRateMonitor`` names them; written by the module because that callback
+        costs about half a millisecond every epoch, more than a small model's epoch."""
+        out: dict[str, float] = {}
+        if not self._lr_own:
+            return out
+        for i, opt in enumerate(self.trainer.optimizers):
+            name = f"lr-{type(opt).__name__}" + ("" if i == 0 else f"-{i}")
+            groups = opt.param_groups
+            for j, group in enumerate(groups):
+                out[name if len(groups) == 1 else f"{name}/pg{j + 1}"] = float(group["lr"])
+        return out
+
+    def _param_scalars(self) -> dict[str, float]:
+        scalars = getattr(self.model, "param_scalars", None)
+        if scalars is None:
+            return {}
+        # w and b converging, as the seed documents print them.
+        return {f"params/{k}": v for k, v in scalars().items()}
+
+    # -- validation and test ------------------------------------------------------------
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        # Every rank validates the whole split, so the sync (data-parallel) averages
+        # equal values; it keeps the monitors of ModelCheckpoint and EarlyStopping in
+        # step on all ranks.
+        self.log("val/loss", self.loss_fn(self.model(x), y), on_step=False, on_epoch=True,
+                 batch_size=x.shape[0], sync_dist=self.trainer.world_size > 1)
+
+    def on_validation_epoch_end(self) -> None:
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None:
+            self.history["val_loss"].append([trainer.current_epoch, float(value)])
+
+    def on_test_epoch_start(self) -> None:
+        self._test_sums = RegressionSums()
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        x, y = batch
+        # In the data's own units, so MSE and MAE read as the target does.
+        self._test_sums.update(self.scaling.y_inverse(self.model(x)), self.scaling.y_inverse(y))
+
+    def on_test_epoch_end(self) -> None:
+        bias = getattr(self.model, "has_bias", None)
+        centered = True if bias is None else bool(bias)
+        targets = self.data_info.get("target")
+        self.test_metrics = self._test_sums.compute(
+            centered=centered, names=targets if isinstance(targets, list) else None)
+        finite = {f"test/{k}": v for k, v in self.test_metrics.items()
+                  if isinstance(v, float) and math.isfinite(v)}
+        for name, own in (self.test_metrics.get("per_target") or {}).items():
+            finite.update({f"test/{name}/{k}": v for k, v in own.items() if math.isfinite(v)})
+        for name, value in finite.items():
+            self.log(name, value)
+
+
+def _takes(factory: Any, name: str) -> bool:
+    """Whether the callable ``factory`` (a class or ``functools.partial``) accepts ``name``."""
+    import inspect
+
+    target = getattr(factory, "func", factory)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _bound(factory: Any, name: str) -> Any:
+    return (getattr(factory, "keywords", None) or {}).get(name)
