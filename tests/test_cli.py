@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, run_cli, script
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
@@ -29,6 +30,7 @@ def test_help_lists_groups_without_importing_torch(tmp_path: Path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_help_page_is_hydras_own(tmp_path: Path):
     """--help is Hydra's own page (its path costs well under a second): the app's config
     groups and the composed config, for train, eval and predict; a group option that does
@@ -51,6 +53,7 @@ def test_help_page_is_hydras_own(tmp_path: Path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_default_run_from_any_directory(tmp_path: Path):
     out = run_cli([script("reglab-train"), "trainer.max_epochs=300"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -79,6 +82,7 @@ def test_default_run_from_any_directory(tmp_path: Path):
     assert "Warning" not in out.stderr and "transfer_batch_to_device" not in out.stderr
 
 
+@pytest.mark.slow
 def test_module_entry_point_multirun(tmp_path: Path):
     out = run_cli([sys.executable, "-m", "reglab.cli.train", "-m", "experiment=origin",
                    "optimizer.lr=0.01,0.02", "trainer.max_epochs=20", "logger=none"],

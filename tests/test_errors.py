@@ -115,6 +115,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path):
     """A folder of the user's, or an earlier run, is never deleted or rewritten by a
     command that is then rejected (exit 2)."""

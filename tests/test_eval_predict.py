@@ -62,6 +62,7 @@ def test_eval_bad_input(d2l_run: Path, tmp_path: Path, args: list[str], message:
     assert not list((tmp_path / "outputs").glob("eval/runs/*"))  # nothing half-written
 
 
+@pytest.mark.slow
 def test_predict_origin_model_at_four(tmp_path: Path):
     run = train(tmp_path, "experiment=origin", "callbacks.plots=null")
     for artifact in ("model.pt", "checkpoints/last.ckpt"):
@@ -114,6 +115,7 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     assert not list(tmp_path.glob(".*tmp-*"))
 
 
+@pytest.mark.slow
 def test_standardized_model_predicts_in_data_units(tmp_path: Path):
     import numpy as np
 
@@ -148,6 +150,7 @@ def test_standardized_model_predicts_in_data_units(tmp_path: Path):
     assert float(model(torch.tensor([[50.0, -200.0]])).detach()) == pytest.approx(350.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_eval_finds_a_relative_data_file_from_another_directory(tmp_path: Path):
     (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i},{3 * i + 1}\n" for i in range(40)))
     run = train(tmp_path, "data=csv", "data.source.path=t.csv", "data.source.target=y",

@@ -88,6 +88,7 @@ def test_exact_fit_keeps_seven_digits_on_a_degree_10_design(run_train):
     np.testing.assert_allclose(pred, truth, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_exact_run_dir_is_complete_and_predict_reads_it(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -236,6 +237,7 @@ def test_own_model_that_is_not_linear_is_refused_at_run_time(tmp_path):
     assert "Tiny" in out.stderr and "optimizer=exact" in out.stderr
 
 
+@pytest.mark.slow
 def test_poly_select_sweep_picks_degree_3_and_draws_the_validation_curve(tmp_path):
     """The README's model-selection sweep: degree 3 has the lowest 5-fold validation
     loss of 1..12, degree 12 overfits, and the sweep report draws and stars it."""

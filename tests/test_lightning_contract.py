@@ -100,7 +100,8 @@ def reference(tmp_path: Path, *extra: str, scheduler: Any = None, shuffle: bool 
 
 
 def params(module: Reference) -> list[float]:
-    return [float(module.layer.weight.flatten()[0]), float(module.layer.bias[0])]
+    return [float(module.layer.weight.detach().flatten()[0]),
+            float(module.layer.bias.detach()[0])]
 
 
 def reglab_params(metrics: dict[str, Any]) -> list[float]:

@@ -92,6 +92,7 @@ def importable(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_yaml_files_train_resume_evaluate_predict(project: Path, importable: None):
     import torch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -97,6 +98,7 @@ def test_resume_from_last_checkpoint(run_train):
     assert resumed["params"] == straight["params"]
 
 
+@pytest.mark.slow
 def test_seed_null_draws_a_seed_that_repeats_the_run_and_resumes_with_it(run_train,
                                                                           tmp_path: Path):
     from conftest import run_cli, script
@@ -177,6 +179,7 @@ def test_ckpt_path_last_continues_the_run_in_its_dir(run_train, tmp_path: Path):
         train(compose_config(["experiment=noisy_line", "ckpt_path=last"], tmp_path / "new"))
 
 
+@pytest.mark.slow
 def test_a_run_without_hydra_files_can_be_evaluated_and_resumed(tmp_path: Path):
     """hydra.output_subdir=null writes no .hydra/; the run's own record in metrics.json
     (config, overrides, launch dir) is enough for reglab-eval and resume=."""

@@ -10,6 +10,7 @@ import pytest
 from conftest import compose_config, run_cli, script
 
 
+@pytest.mark.slow
 def test_ddp_cpu_matches_one_process_and_leaves_one_run_dir(tmp_path: Path, run_train):
     out = run_cli([script("reglab-train"), "experiment=d2l", "trainer=ddp_cpu",
                    "callbacks.plots=null"], cwd=tmp_path, timeout=300)
@@ -70,6 +71,7 @@ def test_two_nodes_on_one_machine_match_one_process(tmp_path: Path, run_train):
     assert ddp["params"]["bias"] == pytest.approx(single["params"]["bias"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_runs_both_jobs_and_reports(tmp_path: Path):
     out = run_cli([script("reglab-train"), "-m", "experiment=noisy_line",
                    "trainer.max_epochs=3", "optimizer.lr=0.01,0.05", "hydra/launcher=local",

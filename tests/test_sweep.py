@@ -27,6 +27,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_grid_sweep_report_and_tensorboard(tmp_path: Path):
     out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,0.1", "data.batch_size=20,50")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -61,6 +62,7 @@ def test_grid_sweep_report_and_tensorboard(tmp_path: Path):
     assert _is_png(sweep / "sweep_heatmap.png") and (sweep / "sweep_summary.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path: Path):
     out, sweep = _sweep(tmp_path, "optimizer.lr=0.01,1000")
     assert out.returncode == 1  # the sweep's status says a job failed ...
@@ -73,6 +75,7 @@ def test_a_diverging_job_does_not_stop_the_sweep(tmp_path: Path):
     assert metrics["epochs"] < 4  # stopped early, not after every remaining epoch
 
 
+@pytest.mark.slow
 def test_jobs_named_by_any_subdir_pattern_are_reported(tmp_path: Path):
     """Hydra lets a sweep name its job folders by a pattern; the report finds jobs by
     their files, not by numbered names."""
@@ -88,6 +91,7 @@ def test_jobs_named_by_any_subdir_pattern_are_reported(tmp_path: Path):
     assert again.returncode == 0 and "★ best" in again.stdout, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_completes(tmp_path: Path):
     out = run_cli([script("reglab-train"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                    "trainer.max_epochs=3", "logger=none"], cwd=tmp_path)
@@ -99,6 +103,7 @@ def test_optuna_sweep_completes(tmp_path: Path):
     assert len({r["optimizer.lr"] for r in rows}) == 3  # the sampler proposed lr values
 
 
+@pytest.mark.slow
 def test_joblib_launcher_matches_sequential(tmp_path: Path):
     grid = ["optimizer.lr=0.01,0.05", "logger=none"]
     seq_dir, par_dir = tmp_path / "seq", tmp_path / "par"
@@ -123,6 +128,7 @@ def test_run_dirs_started_together_differ(tmp_path: Path):
     assert len(dirs) == 3
 
 
+@pytest.mark.slow
 def test_two_parallel_sweeps_started_at_once_never_share_files(tmp_path: Path):
     import os
     import subprocess
@@ -216,6 +222,7 @@ def test_a_job_with_an_unreadable_record_is_reported_by_name(tmp_path: Path):
     assert "2/metrics.json: unreadable (holds a list" in report.markdown
 
 
+@pytest.mark.slow
 def test_resuming_a_sweep_job_keeps_one_tensorboard_run(tmp_path: Path):
     out, sweep = _sweep(tmp_path, "optimizer.lr=0.01", "callbacks.plots=null",
                         "trainer.max_epochs=3")

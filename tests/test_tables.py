@@ -257,6 +257,7 @@ def test_weight_decay_with_several_targets_sums_the_penalty_over_every_row(run_t
     assert 0 <= closed["optimality_gap"]["relative"] < 1e-6
 
 
+@pytest.mark.slow
 def test_readme_your_own_table_section_runs_end_to_end(tmp_path: Path):
     """The README's commands, as written, in a fresh directory: train, eval, predict."""
     import os
@@ -283,6 +284,7 @@ def test_readme_your_own_table_section_runs_end_to_end(tmp_path: Path):
     assert metrics["closed_form"]["report"]["r2"] > 0.99
 
 
+@pytest.mark.slow
 def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     """data.source.target=[u,v]: two outputs, each solved, reported and predicted."""
     import csv
@@ -337,6 +339,7 @@ def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
         metrics["test"]["per_target"]["v"]["mse"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_takes_columns_by_name_and_refuses_a_changed_table(tmp_path: Path):
     """reglab-eval scores a table by the model's column names, reads the file training
     read (not one of the same relative name elsewhere), and refuses it once changed."""

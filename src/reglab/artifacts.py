@@ -10,6 +10,7 @@ by its import path with the constructor's arguments; a class outside reglab is i
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,12 @@ def _safe_load(path: Path, what: str = "file") -> Any:
     if not path.is_file():
         raise ReglabError(f"{path}: no such {what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about the pickle protocol of files it then refuses; the refusal
+        # below says what matters, and a caller's warnings-as-errors must not change it.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                    category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ReglabError(f"{path}: refused: the file holds objects that are not plain "

@@ -1,4 +1,5 @@
-"""Regression metrics accumulated batch by batch in float64.
+"""Regression metrics accumulated batch by batch in float64: the one place they are
+computed, for training's test step, reglab-eval, the run record and the least-squares fit.
 
 Sums rather than stored predictions keep evaluation O(1) in memory on large data.
 """
@@ -6,6 +7,7 @@ Sums rather than stored predictions keep evaluation O(1) in memory on large data
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,27 +70,36 @@ def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
     return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
 
 
-def score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any = None,
-          chunk: int = 1 << 16) -> RegressionSums:
-    """Sums over a whole split in data units, predicting a chunk at a time.
+def predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any = None,
+                chunk: int = 1 << 16) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(the model's prediction, in training units; the rows' targets as given) a chunk at
+    a time: the one walk over a split that :func:`score` and :func:`split_loss` share.
 
-    ``x``, ``y`` are in data units; ``scaling`` (the model's standardization) takes each
-    chunk of inputs to the units the model was trained in and its predictions back.
-    Inputs are cast to the model's own dtype, so float64 data scores a float32 model.
+    ``x`` is in data units; ``scaling`` (the model's standardization) takes each chunk to
+    the units the model was trained in. Inputs are cast to the model's own dtype and
+    device, so float64 data scores a float32 model. Call it under ``torch.no_grad()``.
     """
-    sums = RegressionSums()
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None else x.dtype
     device = param.device if param is not None else x.device
+    for i in range(0, int(x.shape[0]), chunk):
+        xs = x[i:i + chunk]
+        if scaling is not None:
+            xs = scaling.x(xs.double())
+        yield model(xs.to(device, dtype)), y[i:i + chunk]
+
+
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any = None,
+          chunk: int = 1 << 16) -> RegressionSums:
+    """Sums over a whole split in data units: predictions are taken back to the data's
+    units, so MSE and MAE read as the target does."""
+    sums = RegressionSums()
     with torch.no_grad():
-        for i in range(0, int(x.shape[0]), chunk):
-            xs = x[i:i + chunk]
-            if scaling is not None:
-                xs = scaling.x(xs.double())
-            pred = model(xs.to(device, dtype)).double().cpu()
+        for pred, ys in predictions(model, x, y, scaling, chunk):
+            pred = pred.double().cpu()
             if scaling is not None:
                 pred = scaling.y_inverse(pred)
-            sums.update(pred, y[i:i + chunk].cpu())
+            sums.update(pred, ys.cpu())
     return sums
 
 
@@ -103,19 +114,13 @@ def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.T
     """
     import copy
 
-    import torch
-
     model64 = copy.deepcopy(model).double().eval()
     summed = copy.copy(loss_fn)
     summed.reduction = "sum"
     total = 0.0
     with torch.no_grad():
-        device = next(model64.parameters()).device
-        for i in range(0, len(x), chunk):
-            xs = x[i:i + chunk].to(device, torch.float64)
-            ys = y[i:i + chunk].to(device, torch.float64)
-            if scaling is not None:
-                xs, ys = scaling.x(xs), scaling.y(ys)
-            total += float(summed(model64(xs), ys))
+        for pred, ys in predictions(model64, x, y, scaling, chunk):
+            ys = ys.to(pred.device, torch.float64)
+            total += float(summed(pred, ys if scaling is None else scaling.y(ys)))
     mean = getattr(loss_fn, "reduction", "mean") == "mean"
     return total / (int(y.numel()) if mean else 1)

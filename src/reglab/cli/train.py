@@ -37,7 +37,19 @@ _FAILED = float("inf")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment described by ``cfg``; return what ``metrics.json`` holds."""
+    """Run one experiment described by ``cfg``; return what ``metrics.json`` holds.
+
+    Lightning's warnings that say nothing true about a reglab run are silenced for the
+    run alone (:func:`reglab.training.run_setup.quiet_lightning`); the flow is
+    :func:`_train`.
+    """
+    with run_setup.quiet_lightning(continuing=bool(cfg.get("ckpt_path"))):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
+    """Seed → data module → model → LightningModule → optimum → trainer → fit → test →
+    record → model.pt, metrics.json, HPARAMS → summary."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -49,7 +61,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from reglab.training import exact as exact_fit
     from reglab.training.module import RegressionModule
 
-    run_setup.quiet_lightning()
     cfg = copy.deepcopy(cfg)  # the run fills in its dir, seed and checkpoint: not the caller's
     run_dir = run_setup.run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

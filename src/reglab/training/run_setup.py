@@ -4,9 +4,12 @@ from, and a Trainer Lightning accepts. Each refusal is one :class:`ConfigError` 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,20 +117,42 @@ def global_rank() -> int:
 
 
 @functools.cache  # once per process: repeated runs must not stack filters
-def quiet_lightning() -> None:
-    """Drop Lightning messages that say nothing about this run (adverts, own deprecations)."""
-    import warnings
+def _drop_lightning_tips() -> None:
+    """Lightning's log lines that advertise instead of saying something about the run."""
 
     class _NoTips(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             return "Tip:" not in record.getMessage()
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric",
+                 "pytorch_lightning.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # reglab writes step scalars itself, so Lightning's own logging interval is moot.
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+@contextlib.contextmanager
+def quiet_lightning(continuing: bool = False) -> Iterator[None]:
+    """Lightning warnings that say nothing true about a reglab run, silenced while it runs
+    (and only then: the caller's own warning filters are back afterwards).
+
+    - the training batches fewer than ``log_every_n_steps``: reglab writes its step
+      scalars itself, so Lightning's logging interval is moot;
+    - ``training_step`` returned ``None``: reglab's module does so on purpose at a
+      non-finite loss (the step is skipped and the run recorded as diverged);
+    - torch's deprecated ``LeafSpec``, which Lightning 2.6's own pytree helper still
+      builds: nothing reglab calls can avoid it;
+    - with ``continuing`` (a ``ckpt_path`` given), the checkpoint dir not being empty:
+      continuing a run in its own dir is what was asked for.
+    """
+    _drop_lightning_tips()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
+        warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                                category=FutureWarning)
+        if continuing:
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and "
+                                    "is not empty")
+        yield
 
 
 def hydra_choices() -> dict[str, str]:
