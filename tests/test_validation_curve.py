@@ -14,7 +14,7 @@ import pytest
 from reglab.reporting import sweep_report
 from reglab.reporting.figures import sweep_plots
 from reglab.reporting.figures.sweep_plots import draw_validation_curve
-from reglab.reporting.sweep_report import VALIDATION_CURVE_PNG, collect, write_report
+from reglab.reporting.sweep_report import VALIDATION_CURVE_PNG, job_rows, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -111,7 +111,7 @@ def test_a_k_fold_sweep_is_decided_by_the_cv_mean(degree_cv_sweep: Path):
 
 
 def test_the_curve_marks_the_lowest_cv_mean_with_error_bars(degree_cv_sweep: Path):
-    rows, swept, _ = collect(degree_cv_sweep)
+    rows, swept, _ = job_rows(degree_cv_sweep)
     fig = draw_validation_curve(rows, swept[0])
     assert fig is not None
     ax = fig.axes[0]
@@ -144,7 +144,7 @@ def test_a_log_grid_of_weight_decay_gets_a_log_x_axis(tmp_path: Path):
     vals = [0.30, 0.20, 0.12, 0.05, 0.09, 0.40, 0.90]
     for num, (wd, val) in enumerate(zip(grid, vals, strict=True)):
         _job(tmp_path, num, [f"optimizer.weight_decay={wd}"], _exact(val, val * 0.6))
-    rows, swept, _ = collect(tmp_path)
+    rows, swept, _ = job_rows(tmp_path)
     assert [r["optimizer.weight_decay"] for r in rows] == [float(g) for g in grid]
     fig = draw_validation_curve(rows, swept[0])
     assert fig is not None and fig.axes[0].get_xscale() == "log"
@@ -159,7 +159,7 @@ def test_degrees_one_to_twelve_stay_linear_with_integer_ticks(tmp_path: Path):
     vals = [0.9, 0.5, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.8, 1.5, 3.0, 9.0]
     for num, val in enumerate(vals):
         _job(tmp_path, num, [f"model.degree={num + 1}"], _exact(val, 0.1 / (num + 1)))
-    rows, swept, _ = collect(tmp_path)
+    rows, swept, _ = job_rows(tmp_path)
     fig = draw_validation_curve(rows, swept[0])
     assert fig is not None
     ax = fig.axes[0]
@@ -172,7 +172,7 @@ def test_a_zero_train_loss_keeps_the_y_axis_linear(tmp_path: Path):
     """An interpolating fit has train loss 0, which a log axis cannot show."""
     for num, (degree, val, train) in enumerate([(1, 0.5, 0.4), (2, 0.3, 0.1), (3, 2.0, 0.0)]):
         _job(tmp_path, num, [f"model.degree={degree}"], _exact(val, train))
-    rows, swept, _ = collect(tmp_path)
+    rows, swept, _ = job_rows(tmp_path)
     fig = draw_validation_curve(rows, swept[0])
     assert fig is not None
     assert fig.axes[0].get_yscale() == "linear" and fig.axes[0].get_ylabel() == "loss"

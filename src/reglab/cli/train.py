@@ -156,7 +156,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         if exact:
             exact_fit.save_checkpoint(trainer, callbacks)
 
-        metrics = run_record.collect(cfg, trainer, module, datamodule, fit_seconds, choices,
+        metrics = run_record.fit_record(cfg, trainer, module, datamodule, fit_seconds, choices,
                                   closed=closed)
         metrics["plot_seconds"] = round(draw_seconds, 4)
         metrics["method"] = "exact" if exact else "gradient"

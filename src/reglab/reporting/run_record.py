@@ -184,12 +184,14 @@ def log_locations(loggers: list[Any]) -> dict[str, str]:
     return out
 
 
-def collect(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, fit_seconds: float,
-            choices: dict[str, str] | None = None, closed: dict[str, Any] | None = None,
-            status: str = "completed") -> dict[str, Any]:
+def fit_record(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
+               fit_seconds: float, choices: dict[str, str] | None = None,
+               closed: dict[str, Any] | None = None, status: str = "completed"
+               ) -> dict[str, Any]:
     """Everything ``metrics.json`` records about a finished fit.
 
-    ``closed`` is the record :func:`closed_form` made before the fit, if any.
+    ``closed`` is the record :func:`reglab.analysis.optimum.find_optimum` made before the
+    fit, if any.
     """
     from reglab.analysis.metrics import split_loss
     from reglab.config.parts import is_reglab_data

@@ -139,8 +139,8 @@ def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
     return metrics, ""
 
 
-def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
-                                      dict[str, dict[str, Any]]]:
+def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
+                                       dict[str, dict[str, Any]]]:
     """One row per job, the swept keys, and each job's metrics.json (for curves)."""
     rows, overrides_by_job, metrics_by_job = [], {}, {}
     for job in job_dirs(sweep_dir):
@@ -245,7 +245,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
 def write_report(sweep_dir: str | Path) -> Report:
     """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
-    rows, swept, metrics_by_job = collect(sweep_dir)
+    rows, swept, metrics_by_job = job_rows(sweep_dir)
     markdown = to_markdown(rows, swept, sweep_dir.name)
     files = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
     write_csv(files[0], rows, swept)
