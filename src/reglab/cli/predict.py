@@ -1,167 +1,21 @@
 """``reglab-predict``: a trained model's predictions for inline rows or a table.
 
-Inputs are taken in the data's own units; the model's stored scaling is applied around
-it. Output files are written whole or not at all (temp file, then rename).
+The work is :func:`reglab.analysis.prediction.predict`; this command holds Hydra's app
+and its exit statuses.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reglab import errors
+from reglab.analysis.prediction import predict
 from reglab.cli import common
-from reglab.config import checks
 from reglab.config.compose import CONF_DIR
-
-
-def _check_output_path(path: Path) -> None:
-    """An output file can be written there: not a directory, no file in the way."""
-    if path.is_dir():
-        raise errors.ConfigError(f"output_path: {path} is a directory; name a file in it, "
-                                   "e.g. output_path=" + str(path / "predictions.csv"))
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise errors.ConfigError(f"output_path: {parent} is a file, not a folder")
-            break
-
-
-def _inline_rows(x: Any, width: int) -> list[list[float]]:
-    """``x`` as rows of ``width`` numbers: [[1, 2]] or, for one input, [1, 2, 3]."""
-    values = OmegaConf.to_container(x) if isinstance(x, ListConfig) else x
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, list) or not values:
-        raise errors.ConfigError(f"x: expected a list of rows such as [[4.0]], got {x!r}")
-    if width == 1 and all(isinstance(v, (int, float)) for v in values):
-        values = [[v] for v in values]
-    for i, row in enumerate(values):
-        if not isinstance(row, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
-            raise errors.ConfigError(f"x: row {i} is {row!r}; expected a list of numbers")
-        if len(row) != width:
-            raise errors.ConfigError(f"x: row {i} has {len(row)} values, but the model "
-                                       f"takes {width} per row")
-        for v in row:
-            if not math.isfinite(v):
-                raise errors.ConfigError(f"x: row {i} holds {v!r}; expected a finite number")
-    return [[float(v) for v in row] for row in values]
-
-
-def _check_representable(x: Any, trained: Any, names: list[str], where: str,
-                         first: int) -> None:
-    """Inputs that are finite as given but not once scaled and cast to the model's dtype
-    (1e39 for a float32 model) would give an infinite or silently clipped prediction:
-    named by row and column instead. A float64 model takes them as they are."""
-    import torch
-
-    param = next(iter(trained.model.parameters()), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-    z = trained.scaling.x(x).to(dtype)
-    bad = (~torch.isfinite(z)).nonzero()
-    if len(bad):
-        row, col = (int(v) for v in bad[0])
-        name = names[col] if col < len(names) else str(col)
-        raise errors.DataError(
-            f"{where.format(row + first)}, column {name!r}: {float(x[row, col]):g} is beyond "
-            f"{str(dtype).removeprefix('torch.')}'s range once scaled; this model cannot "
-            "take it (a model trained with trainer.precision=64-true can)")
-
-
-def _row_width(x: Any) -> int:
-    """The number of values in the first inline row (1 for a plain list of numbers)."""
-    values = OmegaConf.to_container(x) if isinstance(x, ListConfig) else x
-    first = values[0] if isinstance(values, list) and values else None
-    return len(first) if isinstance(first, list) else 1
-
-
-def _write_csv(input_path: Path, output_path: Path, columns: list[str],
-               preds: list[list[float]], delimiter: str) -> None:
-    """The input's rows, every column kept, with one prediction column per target."""
-    from reglab.data.tables import read_rows
-
-    header, rows = read_rows(input_path, delimiter)
-    if len(rows) != len(preds):  # cannot happen for a file that read cleanly
-        raise errors.DataError(f"{input_path}: {len(rows)} rows but {len(preds)} predictions")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle, delimiter=delimiter)
-        writer.writerow([*header, *columns])
-        for row, pred in zip(rows, preds, strict=True):
-            writer.writerow([*row, *(repr(p) for p in pred)])
-    os.replace(tmp, output_path)
-
-
-def predict(cfg: DictConfig) -> list[Any]:
-    """Predictions for ``cfg.x`` or the rows of ``cfg.input_path``."""
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise errors.ConfigError("ckpt_path: required; add ckpt_path=<run dir>/model.pt")
-    if (cfg.x is None) == (cfg.input_path is None):
-        raise errors.ConfigError("x / input_path: give exactly one, e.g. x='[[4.0]]' or "
-                                   "input_path=rows.csv")
-    if cfg.output_path is not None and cfg.input_path is None:
-        raise errors.ConfigError("output_path: needs input_path (inline x is printed)")
-    if cfg.output_path is not None:
-        _check_output_path(Path(cfg.output_path))
-    ckpt_path = Path(cfg.ckpt_path).expanduser()
-    if not ckpt_path.is_file():
-        raise errors.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
-    delimiter = checks.delimiter(cfg.delimiter, "delimiter")
-
-    import torch
-
-    from reglab.artifacts import read_trained
-
-    trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
-    width = trained.in_features
-    if cfg.x is not None:
-        if width is None:  # a model of the user's own that names no width: the rows do
-            width = _row_width(cfg.x)
-        names = trained.features or [f"x{i}" for i in range(width)]
-        x = torch.tensor(_inline_rows(cfg.x, width), dtype=torch.float64)
-    else:
-        from reglab.data.tables import read_inputs
-
-        names, x = read_inputs(cfg.input_path, trained.features, delimiter)
-        if width is not None and x.shape[1] != width:
-            raise errors.DataError(f"{cfg.input_path}: {x.shape[1]} feature columns "
-                                     f"({', '.join(names)}), but the model takes {width}")
-    where = "x: row {}" if cfg.x is not None else f"{cfg.input_path}: data row {{}}"
-    first = 0 if cfg.x is not None else 1  # inline rows count from 0, a file's from 1
-    _check_representable(x, trained, names, where, first)
-    from reglab.data.scaling import Standardized
-
-    with torch.no_grad():
-        out = Standardized(trained.model, trained.scaling).eval()(x)
-    out = out.reshape(out.shape[0], -1)
-    bad = (~torch.isfinite(out)).any(dim=1).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise errors.DataError(f"{where.format(i + first)}: the model's prediction "
-                                 f"is {out[i].tolist()}, not a finite number")
-    targets = trained.target if isinstance(trained.target, list) else [trained.target or "y"]
-    if len(targets) != out.shape[1]:
-        targets = [f"y{j}" for j in range(out.shape[1])] if out.shape[1] > 1 else ["y"]
-    columns = [f"{t}_predicted" for t in targets]
-    rows = out.tolist()
-    if cfg.output_path is not None:
-        _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows, delimiter)
-        print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
-    else:
-        print(",".join([*names, *columns]))
-        for row, pred in zip(x.tolist(), rows, strict=True):
-            print(",".join([*(f"{v:g}" for v in row), *(f"{p:.8g}" for p in pred)]))
-    # One target: a list of numbers; several: a list of rows.
-    return [r[0] for r in rows] if len(columns) == 1 else rows
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reglab.errors import ReglabError
-from reglab.reporting.run_record import saved_run
+from reglab.run_files import saved_run
 
 
 def resume_argv(argv: list[str]) -> list[str]:

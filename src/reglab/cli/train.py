@@ -21,7 +21,7 @@ import hydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from reglab import compat, errors
+from reglab import compat, errors, run_files
 from reglab.cli import common, run_guard
 from reglab.cli.resume import resume_argv
 from reglab.config import checks
@@ -142,7 +142,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                       "hparams": run_record.hparams(cfg, choices),
                       "run": run_record.run_record(cfg)}
             if run_setup.global_rank() == 0:
-                run_record.write_json(run_dir / run_record.METRICS_FILE, forced)
+                run_files.write_json(run_dir / run_files.METRICS_FILE, forced)
             return forced
         # The fit's own time: drawing its pictures at the end is reported apart.
         draw_seconds = sum(getattr(c, "draw_seconds", 0.0) for c in callbacks)
@@ -183,10 +183,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
         if run_setup.global_rank() == 0:
-            run_record.write_json(run_dir / run_record.METRICS_FILE,
-                               run_record.failure(cfg, exc, choices))
+            run_files.write_json(run_dir / run_files.METRICS_FILE,
+                              run_record.failure(cfg, exc, choices))
         raise
-    run_record.write_json(run_dir / run_record.METRICS_FILE, metrics)
+    run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
     test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
     cv_tags = ["cv/val_loss", "cv/val_loss_std"] if metrics.get("cv") else []
     tensorboard.log_hparams(trainer.loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
@@ -264,9 +264,9 @@ def _record_failure(cfg: DictConfig, exc: BaseException) -> None:
     from reglab.reporting import run_record
 
     run_dir = Path(cfg.paths.run_dir)
-    if not (run_dir / run_record.METRICS_FILE).exists():
+    if not (run_dir / run_files.METRICS_FILE).exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        run_record.write_json(run_dir / run_record.METRICS_FILE, run_record.failure(cfg, exc))
+        run_files.write_json(run_dir / run_files.METRICS_FILE, run_record.failure(cfg, exc))
 
 
 def main() -> None:

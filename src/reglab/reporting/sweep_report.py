@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from reglab.reporting.run_record import saved_run
+from reglab.run_files import saved_run
 
 log = logging.getLogger("reglab")
 
