@@ -893,7 +893,8 @@ def bench_exact(reps: int) -> dict[str, Any]:
         "rows": EXACT_ROWS, "csv_file_mb": path.stat().st_size / mb,
         "table_data_mb": table_bytes / mb,
         "closed_form_py_sha1": hashlib.sha1(
-            (REPO / "src" / "reglab" / "closed_form.py").read_bytes()).hexdigest()[:12],
+            (REPO / "src" / "reglab" / "analysis" / "least_squares.py").read_bytes()
+        ).hexdigest()[:12],
         "rss_from": str(GNU_TIME) if GNU_TIME.is_file() else "getrusage(RUSAGE_CHILDREN)",
         "load_average_start": load_start,
         "imports_s": med(r["imports_s"] for r in rounds)}

@@ -21,6 +21,7 @@ from torch import nn
 from reglab import __version__
 from reglab.data.scaling import Scaling, Standardized
 from reglab.errors import ReglabError
+from reglab.legacy import current, current_targets
 from reglab.models.regressors import MODEL_CLASSES
 
 FORMAT = "reglab.model"
@@ -141,6 +142,7 @@ def model_class(name: Any, allow_modules: tuple[str, ...] = (), where: str = "mo
         raise ReglabError(f"{where}: names no model class")
     if name in MODEL_CLASSES:  # files written before classes were named by path
         return MODEL_CLASSES[name]
+    name = current(name)  # files written before the subpackage layout
     module, _, qualname = name.rpartition(".")
     if not module:
         raise ReglabError(f"{where}: unknown model class {name!r}")
@@ -269,7 +271,7 @@ def module_arguments(path: Any, allow_modules: Any = (), skip: set[str] | None =
                            "data_info": dict(stamp.get("data") or {}),
                            "model_spec": {"class": stamp.get("model_class"),
                                           "kwargs": dict(stamp.get("model_kwargs") or {})}}
-    parts = stamp.get("parts") or {}
+    parts = current_targets(stamp.get("parts") or {})  # older reglabs' paths, as today's
     for name in ("loss", "optimizer", "scheduler"):
         node = parts.get(name)
         if name in skip or (node is None and name == "scheduler"):

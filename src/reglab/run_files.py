@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from reglab.legacy import current_targets
+
 #: The run's record: status, losses, parameters, the config that made it.
 METRICS_FILE = "metrics.json"
 
@@ -48,6 +50,7 @@ def saved_run(run_dir: Path) -> dict[str, Any] | None:
         saved["config"]["seed"] = _recorded_seed(run_dir)
         saved["seed_drawn"] = True
     saved["run_dir"] = str(run_dir)
+    saved["config"] = current_targets(saved["config"])  # a run of an older reglab
     return saved
 
 

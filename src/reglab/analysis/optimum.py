@@ -41,7 +41,7 @@ def weight_decay(optimizer: Any) -> tuple[float, str | None]:
 
 def find_optimum(model: nn.Module, loss_fn: nn.Module, datamodule: Any, optimizer: Any = None,
                 report: bool = True) -> tuple[dict[str, Any] | None, Any]:
-    """:func:`_closed_form` with torch on one thread: its chunk loops alternate torch
+    """:func:`_find_optimum` with torch on one thread: its chunk loops alternate torch
     (scaling, features) with numpy's BLAS (QR, products), and on a small machine the two
     thread pools spin against each other (a 10⁶-row solve took 3× as long)."""
     import torch

@@ -45,15 +45,22 @@ def experiment_argv(argv: list[str]) -> list[str]:
     return [a.removeprefix("+") if a.startswith("+experiment=") else a for a in argv]
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether the command line asks Hydra for a help page (``--help``, ``-h``,
+    ``--hydra-help``), which composes the config but runs nothing."""
+    return any(a in ("--help", "-h", "--hydra-help") for a in argv[1:])
+
+
 def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
     """Run a ``hydra.main`` app; Hydra's own exit 1 (a config it cannot compose) is bad
     input, so it becomes 2, and so is a composition error Hydra lets through as it is
     (its ``--help`` page does), reported in one line."""
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         app()
-    except HydraException as exc:
+    except (HydraException, OmegaConfBaseException) as exc:
         fail(prog, exc)
     except SystemExit as exc:
         if exc.code == 1:

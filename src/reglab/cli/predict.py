@@ -18,22 +18,22 @@ from reglab.cli import common
 from reglab.config.compose import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
-def _main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except BrokenPipeError:
-        # The reader went away (`reglab-predict … | head -1`): end quietly, as a shell
-        # tool does; stdout is pointed at /dev/null so the exit flush cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except errors.ReglabError as exc:
-        common.fail("reglab-predict", exc)
-
-
 def main() -> None:
     """Console entry point: ``reglab-predict ckpt_path=<file> x=… | input_path=…``."""
-    common.run_hydra_app("reglab-predict", _main)
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+    def job(cfg: DictConfig) -> None:
+        try:
+            predict(cfg)
+        except BrokenPipeError:
+            # The reader went away (`reglab-predict … | head -1`): end quietly, as a
+            # shell tool does; stdout goes to /dev/null so the exit flush cannot fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except errors.ReglabError as exc:
+            common.fail("reglab-predict", exc)
+
+    common.run_hydra_app("reglab-predict", job)
 
 
 def console() -> None:

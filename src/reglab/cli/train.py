@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from reglab import compat, errors, run_files
 from reglab.cli import common, run_guard
@@ -43,6 +44,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run alone (:func:`reglab.training.run_setup.quiet_lightning`); the flow is
     :func:`_train`.
     """
+    # Imported before the filters are set aside: the filters Lightning and torch install
+    # when first imported must outlive this run.
+    import pytorch_lightning  # noqa: F401
+
     with run_setup.quiet_lightning(continuing=bool(cfg.get("ckpt_path"))):
         return _train(cfg)
 
@@ -276,12 +281,14 @@ def main() -> None:
     (a config Hydra cannot compose, or a value or data set reglab rejects).
     """
     sys.argv = common.experiment_argv(sys.argv)
-    try:
-        sys.argv = resume_argv(sys.argv)
-        checks.check_argv(sys.argv[1:])  # before Hydra creates any folder
-        guard = run_guard.guard_from_argv(sys.argv[1:])
-    except errors.ReglabError as exc:
-        common.fail("reglab-train", exc)
+    guard = run_guard.RunDirGuard(None)
+    if not common.asks_for_help(sys.argv):  # --help creates nothing and runs nothing
+        try:
+            sys.argv = resume_argv(sys.argv)
+            checks.check_argv(sys.argv[1:])  # before Hydra creates any folder
+            guard = run_guard.guard_from_argv(sys.argv[1:])
+        except errors.ReglabError as exc:
+            common.fail("reglab-train", exc)
     started = False  # whether Hydra composed the config and handed it to a job
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -294,7 +301,7 @@ def main() -> None:
         job()
     except JobsFailed:  # the sweep ran to the end; its report says who failed
         raise
-    except HydraException as exc:  # a composition error Hydra's --help lets through
+    except (HydraException, OmegaConfBaseException) as exc:  # --help lets these through
         common.fail("reglab-train", exc)
     except SystemExit as exc:
         if exc.code == 1 and not started:  # Hydra could not compose the config

@@ -20,7 +20,9 @@ class JobsFailed(SystemExit):
 
     Raised after every job has run and the report is written. A ``SystemExit`` so that
     Hydra, which turns a callback's ``Exception`` into a warning, lets it reach the
-    command; its ``jobs`` name who failed.
+    command; its ``jobs`` name who failed. Hydra ends a multirun's callbacks in reverse
+    order, so callbacks added after ``sweep_report`` in ``hydra.callbacks`` (the usual
+    ``+hydra.callbacks.<name>=…``) still run before it.
     """
 
     def __init__(self, jobs: list[str]) -> None:

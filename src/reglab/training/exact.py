@@ -39,7 +39,7 @@ class ExactLeastSquares:
             raise ValueError(f"weight_decay: expected a finite number >= 0, got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
         self.param_groups = [{"params": list(params), "weight_decay": self.weight_decay}]
-        #: Read as torch optimizers' defaults are (see ``results.weight_decay``).
+        #: Read as torch optimizers' defaults are (see ``reglab.analysis.optimum.weight_decay``).
         self.defaults = {"weight_decay": self.weight_decay}
 
 

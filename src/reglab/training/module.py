@@ -58,7 +58,7 @@ class RegressionModule(pl.LightningModule):
         self.data_info = data_info or {}
         #: The least-squares optimum's training loss, drawn beside the loss curve.
         self.reference_loss: float | None = None
-        #: That optimum itself (a ``closed_form.LeastSquares``), for the fit plot.
+        #: That optimum itself (a ``reglab.analysis.least_squares.LeastSquares``), for the fit plot.
         self.closed_form: Any = None
         self.test_metrics: dict[str, float] | None = None
         #: Epoch means of the train loss and each validation loss, as [epoch, value] pairs.

@@ -47,7 +47,7 @@ def _in_data_units(model: nn.Module, scaling: Any) -> nn.Module:
 def fit_frames(model: nn.Module, states: list[tuple[str, dict[str, Any]]], datamodule: Any,
                closed_form: Any = None, final_title: str = ""
                ) -> tuple[Any, list[np.ndarray]] | None:
-    """For one-input data: the final fit (a ``plots.FitAnimation`` showing ``model``) and
+    """For one-input data: the final fit (a ``run_plots.FitAnimation`` showing ``model``) and
     one image per (title, model state), all on the same axes; None for several inputs."""
     import copy
 
