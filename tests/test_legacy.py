@@ -50,3 +50,12 @@ def test_a_run_of_the_flat_layout_still_loads_and_evaluates(run_train, tmp_path:
     assert out.returncode == 0, out.stderr[-2000:]
     scored = json.loads(next((tmp_path / "outputs").rglob("eval_metrics.json")).read_text())
     assert abs(scored["metrics"]["mse"] - metrics["test"]["mse"]) <= 1e-12 * metrics["test"]["mse"]
+
+
+def test_a_config_naming_an_old_path_gets_the_new_one_in_one_line(tmp_path: Path):
+    out = run_cli([script("reglab-train"),
+                   "data._target_=reglab.datamodule.RegressionDataModule"], cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert ("data._target_: reglab.datamodule.RegressionDataModule is now "
+            "reglab.data.datamodule.RegressionDataModule") in out.stderr
+    assert not list((tmp_path / "outputs").glob("*/runs/*"))  # no run dir left behind

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from reglab.errors import ConfigError
+from reglab.legacy import current
 from reglab.models.activations import ACTIVATIONS
 
 #: The metrics reglab's module logs, which monitors (checkpoints, early stopping,
@@ -57,6 +58,10 @@ def check(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
                           "to the command line")
+    for key in top:
+        node = cfg[key]
+        _check_renamed_targets(OmegaConf.to_container(node, resolve=False)
+                               if OmegaConf.is_config(node) else node, str(key))
     positive = lambda v: is_number(v) and math.isfinite(v) and v > 0  # noqa: E731
     fraction = lambda v: is_number(v) and 0 <= v <= 1  # noqa: E731
     # Keys of reglab's own classes are checked here, before torch is imported; a class
@@ -132,6 +137,21 @@ def check(cfg: DictConfig) -> None:
                               f"({lr_find.min_lr}), got {lr_find.max_lr}")
         _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
                "a whole number >= 1")
+
+
+def _check_renamed_targets(node: Any, key: str) -> None:
+    """A ``_target_`` naming where reglab kept a class or function before its subpackage
+    layout: one line giving today's path (a config of the user's own may still hold it)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and current(target) != target:
+            raise ConfigError(f"{key}._target_: {target} is now {current(target)} (reglab's "
+                              "modules moved into subpackages); name it so in your config")
+        for name, value in node.items():
+            _check_renamed_targets(value, f"{key}.{name}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_renamed_targets(value, f"{key}[{i}]")
 
 
 def _plain_name(value: Any) -> bool:
