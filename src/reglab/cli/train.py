@@ -57,14 +57,12 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     record → model.pt, metrics.json, HPARAMS → summary."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from reglab.analysis import optimum
     from reglab.artifacts import check_checkpoint, save_model
     from reglab.config import parts
     from reglab.reporting import run_record, summary, tensorboard
     from reglab.training import exact as exact_fit
-    from reglab.training.module import RegressionModule
 
     cfg = copy.deepcopy(cfg)  # the run fills in its dir, seed and checkpoint: not the caller's
     run_dir = run_setup.run_dir(cfg)
@@ -77,28 +75,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
         # Data first: the model's input width comes from it.
         datamodule = parts.build("data", lambda: instantiate(cfg.data))
-        in_features, data_info = parts.describe_data(datamodule)
-        targets = data_info.get("target")
-        model, model_spec = parts.build_model(
-            cfg.model, in_features, len(targets) if isinstance(targets, list) else 1)
-        scheduler = cfg.get("scheduler")
-        optimizer = parts.build("optimizer", lambda: instantiate(cfg.optimizer))
-        probe = parts.build("optimizer", lambda: optimizer(model.parameters()))  # its args
-        module = RegressionModule(
-            model=model, optimizer=optimizer,
-            loss=parts.build("loss", lambda: instantiate(cfg.loss)),
-            scaling=getattr(datamodule, "scaling", None), data_info=data_info,
-            scheduler=None if not scheduler else {
-                **OmegaConf.to_container(scheduler, resolve=True),
-                "scheduler": parts.build("scheduler",
-                                         lambda: instantiate(scheduler.scheduler))},
-            model_spec=model_spec,
-            parts={name: OmegaConf.to_container(node, resolve=True) for name, node in
-                   (("loss", cfg.loss), ("optimizer", cfg.optimizer),
-                    ("scheduler", scheduler)) if node})
-        if module.scheduler_config:  # its arguments, on a throwaway optimizer
-            parts.build("scheduler", lambda: module.make_scheduler(
-                optimizer(model.parameters()), lambda: 100))
+        module, probe = parts.build_module(cfg, datamodule)
+        model = module.model
 
         # The exact optimum of linear and polynomial models: the bar the fit is held to,
         # or, with optimizer=exact, the fit itself.
@@ -138,14 +116,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         except (KeyboardInterrupt, SystemExit):
             if module.interrupted_by is None:
                 raise
-            # Asked twice: the fit stopped at once, mid-step. Say so, and which
-            # checkpoint a resume would use (the last one written before it).
-            forced = {"status": "interrupted", "interrupted_by": module.interrupted_by,
-                      "stopped": "at once (a second signal): this step was not saved",
-                      "epochs": int(trainer.current_epoch),
-                      "steps": int(trainer.global_step),
-                      "hparams": run_record.hparams(cfg, choices),
-                      "run": run_record.run_record(cfg)}
+            # Asked twice: the fit stopped at once, mid-step.
+            forced = run_record.interrupted_record(cfg, trainer, module, choices)
             if run_setup.global_rank() == 0:
                 run_files.write_json(run_dir / run_files.METRICS_FILE, forced)
             return forced
@@ -161,47 +133,25 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         if exact:
             exact_fit.save_checkpoint(trainer, callbacks)
 
-        metrics = run_record.fit_record(cfg, trainer, module, datamodule, fit_seconds, choices,
-                                  closed=closed)
-        metrics["plot_seconds"] = round(draw_seconds, 4)
-        metrics["method"] = "exact" if exact else "gradient"
-        if cv is not None:
-            metrics["cv"] = cv
-        if lr_find is not None:
-            metrics["lr_find"] = lr_find
-            if lr_find["applied"]:
-                metrics["hparams"]["lr"] = lr_find["suggestion"]
-        if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
-            metrics["status"] = "fast_dev_run"
-        metrics["logs"] = run_record.log_locations(trainer.loggers)
-        metrics["run"] = run_record.run_record(cfg)
-        metrics["world_size"] = trainer.world_size
-        metrics["device"] = str(trainer.strategy.root_device)
-        if parts.is_reglab_data(datamodule):  # where the batches were cut
-            metrics["data_device"] = str(datamodule.batch_device)
+        metrics = run_record.fit_record(
+            cfg, trainer, module, datamodule, fit_seconds, choices, closed=closed,
+            plot_seconds=draw_seconds, exact=exact, cv=cv, lr_find=lr_find)
         if not trainer.is_global_zero:  # data-parallel: rank 0 alone writes the run's files
             return metrics
         if not trainer.fast_dev_run:
             save_model(model, run_dir / "model.pt", scaling=module.scaling,
-                       extra={"hparams": metrics["hparams"], "data": data_info},
-                       kwargs=model_spec["kwargs"])
+                       extra={"hparams": metrics["hparams"], "data": module.data_info},
+                       kwargs=module.model_spec["kwargs"])
     except Exception as exc:
         # Leave a record that says what went wrong, never a stale "completed".
         if run_setup.global_rank() == 0:
             run_files.write_json(run_dir / run_files.METRICS_FILE,
-                              run_record.failure(cfg, exc, choices))
+                                 run_record.failure(cfg, exc, choices))
         raise
     run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
-    test_tags = ["test/mse", "test/r2"] if metrics["test"] else []
-    cv_tags = ["cv/val_loss", "cv/val_loss_std"] if metrics.get("cv") else []
-    tensorboard.log_hparams(trainer.loggers, metrics["hparams"], ["train/loss_epoch", "val/loss",
-                                                       *cv_tags, *test_tags],
-                        reference_layout=bool(closed and "train_loss" in closed),
-                        report=(closed or {}).get("report"),
-                        per_target=(closed or {}).get("per_target"))
+    tensorboard.log_run(trainer.loggers, metrics, closed)
     print("\n".join(summary.summary_lines(metrics, run_dir)), flush=True)
     return metrics
-
 
 
 def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:

@@ -114,6 +114,41 @@ def build_model(node: DictConfig, in_features: int, out_features: int = 1
     return model, spec
 
 
+def build_module(cfg: DictConfig, datamodule: Any) -> tuple[Any, Any]:
+    """reglab's LightningModule around the config's model, loss, optimizer and scheduler,
+    sized from ``datamodule``; also the optimizer built once on the model's parameters
+    (its arguments checked, and what the least-squares optimum reads them from).
+
+    Each part's config is kept in the module (``parts``), so a checkpoint can rebuild it
+    with no arguments; a scheduler's arguments are tried on a throwaway optimizer here,
+    so a bad one is one line before the fit starts."""
+    from hydra.utils import instantiate
+
+    from reglab.training.module import RegressionModule
+
+    in_features, data_info = describe_data(datamodule)
+    targets = data_info.get("target")
+    model, model_spec = build_model(cfg.model, in_features,
+                                    len(targets) if isinstance(targets, list) else 1)
+    scheduler = cfg.get("scheduler")
+    optimizer = build("optimizer", lambda: instantiate(cfg.optimizer))
+    probe = build("optimizer", lambda: optimizer(model.parameters()))
+    module = RegressionModule(
+        model=model, optimizer=optimizer, loss=build("loss", lambda: instantiate(cfg.loss)),
+        scaling=getattr(datamodule, "scaling", None), data_info=data_info,
+        scheduler=None if not scheduler else {
+            **OmegaConf.to_container(scheduler, resolve=True),
+            "scheduler": build("scheduler", lambda: instantiate(scheduler.scheduler))},
+        model_spec=model_spec,
+        parts={name: OmegaConf.to_container(node, resolve=True) for name, node in
+               (("loss", cfg.loss), ("optimizer", cfg.optimizer), ("scheduler", scheduler))
+               if node})
+    if module.scheduler_config:
+        build("scheduler", lambda: module.make_scheduler(optimizer(model.parameters()),
+                                                         lambda: 100))
+    return module, probe
+
+
 def _accepts(target: Any, name: str) -> bool:
     try:
         params = inspect.signature(target).parameters

@@ -122,13 +122,53 @@ def log_locations(loggers: list[Any]) -> dict[str, str]:
 
 def fit_record(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
                fit_seconds: float, choices: dict[str, str] | None = None,
-               closed: dict[str, Any] | None = None, status: str = "completed"
-               ) -> dict[str, Any]:
-    """Everything ``metrics.json`` records about a finished fit.
+               closed: dict[str, Any] | None = None, *, plot_seconds: float = 0.0,
+               exact: bool = False, cv: dict[str, Any] | None = None,
+               lr_find: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``metrics.json`` records about a finished fit: :func:`_fit_numbers`,
+    then how it was run (method, cross-validation, ``lr_find``, loggers, config, device).
 
     ``closed`` is the record :func:`reglab.analysis.optimum.find_optimum` made before the
     fit, if any.
     """
+    from reglab.config.parts import is_reglab_data
+
+    metrics = _fit_numbers(cfg, trainer, module, datamodule, fit_seconds, choices, closed)
+    metrics["plot_seconds"] = round(plot_seconds, 4)
+    metrics["method"] = "exact" if exact else "gradient"
+    if cv is not None:
+        metrics["cv"] = cv
+    if lr_find is not None:
+        metrics["lr_find"] = lr_find
+        if lr_find["applied"]:
+            metrics["hparams"]["lr"] = lr_find["suggestion"]
+    if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
+        metrics["status"] = "fast_dev_run"
+    metrics["logs"] = log_locations(trainer.loggers)
+    metrics["run"] = run_record(cfg)
+    metrics["world_size"] = trainer.world_size
+    metrics["device"] = str(trainer.strategy.root_device)
+    if is_reglab_data(datamodule):  # where the batches were cut
+        metrics["data_device"] = str(datamodule.batch_device)
+    return metrics
+
+
+def interrupted_record(cfg: DictConfig, trainer: Any, module: Any,
+                       choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """The record of a fit stopped at once by a second signal, mid-step: it says so, and
+    a resume starts from the last checkpoint written before it."""
+    return {"status": "interrupted", "interrupted_by": module.interrupted_by,
+            "stopped": "at once (a second signal): this step was not saved",
+            "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
+            "hparams": hparams(cfg, choices), "run": run_record(cfg)}
+
+
+def _fit_numbers(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
+                 fit_seconds: float, choices: dict[str, str] | None,
+                 closed: dict[str, Any] | None, status: str = "completed"
+                 ) -> dict[str, Any]:
+    """The fit's numbers: status, losses recomputed in float64, test metrics, parameters,
+    the optimum's gap, the history."""
     from reglab.analysis.metrics import split_loss
     from reglab.config.parts import is_reglab_data
 

@@ -51,6 +51,20 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
             writer.close()
 
 
+def log_run(loggers: list[Any], metrics: dict[str, Any],
+            closed: dict[str, Any] | None) -> None:
+    """:func:`log_hparams` for a finished run: its hyper-parameters beside its final
+    losses (and cross-validated and test figures where it has them)."""
+    tags = ["train/loss_epoch", "val/loss"]
+    if metrics.get("cv"):
+        tags += ["cv/val_loss", "cv/val_loss_std"]
+    if metrics.get("test"):
+        tags += ["test/mse", "test/r2"]
+    closed = closed or {}
+    log_hparams(loggers, metrics["hparams"], tags, reference_layout="train_loss" in closed,
+                report=closed.get("report"), per_target=closed.get("per_target"))
+
+
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
     from pytorch_lightning.loggers import TensorBoardLogger
 
