@@ -33,6 +33,7 @@ BAD = [
     (["tuner=lr_find", "tuner.lr_find.num_training=0"],
      "tuner.lr_find.num_training: expected a whole number >= 2, got 0"),
     (["data.batch_size=0"], "data.batch_size: expected a whole number > 0"),
+    (["optimizer.lr=${nope}"], "optimizer.lr: Interpolation key 'nope' not found"),
     (["trainer.max_epochs=0"], "trainer.max_epochs: expected a whole number >= 1"),
     (["data.val_fraction=1.5"], "data.val_fraction: expected a fraction in [0, 1]"),
     (["data.test_fraction=-0.1"], "data.test_fraction: expected a fraction in [0, 1]"),

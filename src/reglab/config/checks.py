@@ -46,7 +46,35 @@ def _positive_ints(values: Any) -> bool:
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first value that cannot work."""
+    """Raise :class:`ConfigError` for the first value that cannot work, an interpolation
+    that names nothing (``optimizer.lr='${nope}'``) among them."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _check_values(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_interpolation_problem(exc)) from None
+
+
+def _interpolation_problem(exc: Exception) -> str:
+    """One line for an interpolation OmegaConf cannot resolve, naming the command-line
+    override that holds one (OmegaConf names the Hydra key it was copied into)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    message = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+    overrides = ([str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task,
+                                                         resolve=False)]
+                 if HydraConfig.initialized() else [])
+    holding = [o for o in overrides if "${" in o]
+    if holding:
+        key = holding[0].split("=", 1)[0].lstrip("+~")
+        return f"{key}: {message} (in {holding[0]}); an interpolation must name a key of " \
+               "the config, e.g. ${seed}"
+    return f"{getattr(exc, 'full_key', None) or 'config'}: {message}"
+
+
+def _check_values(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     # Hydra's own node (present in a config composed with return_hydra_config) holds
