@@ -16,6 +16,66 @@ from reglab.legacy import current_targets
 
 #: The run's record: status, losses, parameters, the config that made it.
 METRICS_FILE = "metrics.json"
+#: reglab-eval's record, in its own run dir.
+EVAL_FILE = "eval_metrics.json"
+
+#: What a run leaves at the top of its dir, the old run's part of ``overwrite=true``.
+RESULTS = (METRICS_FILE, EVAL_FILE, "model.pt", "checkpoints", "tensorboard", "csv",
+           "lightning_logs", "fit.png", "pred_vs_actual.png", "landscape.png",
+           "fit-profile.txt")
+
+#: Every name reglab, Hydra or Lightning may create at the top of a run dir (glob
+#: patterns): the results, Hydra's files and logs, temporary files being renamed into
+#: place, Lightning's learning-rate finder's checkpoint. Nothing else there is theirs.
+OWN_NAMES = (*RESULTS, ".hydra", "*.log", ".*.tmp-*", ".lr_find_*")
+
+
+def is_own(name: str) -> bool:
+    """Whether a top-level entry called ``name`` may be one reglab made."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, pattern) for pattern in OWN_NAMES)
+
+
+def holds_run(path: Path) -> str | None:
+    """What in ``path`` shows that a run (or an evaluation) already lives there, in a
+    few words; None when nothing does. Reads names only, never follows a link out."""
+    if path.is_symlink() or not path.is_dir():
+        return None
+    record = path / METRICS_FILE
+    if record.is_file():
+        try:
+            status = json.loads(record.read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        return f"a reglab run ({METRICS_FILE}" + (f": {status})" if status else ")")
+    checkpoints = path / "checkpoints"
+    for found, what in (
+            ((path / "model.pt").is_file(), "a reglab run (model.pt)"),
+            (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")),
+             "a reglab run (checkpoints/)"),
+            ((path / "tensorboard").is_dir()
+             and any((path / "tensorboard").rglob("events.out.tfevents.*")),
+             "a reglab run (tensorboard/ event files)"),
+            ((path / EVAL_FILE).is_file(), f"a reglab evaluation ({EVAL_FILE})"),
+            ((path / ".hydra" / "config.yaml").is_file(), "a Hydra run (.hydra/config.yaml)"),
+    ):
+        if found:
+            return what
+    return None
+
+
+def holds_sweep(path: Path) -> str | None:
+    """What in ``path`` shows that a sweep already lives there; None when nothing does."""
+    if path.is_symlink() or not path.is_dir():
+        return None
+    for name in ("sweep_summary.csv", "multirun.yaml"):
+        if (path / name).is_file():
+            return f"a sweep ({name})"
+    for job in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()):
+        if (found := holds_run(job)) is not None:
+            return f"a sweep (job {job.name}: {found})"
+    return None
 
 
 def saved_run(run_dir: Path) -> dict[str, Any] | None:

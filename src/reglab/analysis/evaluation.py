@@ -15,9 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from reglab import errors
 from reglab.config import checks
-from reglab.run_files import METRICS_FILE, saved_run, write_json
+from reglab.run_files import EVAL_FILE, METRICS_FILE, saved_run, write_json
 
-EVAL_FILE = "eval_metrics.json"
 SPLITS = ("test", "val", "train", "all")
 
 

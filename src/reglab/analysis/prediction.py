@@ -19,8 +19,18 @@ from reglab import errors
 from reglab.config import checks
 
 
-def _check_output_path(path: Path) -> None:
-    """An output file can be written there: not a directory, no file in the way."""
+def _check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
+    """An output file can be written there: not a directory, no file in the way, not the
+    input, and no file of the user's replaced unless ``overwrite=true`` says so."""
+    if path.exists() and input_path.exists() and path.samefile(input_path):
+        raise errors.ConfigError(f"output_path: {path} is the input table itself; name "
+                                 "another file")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        if not overwrite:
+            raise errors.ConfigError(f"output_path: {path} already exists; name another "
+                                     "file, or replace it with overwrite=true")
+        if path.is_symlink():
+            raise errors.ConfigError(f"output_path: {path} is a link; name the file itself")
     if path.is_dir():
         raise errors.ConfigError(f"output_path: {path} is a directory; name a file in it, "
                                    "e.g. output_path=" + str(path / "predictions.csv"))
@@ -90,12 +100,16 @@ def _write_csv(input_path: Path, output_path: Path, columns: list[str],
         raise errors.DataError(f"{input_path}: {len(rows)} rows but {len(preds)} predictions")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle, delimiter=delimiter)
-        writer.writerow([*header, *columns])
-        for row, pred in zip(rows, preds, strict=True):
-            writer.writerow([*row, *(repr(p) for p in pred)])
-    os.replace(tmp, output_path)
+    try:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter=delimiter)
+            writer.writerow([*header, *columns])
+            for row, pred in zip(rows, preds, strict=True):
+                writer.writerow([*row, *(repr(p) for p in pred)])
+        os.replace(tmp, output_path)
+    except BaseException:  # a full disk, a signal: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def predict(cfg: DictConfig) -> list[Any]:
@@ -108,7 +122,8 @@ def predict(cfg: DictConfig) -> list[Any]:
     if cfg.output_path is not None and cfg.input_path is None:
         raise errors.ConfigError("output_path: needs input_path (inline x is printed)")
     if cfg.output_path is not None:
-        _check_output_path(Path(cfg.output_path))
+        _check_output_path(Path(cfg.output_path), Path(cfg.input_path),
+                           checks.check_overwrite(cfg))
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     if not ckpt_path.is_file():
         raise errors.ReglabError(f"ckpt_path: {ckpt_path}: no such file")

@@ -14,9 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from reglab import errors
-from reglab.analysis.evaluation import EVAL_FILE, evaluate
+from reglab.analysis.evaluation import evaluate
 from reglab.cli import common, run_guard
 from reglab.config.compose import CONF_DIR
+from reglab.run_files import EVAL_FILE
 
 
 def table(out: dict[str, Any], out_dir: Path) -> str:

@@ -1,59 +1,157 @@
-"""What a run dir held before this command, so a rejected command can leave it as it was.
+"""A run dir holds one run, and a rejected command leaves it as it was.
 
-Hydra creates the run dir, writes ``.hydra/`` and opens ``train.log`` before reglab sees
-the config. When the command is then rejected (bad input, exit 2), the dir is put back:
-a dir this command created is removed; in a dir that existed (``hydra.run.dir=<yours>``,
-``resume=<run>``) the files Hydra or reglab rewrote are restored byte for byte and the
-files they added are removed. Nothing else that was there is touched.
+Three parts, each for one moment of a command:
+
+* :class:`RunDirCheck`, a Hydra callback, runs before Hydra creates or writes anything:
+  a fresh run into a dir that already holds a run is refused in one line, unless the
+  command continues that run (``resume=``, ``ckpt_path=last``) or asks for
+  ``overwrite=true``; a sweep into a sweep's dir is refused.
+* :class:`RunDirGuard` remembers what the run dir held before Hydra wrote ``.hydra/`` and
+  opened its log. When the command is then rejected (bad input, exit 2) it removes what
+  this command created there and puts back the bytes of the files it rewrote.
+* :class:`SetAside` moves the old run's results out of the way for ``overwrite=true``,
+  and back if the new run is rejected.
+
+What the guard may remove is held to the class, not to cases: it works on the dir's real
+path, only on the names reglab and Hydra write at its top (:data:`reglab.run_files.
+OWN_NAMES`), and only on entries whose path and inode it did not see before the
+command; it never follows a link, so a user's file reached through one is never touched.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
+import time
 from pathlib import Path
+from typing import Any
 
-#: The files Hydra and reglab write into a run dir before a command can be rejected.
+from reglab import run_files
+
+#: The files Hydra and reglab rewrite in place before a command can be rejected; their
+#: bytes are put back (relative to the run dir).
 _REWRITTEN = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
-              "train.log", "metrics.json", "eval.log", "eval_metrics.json")
+              "train.log", "eval.log", run_files.METRICS_FILE, run_files.EVAL_FILE)
+
+#: An entry as the guard knows it: its path below the run dir, device and inode.
+_Entry = tuple[str, int, int]
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _own_entries(root: Path, extra_names: tuple[str, ...] = ()) -> set[_Entry]:
+    """Every entry under ``root``'s reglab-named top-level entries, by path and inode;
+    links are entries themselves, never followed."""
+    found: set[_Entry] = set()
+    try:
+        tops = [e for e in os.scandir(root)
+                if run_files.is_own(e.name) or e.name in extra_names]
+    except OSError:
+        return found
+    for top in tops:
+        info = top.stat(follow_symlinks=False)
+        found.add((top.name, info.st_dev, info.st_ino))
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        for folder, dirs, files in os.walk(top.path, followlinks=False):
+            for name in (*dirs, *files):
+                path = os.path.join(folder, name)
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                found.add((os.path.relpath(path, root), info.st_dev, info.st_ino))
+    return found
+
+
+def _remove(path: Path) -> None:
+    """Remove one entry, never what a link points to: a link or file is unlinked, a dir
+    is removed only when empty."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            path.rmdir()
+    except OSError:
+        pass  # not ours to force: what cannot go quietly stays
 
 
 class RunDirGuard:
-    """A snapshot of ``path`` (``None``: the dir is Hydra's fresh, stamped one)."""
+    """A snapshot of the run dir ``path`` (``None``: Hydra's fresh, stamped dir)."""
 
-    def __init__(self, path: Path | None) -> None:
-        import time
-
+    def __init__(self, path: Path | None, extra_names: tuple[str, ...] = ()) -> None:
         self.path = path
         self.started = time.time()
-        self.existed = path is not None and path.exists()
-        self.entries: set[Path] = set()
-        self.saved: dict[Path, bytes] = {}
-        if self.existed and path is not None and path.is_dir():
-            self.entries = set(path.rglob("*"))
-            for name in _REWRITTEN:
-                file = path / name
-                if file.is_file():
-                    self.saved[file] = file.read_bytes()
+        self.extra_names = extra_names  # e.g. a hydra.output_subdir given on the command line
+        self.real = _real(path) if path is not None else None
+        self.existed = self.real is not None and self.real.is_dir()
+        # The highest folder on the way to the run dir that this command will create.
+        self.created_from: Path | None = None
+        self.entries: set[_Entry] = set()
+        # A rewritten file's link target (None: a plain file) and bytes.
+        self.saved: dict[str, tuple[str | None, bytes]] = {}
+        if self.real is None:
+            return
+        if not self.existed:
+            top = self.real
+            while not top.parent.exists() and top.parent != top:
+                top = top.parent
+            self.created_from = top
+            return
+        self.entries = _own_entries(self.real, extra_names)
+        for name in _REWRITTEN:
+            file = self.real / name
+            try:
+                link = os.readlink(file) if file.is_symlink() else None
+                if file.is_file():  # a file, or a link to one: its bytes
+                    self.saved[name] = (link, file.read_bytes())
+            except OSError:
+                pass
 
     def restore(self, run_dir: Path) -> None:
-        """Undo what this command did to ``run_dir``."""
-        if self.path is None or not self.existed:
-            if self.path is None and not _stamped(run_dir):
-                return  # a dir given in a way not seen before Hydra: never remove it
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if self.path is None:
+        """Undo what this command did to ``run_dir``: remove what it created, put back the
+        bytes of what it rewrote; nothing else there is touched."""
+        if self.real is None:
+            # Hydra's stamped dir: created by this command, unless it is not one of ours.
+            if _stamped(run_dir) and not run_dir.is_symlink():
+                shutil.rmtree(run_dir, ignore_errors=True)
                 _remove_new_empty_parents(run_dir, self.started)
             return
-        added = sorted((p for p in run_dir.rglob("*") if p not in self.entries),
-                       key=lambda p: len(p.parts), reverse=True)
-        for entry in added:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        for file, content in self.saved.items():
-            if not file.is_file() or file.read_bytes() != content:
-                file.write_bytes(content)
+        real = _real(run_dir)
+        if real != self.real:
+            return  # Hydra ran somewhere else than the command line said: not ours
+        if not self.existed:
+            if real.is_dir():
+                shutil.rmtree(real, ignore_errors=True)  # never follows a link inside
+            top = self.created_from or real
+            folder = real.parent
+            while folder != top.parent and folder.is_dir() and not folder.is_symlink():
+                try:
+                    folder.rmdir()  # only when empty: a parent that gained a file stays
+                except OSError:
+                    break
+                folder = folder.parent
+            return
+        now = sorted(_own_entries(real, self.extra_names) - self.entries,
+                     key=lambda e: e[0].count(os.sep), reverse=True)
+        for rel, _, _ in now:
+            _remove(real / rel)
+        for rel, (link, content) in self.saved.items():
+            file = real / rel
+            try:
+                # A file replaced by rename (reglab's atomic writes) was removed above as
+                # new: it comes back with its bytes, a link as the same link.
+                if link is not None and not file.is_symlink():
+                    file.symlink_to(link)
+                if not os.path.lexists(file):
+                    file.write_bytes(content)
+                elif file.is_file() and file.read_bytes() != content:
+                    file.write_bytes(content)  # in place: the same inode, through the link
+            except OSError:
+                pass
 
 
 def _remove_new_empty_parents(run_dir: Path, since: float, levels: int = 2) -> None:
@@ -63,7 +161,7 @@ def _remove_new_empty_parents(run_dir: Path, since: float, levels: int = 2) -> N
     parent = run_dir.parent
     for _ in range(levels):
         try:
-            if any(parent.iterdir()) or parent.stat().st_ctime < since:
+            if parent.is_symlink() or any(parent.iterdir()) or parent.stat().st_ctime < since:
                 return
             parent.rmdir()
         except OSError:
@@ -80,8 +178,146 @@ def _stamped(run_dir: Path) -> bool:
 
 def guard_from_argv(args: list[str]) -> RunDirGuard:
     """The guard for the run dir named on the command line (``hydra.run.dir=``), if any."""
-    given = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+") ==
-             "hydra.run.dir" and "=" in a]
-    if not given or "${" in given[-1]:
+    def given(key: str) -> str | None:
+        values = [a.split("=", 1)[1] for a in args
+                  if "=" in a and a.split("=", 1)[0].lstrip("+") == key]
+        return values[-1] if values and "${" not in values[-1] else None
+
+    run_dir = given("hydra.run.dir")
+    if run_dir is None:
         return RunDirGuard(None)
-    return RunDirGuard(Path(given[-1]).expanduser().resolve())
+    subdir = given("hydra.output_subdir")
+    extra = (Path(subdir).parts[0],) if subdir and subdir != "null" else ()
+    return RunDirGuard(Path(os.path.abspath(Path(run_dir).expanduser())), extra)
+
+
+class SetAside:
+    """``overwrite=true``: the old run's results (:data:`reglab.run_files.RESULTS`) moved
+    into a hidden folder of the run dir, so the new run starts clean and a rejected one
+    can put them back. Files of the user's in the dir stay where they are."""
+
+    def __init__(self, run_dir: Path) -> None:
+        real = _real(run_dir)
+        self.holding = real / f".reglab-replaced-{os.getpid()}"
+        self.moved: list[str] = []
+        names = [n for n in run_files.RESULTS if os.path.lexists(real / n)]
+        if not names:
+            return
+        self.holding.mkdir()
+        for name in names:
+            os.rename(real / name, self.holding / name)  # same file system: atomic
+            self.moved.append(name)
+
+    def restore(self) -> None:
+        """Put the old run's results back (the new run was rejected)."""
+        for name in self.moved:
+            target = self.holding.parent / name
+            if os.path.lexists(target):  # made by the rejected run: not the user's
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            os.rename(self.holding / name, target)
+        self.moved = []
+        _remove(self.holding)
+
+    def discard(self) -> None:
+        """The new run has taken the dir: the old results go."""
+        if self.moved:
+            shutil.rmtree(self.holding, ignore_errors=True)
+            self.moved = []
+
+
+def _first_process() -> bool:
+    """Whether this is the process that starts a run: data-parallel ranks and the other
+    nodes of a multi-node run join the dir rank 0 checked."""
+    return all(os.environ.get(k, "0") in ("", "0")
+               for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+
+
+def occupied(config: Any, run_dir: Path, command: str) -> str | None:
+    """Why ``command`` (``train``, ``eval``) may not start a fresh run in ``run_dir``, in
+    one line naming the dir and the ways on; None when it may."""
+    from reglab.config.checks import check_overwrite
+
+    overwrite = check_overwrite(config)
+    if run_dir.is_symlink() and not run_dir.exists():
+        return (f"hydra.run.dir: {run_dir} is a link to {os.readlink(run_dir)}, which does "
+                "not exist; create that folder or name another run dir")
+    found = run_files.holds_run(_real(run_dir))
+    if found is None:
+        return None
+    if command == "train":
+        ckpt = config.get("ckpt_path")
+        if ckpt is not None and (str(ckpt) in ("last", "best", "hpc", "registry") or
+                                 _real(Path(str(ckpt))).is_relative_to(_real(run_dir))):
+            return None  # continuing this run, in its own dir
+        if overwrite:
+            return None
+        way = f"continue it with resume={run_dir}, " if found.startswith("a reglab run") else ""
+        return (f"hydra.run.dir: {run_dir} already holds {found}; {way}name another "
+                "hydra.run.dir, or replace that run's files with overwrite=true (other files "
+                "there are left alone)")
+    if found.startswith("a reglab evaluation") and overwrite:
+        return None
+    way = (" or replace that evaluation with overwrite=true"
+           if found.startswith("a reglab evaluation") else "")
+    return (f"hydra.run.dir: {run_dir} already holds {found}; reglab-{command} writes into "
+            f"a dir of its own: name another hydra.run.dir{way}")
+
+
+def sweep_occupied(config: Any, sweep_dir: Path) -> str | None:
+    """Why a sweep may not start in ``sweep_dir``; None when it may."""
+    from reglab.config.checks import check_overwrite
+
+    check_overwrite(config)
+    found = run_files.holds_sweep(_real(sweep_dir))
+    if found is None:
+        return None
+    # No overwrite here: the old sweep's other jobs would stay and join the new report.
+    return (f"hydra.sweep.dir: {sweep_dir} already holds {found}; name another "
+            "hydra.sweep.dir (reglab-sweep-report rebuilds the old sweep's report)")
+
+
+def _refuse(command: str, why: str) -> None:
+    from reglab.cli import common
+    from reglab.errors import ConfigError
+
+    # A SystemExit, which Hydra lets through from a callback: one line, exit 2.
+    common.fail(f"reglab-{command}", ConfigError(why))
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - Hydra is a dependency
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class RunDirCheck(Callback):  # type: ignore[misc]
+    """Hydra callback: refuses a fresh run into an occupied dir before Hydra writes."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if not _first_process():
+            return
+        from reglab.errors import ReglabError
+
+        command = str(config.hydra.job.name)
+        try:
+            why = occupied(config, Path(str(config.hydra.run.dir)), command)
+        except ReglabError as exc:
+            why = str(exc)
+        if why:
+            _refuse(command, why)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        if not _first_process():
+            return
+        from reglab.errors import ReglabError
+
+        command = str(config.hydra.job.name)
+        try:
+            why = sweep_occupied(config, Path(str(config.hydra.sweep.dir)))
+        except ReglabError as exc:
+            why = str(exc)
+        if why:
+            _refuse(command, why)

@@ -158,12 +158,18 @@ def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:
     """One job: its exit status for a single run, its objective in a sweep, where a failed
     job is recorded and the sweep goes on. ``guard`` puts a rejected run's dir back."""
     multirun = run_setup.is_multirun()
+    aside: run_guard.SetAside | None = None
     try:
         checks.check(cfg)  # before torch is imported: a typo answers at once
         if multirun:
             _check_sweep_can_run_data_parallel(cfg)
+        if cfg.get("overwrite") and not cfg.get("ckpt_path") and run_setup.global_rank() == 0:
+            # The old run's results out of the way, kept until this run is accepted.
+            aside = run_guard.SetAside(Path(cfg.paths.run_dir))
         metrics = train(cfg)
     except errors.ReglabError as exc:
+        if aside is not None:
+            aside.restore()
         if multirun:
             _record_failure(cfg, exc)
             log.error("job failed: %s", exc)
@@ -172,11 +178,15 @@ def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:
         guard.restore(Path(cfg.paths.run_dir))
         common.fail("reglab-train", exc)
     except Exception as exc:
+        if aside is not None and aside.moved:
+            log.error("the replaced run's files are kept in %s", aside.holding)
         if not multirun:
             raise
         log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,
                   exc_info=True)
         return _FAILED
+    if aside is not None:
+        aside.discard()
     if metrics["status"] == "interrupted":
         run_dir = Path(cfg.paths.run_dir)
         print(f"reglab-train: interrupted by {metrics['interrupted_by']} after "

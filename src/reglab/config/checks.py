@@ -40,6 +40,15 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str,
         raise ConfigError(f"{key}: expected {expected}, got {node!r}")
 
 
+def check_overwrite(cfg: Any) -> bool:
+    """``overwrite``: whether a command may replace the run (or output) it would otherwise
+    refuse to write over."""
+    value = cfg.get("overwrite", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"overwrite: expected true or false, got {value!r}")
+    return value
+
+
 def _positive_ints(values: Any) -> bool:
     return isinstance(values, Iterable) and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
