@@ -333,3 +333,46 @@ def test_a_sweep_into_a_sweeps_dir_is_refused(tmp_path: Path):
         "(metrics.json: completed)); name another hydra.sweep.dir (reglab-sweep-report "
         "rebuilds the old sweep's report)")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_second_command_in_a_busy_run_dir_is_refused_and_a_stale_lock_taken_over(
+        tmp_path: Path):
+    import signal
+    import subprocess
+    import time
+
+    busy = subprocess.Popen(
+        [script("reglab-train"), "experiment=noisy_line", "trainer.max_epochs=100000",
+         "callbacks.last_checkpoint.every_seconds=0", "hydra.run.dir=busy"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    lock, last = tmp_path / "busy" / ".reglab.lock", tmp_path / "busy/checkpoints/last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not (last.is_file() and lock.is_file()) and time.monotonic() < deadline:
+            assert busy.poll() is None, busy.stderr.read()
+            time.sleep(0.2)
+        assert lock.read_text().strip() == str(busy.pid)
+        for args in (["resume=busy"], ["hydra.run.dir=busy", "ckpt_path=last"]):
+            out = run_cli([script("reglab-train"), *args, "trainer.max_epochs=100001"],
+                          tmp_path)
+            assert out.returncode == 2, out.stderr
+            assert out.stderr.strip() == (
+                f"reglab-train: error: hydra.run.dir: {tmp_path / 'busy'} is in use by "
+                f"process {busy.pid} (a run or resume still going); wait for it to end, or "
+                "stop it first")
+    finally:
+        busy.send_signal(signal.SIGTERM)
+        busy.communicate(timeout=60)
+    assert busy.returncode == 143
+    assert not lock.exists()  # removed by its owner at exit
+
+    # A lock left by a process that is gone (kill -9) holds no lock: taken over.
+    done = run_cli([script("reglab-train"), "experiment=origin", "logger=none",
+                    "callbacks.plots=null", "hydra.run.dir=done"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "done" / ".reglab.lock").write_text("999999\n")
+    out = run_cli([script("reglab-train"), "resume=done", "trainer.max_epochs=110"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "done" / ".reglab.lock").exists()

@@ -27,7 +27,11 @@ RESULTS = (METRICS_FILE, EVAL_FILE, "model.pt", "checkpoints", "tensorboard", "c
 #: Every name reglab, Hydra or Lightning may create at the top of a run dir (glob
 #: patterns): the results, Hydra's files and logs, temporary files being renamed into
 #: place, Lightning's learning-rate finder's checkpoint. Nothing else there is theirs.
-OWN_NAMES = (*RESULTS, ".hydra", "*.log", ".*.tmp-*", ".lr_find_*")
+OWN_NAMES = (*RESULTS, ".hydra", "*.log", ".*.tmp-*", ".lr_find_*", ".reglab.lock",
+             ".reglab-replaced-*")
+
+#: The lock a command holds on its run dir (see ``cli.run_guard.RunLock``).
+LOCK_FILE = ".reglab.lock"
 
 
 def is_own(name: str) -> bool:

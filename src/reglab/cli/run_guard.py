@@ -228,6 +228,62 @@ class SetAside:
             self.moved = []
 
 
+class RunLock:
+    """One command at a time in a run dir: an exclusive ``flock`` on ``<run>/.reglab.lock``,
+    which holds the owner's process id. The kernel drops the lock when its process dies
+    (``kill -9`` too), so a lock file left behind is stale and simply taken over; the
+    owner removes it at exit."""
+
+    NAME = run_files.LOCK_FILE
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = _real(run_dir) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`ConfigError` naming the process that holds it."""
+        import fcntl
+
+        from reglab.errors import ConfigError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):  # the file may be removed by its owner between open and lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(
+                    f"hydra.run.dir: {self.path.parent} is in use by process {owner} (a run "
+                    "or resume still going); wait for it to end, or stop it first") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.fd = fd
+                import atexit
+
+                atexit.register(self.release)
+                return
+            os.close(fd)  # locked a file its owner had just removed: take the new one
+
+    def release(self) -> None:
+        """Remove the lock file and let go (at the end of the run, or at exit)."""
+        if self.fd is None:
+            return
+        try:
+            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
 def _first_process() -> bool:
     """Whether this is the process that starts a run: data-parallel ranks and the other
     nodes of a multi-node run join the dir rank 0 checked."""
@@ -294,20 +350,32 @@ except ImportError:  # pragma: no cover - Hydra is a dependency
 
 
 class RunDirCheck(Callback):  # type: ignore[misc]
-    """Hydra callback: refuses a fresh run into an occupied dir before Hydra writes."""
+    """Hydra callback: before Hydra writes, refuses a fresh run into an occupied dir, and
+    takes the dir's lock so no second command (a resume) works in it at the same time."""
+
+    def __init__(self) -> None:
+        self.lock: RunLock | None = None
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         if not _first_process():
-            return
+            return  # data-parallel ranks and other nodes join the dir rank 0 holds
         from reglab.errors import ReglabError
 
         command = str(config.hydra.job.name)
+        run_dir = Path(str(config.hydra.run.dir))
         try:
-            why = occupied(config, Path(str(config.hydra.run.dir)), command)
+            why = occupied(config, run_dir, command)
+            if why is None:
+                self.lock = RunLock(run_dir)
+                self.lock.acquire()
         except ReglabError as exc:
             why = str(exc)
         if why:
             _refuse(command, why)
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         if not _first_process():
