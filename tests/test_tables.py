@@ -415,14 +415,50 @@ def test_a_value_float32_cannot_hold_is_named_by_column(run_train, tmp_path: Pat
     args = ["data=csv", f"data.source.path={path}", "data.source.target=y",
             "data.standardize=false", "data.val_fraction=0", "data.test_fraction=0",
             "trainer.max_epochs=1", "logger=none", "callbacks=none"]
-    with pytest.raises(DataError, match=r"column 'y' holds 1e\+39 \(train split, row 1\), "
-                                        r"beyond float32's range"):
+    with pytest.raises(DataError, match=rf"^{path}, line 3, column 'y': 1e\+39 is beyond "
+                                        r"float32's range as the model sees it; use "
+                                        r"data.standardize_target=true or trainer.precision"):
         run_train(*args)
     metrics, _ = run_train(*args, "trainer.precision=64-true")  # float64 holds it
     assert metrics["status"] == "completed"
+    # Shuffled into a split, with the defaults (features standardized, the target not):
+    # still the file's own line, and the setting that helps for that column.
+    for name, column, extra, fix in (
+            ("y.csv", "y", [], "data.standardize_target=true or "),
+            ("x.csv", "x", ["data.standardize=false"], "data.standardize=true or ")):
+        rows = "".join(f"{1e39 if i == 37 and column == 'x' else i},"
+                       f"{1e39 if i == 37 and column == 'y' else 2 * i}\n" for i in range(60))
+        path = _write(tmp_path / name, "x,y\n" + rows)
+        with pytest.raises(DataError, match=rf"^{path}, line 39, column '{column}': 1e\+39 "
+                                            rf"is beyond float32's range as the model sees "
+                                            rf"it; use {fix}trainer.precision=64-true$"):
+            run_train("data=csv", f"data.source.path={path}", "data.source.target=y",
+                      "trainer.max_epochs=1", "logger=none", "callbacks=none", *extra)
     fake = _write(tmp_path / "fake.parquet", "a,b\n1,2\n")
     with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
         read_table(str(fake), target="b")
+
+
+def test_a_compressed_file_or_an_unclosed_quote_is_named(tmp_path: Path):
+    import bz2
+    import gzip
+
+    text = b"x,y\n1,2\n2,3\n3,4\n"
+    for name, data, what in (
+            ("g.csv", gzip.compress(text), "a gzip-compressed file: decompress it first"),
+            ("g.csv.gz", gzip.compress(text), "a gzip-compressed file: decompress it first"),
+            ("b.csv", bz2.compress(text), "a bzip2-compressed file: decompress it first")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=rf"^{tmp_path / name}: {what}"):
+            read_table(str(tmp_path / name), target="y")
+    # The quote opened on line 6 swallows every line after it.
+    quoted = _write(tmp_path / "q.csv", 'x,y\n1,2\n2,3\n3,4\n4,5\n"5,6\n6,7\n7,8\n')
+    with pytest.raises(DataError, match=rf"^{quoted}, line 6: a quote opens here and is "
+                                        "never closed$"):
+        read_table(str(quoted), target="y")
+    # Quotes that close, doubled quotes inside them, and a quoted field over two lines.
+    fine = _write(tmp_path / "fine.csv", 'x,"y"\n1,"2"\n"2",3\n')
+    assert read_table(str(fine), target="y").y.flatten().tolist() == [2.0, 3.0]
 
 
 def test_model_files_are_checked_before_anything_is_built(tmp_path: Path):

@@ -6,6 +6,8 @@ left (``.hydra/`` or the record in ``metrics.json``), so a resume needs nothing 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     extra = [a for a in argv[1:] if not a.startswith("resume=")]
     given = {a.split("=", 1)[0].lstrip("+~") for a in extra}
     skip = given | {"ckpt_path", "hydra.run.dir"}
-    previous = [str(o) for o in saved["overrides"]
+    previous = [_anchored(str(o), saved.get("launch_dir")) for o in saved["overrides"]
                 if str(o).split("=", 1)[0].lstrip("+~") not in skip]
     # Hydra keeps its own overrides apart; the search path is the one a run needs again
     # (its config groups may live in the user's own conf dir).
@@ -76,3 +78,109 @@ def _drawn_seed(saved: dict[str, Any]) -> list[str]:
             "metrics.json nor its last.ckpt records the seed it drew; add it as seed=N "
             "(its train.log says 'drew seed N')")
     return [f"seed={seed}"]
+
+
+#: Keys whose values name files or folders (``data.source.path``, a data module's
+#: ``data_dir``): relative ones were relative to where the run was launched.
+_PATH_KEY = re.compile(r"(^|[._])(path|dir|file|root)s?$")
+
+
+def _is_path_key(key: str) -> bool:
+    return bool(_PATH_KEY.search(key.lstrip("+~").rsplit(".", 1)[-1]))
+
+
+def _anchored(override: str, launch_dir: str | None) -> str:
+    """A saved ``key=relative/path`` made absolute against the run's launch dir, so a
+    resume from another directory reads the same file the run read."""
+    key, _, value = override.partition("=")
+    if not launch_dir or not _is_path_key(key) or not value or "${" in value or \
+            value[0] in "[{'\"" or Path(value).expanduser().is_absolute():
+        return override
+    anchored = Path(launch_dir) / value
+    return f"{key}={anchored}" if anchored.exists() else override
+
+
+def _absolute(value: Any, base: str | None) -> Any:
+    if isinstance(value, str) and value and "${" not in value and base and \
+            not Path(value).expanduser().is_absolute():
+        return os.path.normpath(Path(base) / value)
+    return value
+
+
+def _flat(node: Any, prefix: str, base: str | None) -> dict[str, Any]:
+    """``{"data.source.path": …}``: a config as dotted keys, path values made absolute."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}", base))
+        return out
+    if isinstance(node, str) and _is_path_key(prefix):
+        node = _absolute(node, base)
+    return {prefix: node}
+
+
+def changed_data(config: Any, run_dir: Path) -> str | None:
+    """Why continuing the run in ``run_dir`` with ``config`` would train on other data than
+    the run did (another data setting or seed, or its table changed on disk), in one line;
+    None when it would not. Other data means a new run, started from the checkpoint."""
+    from omegaconf import OmegaConf
+
+    saved = saved_run(run_dir)
+    if saved is None or not isinstance(saved["config"].get("data"), dict):
+        return None
+    was = _flat({"data": saved["config"]["data"], "seed": saved["config"].get("seed")}, "",
+                saved.get("launch_dir"))
+    now = _flat({"data": OmegaConf.to_container(config.data, resolve=False),
+                 "seed": config.get("seed")}, "", os.getcwd())
+    way = (f"a resume continues the run on the data it trained on; to train on other data, "
+           f"start a new run from its checkpoint: ckpt_path={run_dir}/checkpoints/last.ckpt "
+           "hydra.run.dir=<new dir>")
+    for key in sorted(set(was) | set(now)):
+        if was.get(key, _UNSET) != now.get(key, _UNSET):
+            def show(v: Any) -> str:
+                return "not set" if v is _UNSET else repr(v)
+
+            return (f"resume: {key.lstrip('.')} is {show(now.get(key, _UNSET))}, but "
+                    f"{run_dir} trained with {show(was.get(key, _UNSET))}; {way}")
+    recorded = _recorded_file(run_dir)
+    if recorded and recorded.get("path"):
+        from reglab.data.tables import file_identity
+
+        file = Path(recorded["path"])
+        if not file.is_file():
+            return f"resume: {file}, the table {run_dir} trained on, is gone; {way}"
+        algorithm = "blake2b" if "blake2b" in recorded else "sha256"
+        identity = file_identity(file, algorithm)
+        if (identity["bytes"], identity[algorithm]) != (recorded.get("bytes"),
+                                                        recorded.get(algorithm)):
+            return (f"resume: {file} changed since {run_dir} trained on it "
+                    f"({identity['bytes']} bytes, was {recorded.get('bytes')}); {way}")
+    return None
+
+
+_UNSET = object()
+
+
+def _recorded_file(run_dir: Path) -> dict[str, Any] | None:
+    """The identity of the table the run read: its ``metrics.json``, else the stamp of
+    its ``last.ckpt`` (a run killed before writing a record)."""
+    import json
+
+    from reglab.run_files import METRICS_FILE
+
+    try:
+        data = json.loads((run_dir / METRICS_FILE).read_text()).get("data")
+        if isinstance(data, dict):
+            return data.get("file")
+    except (OSError, ValueError, AttributeError):
+        pass
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return None
+    import torch
+
+    try:
+        stamp = torch.load(ckpt, map_location="cpu", weights_only=True).get("reglab") or {}
+    except Exception:  # an unreadable checkpoint: the resume reports it in its own words
+        return None
+    return (stamp.get("data") or {}).get("file")

@@ -322,6 +322,15 @@ def occupied(config: Any, run_dir: Path, command: str) -> str | None:
             f"a dir of its own: name another hydra.run.dir{way}")
 
 
+def _continues(config: Any, run_dir: Path) -> bool:
+    """Whether a training command continues the run already in ``run_dir`` (``resume=``,
+    ``ckpt_path=last`` or a checkpoint of its own)."""
+    ckpt = config.get("ckpt_path")
+    if ckpt is None or run_files.holds_run(_real(run_dir)) is None:
+        return False
+    return str(ckpt) == "last" or _real(Path(str(ckpt))).is_relative_to(_real(run_dir))
+
+
 def sweep_occupied(config: Any, sweep_dir: Path) -> str | None:
     """Why a sweep may not start in ``sweep_dir``; None when it may."""
     from reglab.config.checks import check_overwrite
@@ -365,6 +374,10 @@ class RunDirCheck(Callback):  # type: ignore[misc]
         run_dir = Path(str(config.hydra.run.dir))
         try:
             why = occupied(config, run_dir, command)
+            if why is None and command == "train" and _continues(config, run_dir):
+                from reglab.cli.resume import changed_data
+
+                why = changed_data(config, _real(run_dir))
             if why is None:
                 self.lock = RunLock(run_dir)
                 self.lock.acquire()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -213,6 +214,7 @@ class RegressionDataModule(pl.LightningDataModule):
         self._served: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._served_key: tuple[torch.dtype, str] | None = None
         self._checked_dtype: torch.dtype | None = None
+        self._layout: tuple[str, int, int, int] = ("whole", 0, 0, 0)
 
     # -- data ---------------------------------------------------------------------------
     def prepare(self) -> Dataset:
@@ -262,17 +264,47 @@ class RegressionDataModule(pl.LightningDataModule):
     def _representable(self, split: str, first: int, x: torch.Tensor, xs: torch.Tensor,
                        y: torch.Tensor, ys: torch.Tensor, dtype: torch.dtype) -> None:
         """Values that are finite as read but not in ``dtype`` (1e39 in float32): named by
-        column, instead of surfacing as an infinite loss."""
-        for raw, cast, names in ((x, xs, self.data.feature_names),
-                                 (y, ys, self.data.target_names)):
+        file, line and column as every other bad cell is, with the setting that helps for
+        that column, instead of surfacing as an infinite loss."""
+        for raw, cast, names, scaled, key in (
+                (x, xs, self.data.feature_names, self.standardize, "data.standardize"),
+                (y, ys, self.data.target_names, self.standardize_target,
+                 "data.standardize_target")):
             bad = ~torch.isfinite(cast)
             if bool(bad.any()):
                 row, col = (int(v) for v in bad.nonzero()[0])
                 name = names[col] if names and col < len(names) else str(col)
+                where = self._cell(self.source_row(split, first + row), name)
+                fix = "trainer.precision=64-true" if scaled else \
+                    f"{key}=true or trainer.precision=64-true"
                 raise DataError(
-                    f"data: column {name!r} holds {float(raw[row, col]):g} ({split} split, "
-                    f"row {first + row}), beyond {str(dtype).removeprefix('torch.')}'s range "
-                    "once scaled: use trainer.precision=64-true or data.standardize=true")
+                    f"{where}: {float(raw[row, col]):g} is beyond "
+                    f"{str(dtype).removeprefix('torch.')}'s range as the model sees it; use "
+                    f"{fix}")
+
+    def source_row(self, split: str, row: int) -> int:
+        """The 0-based row of the source (the file's data rows) that ``row`` of ``split``
+        came from: the seeded permutation is drawn again rather than kept (error paths
+        only)."""
+        kind, n, n_train, n_val = self._layout
+        if kind == "whole":
+            return row
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        if split == "train" or (split == "val" and n_val == 0):
+            rows = order[:n_train]
+            return int((rows.sort().values if kind == "in_place" else rows)[row])
+        return int(order[n_train + row] if split == "val" else order[n_train + n_val + row])
+
+    def _cell(self, row: int, column: str) -> str:
+        """Where a value sits: file, line (CSV) or row (Parquet) and column; for generated
+        data, its row."""
+        file = (self.data.source_file or {}).get("path") if self.data is not None else None
+        if file is None:
+            return f"data: row {row}, column {column!r}"
+        from reglab.data.tables import cell_location
+
+        return cell_location(Path(file), row, column,
+                             str((self.data.source_file or {}).get("delimiter", ",")))
 
     def served(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -311,6 +343,10 @@ class RegressionDataModule(pl.LightningDataModule):
                 f"data: {n} rows cannot be split into train/val/test with val_fraction="
                 f"{self.val_fraction} and test_fraction={self.test_fraction}; every split "
                 "needs at least one row")
+        # How the rows were laid out, so an error can name a row by its place in the
+        # source (see source_row) without keeping the permutation.
+        self._layout = ("whole" if n_val == 0 and n_test == 0 else
+                        "in_place" if data.owns_memory else "copy", n, n_train, n_val)
         if n_val == 0 and n_test == 0:
             x, y = data.x, data.y  # one split: views, no copy
         elif data.owns_memory:

@@ -231,6 +231,9 @@ def _read_csv_table(path: Path, delimiter: str, columns: Sequence[str] | None = 
                              convert_options=convert)
     except pa.ArrowInvalid as exc:
         message = str(exc)
+        if (line := _open_quote_line(path)) is not None:
+            raise DataError(f"{path}, line {line}: a quote opens here and is never "
+                            "closed") from None
         if "Expected" in message and "columns" in message:
             line, count, width = _ragged_line(path, delimiter)
             raise DataError(f"{path}, line {line}: {count} fields, but the header has "
@@ -255,7 +258,47 @@ def _ragged_line(path: Path, delimiter: str) -> tuple[int, int, int]:
     return 0, 0, width
 
 
+#: The first bytes of files that are not delimited text, and what they are.
+_NOT_TEXT = ((b"\x1f\x8b", "a gzip-compressed file: decompress it first (gunzip)"),
+             (b"BZh", "a bzip2-compressed file: decompress it first (bunzip2)"),
+             (b"\xfd7zXZ\x00", "an xz-compressed file: decompress it first (unxz)"),
+             (b"\x28\xb5\x2f\xfd", "a zstd-compressed file: decompress it first (unzstd)"),
+             (b"PK\x03\x04", "a zip archive: extract the table from it first"),
+             (b"PAR1", "a Parquet file: name it with a .parquet suffix"))
+
+
+def _refuse_non_text(path: Path) -> None:
+    """A compressed file or an archive read as text would only say 'not UTF-8': say what
+    it is instead."""
+    with path.open("rb") as raw:
+        start = raw.read(8)
+    for magic, what in _NOT_TEXT:
+        if start.startswith(magic):
+            raise DataError(f"{path}: {what}")
+
+
+def _open_quote_line(path: Path) -> int | None:
+    """The line where a quote opens that is never closed, or None. Inside a quoted field
+    a quote is doubled, so an odd count on a line turns quoting on or off."""
+    open_at, inside = None, False
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.count(b'"') % 2:
+                inside = not inside
+                open_at = number if inside else None
+    return open_at if inside else None
+
+
+def cell_location(path: Path, row: int, column: str, delimiter: str = ",") -> str:
+    """Where data row ``row`` (0-based) of a table sits, as messages name a cell: file,
+    line (CSV) or row (Parquet) and column."""
+    if _is_parquet(path):
+        return f"{path}, row {row}, column {column!r}"
+    return f"{path}, line {_csv_line(path, row, delimiter)}, column {column!r}"
+
+
 def _csv_header(path: Path, delimiter: str) -> list[str]:
+    _refuse_non_text(path)
     with path.open("rb") as raw:
         first = raw.readline()
     try:
@@ -414,6 +457,8 @@ def read_table(path: str, target: str | Sequence[str], features: Sequence[str] |
         names, (x, y) = _read(file, features, targets, delimiter, "data.source.path",
                               lambda n: [n - k, k])
         source = identity.result() if identity is not None else file_identity(file)
+    if not _is_parquet(file):  # how to find a line again, for a later message
+        source["delimiter"] = delimiter
     return Dataset(x, y, None, feature_names=names[:-k],
                    target_name=names[-1] if k == 1 else names[-k:], owns_memory=True,
                    source_file=source)
@@ -439,6 +484,7 @@ def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[l
         table = pq.read_table(file)
         columns = [[str(v) for v in table.column(c).to_pylist()] for c in table.column_names]
         return list(table.column_names), [list(r) for r in zip(*columns, strict=True)]
+    _refuse_non_text(file)
     with _long_fields(), file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, [])

@@ -145,6 +145,8 @@ def fit_record(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
     if trainer.fast_dev_run:  # a smoke test: nothing in it claims to be a trained model
         metrics["status"] = "fast_dev_run"
     metrics["logs"] = log_locations(trainer.loggers)
+    if cfg.get("ckpt_path"):  # the checkpoint this fit went on from (its own, or another run's)
+        metrics["started_from"] = str(Path(str(cfg.ckpt_path)).resolve())
     metrics["run"] = run_record(cfg)
     metrics["world_size"] = trainer.world_size
     metrics["device"] = str(trainer.strategy.root_device)
