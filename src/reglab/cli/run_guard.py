@@ -91,8 +91,12 @@ class RunDirGuard:
         # The highest folder on the way to the run dir that this command will create.
         self.created_from: Path | None = None
         self.entries: set[_Entry] = set()
-        # A rewritten file's link target (None: a plain file) and bytes.
-        self.saved: dict[str, tuple[str | None, bytes]] = {}
+        # A rewritten file's link target (None: a plain file) and bytes (None: a link to
+        # something that is not a file).
+        self.saved: dict[str, tuple[str | None, bytes | None]] = {}
+        # A rewritten name that is a dangling link: where it points. Opening it to append
+        # (a log) creates that file, which is then this command's to remove.
+        self.dangling: dict[str, Path] = {}
         if self.real is None:
             return
         if not self.existed:
@@ -108,6 +112,10 @@ class RunDirGuard:
                 link = os.readlink(file) if file.is_symlink() else None
                 if file.is_file():  # a file, or a link to one: its bytes
                     self.saved[name] = (link, file.read_bytes())
+                elif link is not None:
+                    self.saved[name] = (link, None)
+                    if not os.path.exists(file):
+                        self.dangling[name] = Path(os.path.join(file.parent, link))
             except OSError:
                 pass
 
@@ -146,10 +154,22 @@ class RunDirGuard:
                 # new: it comes back with its bytes, a link as the same link.
                 if link is not None and not file.is_symlink():
                     file.symlink_to(link)
+                if content is None:
+                    continue
                 if not os.path.lexists(file):
                     file.write_bytes(content)
                 elif file.is_file() and file.read_bytes() != content:
                     file.write_bytes(content)  # in place: the same inode, through the link
+            except OSError:
+                pass
+        for rel, target in self.dangling.items():
+            # The file this command created at the end of a dangling link, and only that:
+            # the link still points there and the file is new since the command began.
+            try:
+                info = os.lstat(target)
+                if os.readlink(real / rel) == os.readlink(self.real / rel) and \
+                        stat.S_ISREG(info.st_mode) and info.st_ctime >= self.started - 1:
+                    target.unlink()
             except OSError:
                 pass
 
@@ -374,16 +394,20 @@ class RunDirCheck(Callback):  # type: ignore[misc]
         run_dir = Path(str(config.hydra.run.dir))
         try:
             why = occupied(config, run_dir, command)
+            if why is None:
+                # The lock first: a dir another command is working in is refused as busy,
+                # whatever else this command would change.
+                self.lock = RunLock(run_dir)
+                self.lock.acquire()
             if why is None and command == "train" and _continues(config, run_dir):
                 from reglab.cli.resume import changed_data
 
                 why = changed_data(config, _real(run_dir))
-            if why is None:
-                self.lock = RunLock(run_dir)
-                self.lock.acquire()
         except ReglabError as exc:
             why = str(exc)
         if why:
+            if self.lock is not None:
+                self.lock.release()
             _refuse(command, why)
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
