@@ -182,13 +182,13 @@ CONFIG_VALUES = {
     "optimizer.lr": ["0.01", "0.001", "0", "-1", "nan", "inf", "abc", "[1]", "null"],
     "optimizer.weight_decay": ["0", "0.001", "-0.1", "nan", "'x'"],
     "optimizer.momentum": ["0", "0.5", "-1", "nan"],
-    "data.batch_size": ["2", "null", "0", "-3", "1.5", "'big'"],
+    "data.batch_size": ["2", "null", "0", "-3", "1.5", "'big'", "true"],
     "data.val_fraction": ["0", "0.2", "-0.1", "1", "1.5", "nan"],
     "data.test_fraction": ["0", "0.3", "1", "2", "inf"],
-    "trainer.max_epochs": ["1", "3", "0", "-5", "2.5", "'x'"],
-    "trainer.check_val_every_n_epoch": ["1", "2", "0", "-1"],
+    "trainer.max_epochs": ["1", "3", "0", "-5", "2.5", "'x'", "true"],
+    "trainer.check_val_every_n_epoch": ["1", "2", "0", "-1", "false"],
     "trainer.precision": ["32-true", "64-true", "7", "'fp8'"],
-    "seed": ["0", "7", "4294967295", "4294967296", "-1", "1.5", "'s'"],
+    "seed": ["0", "7", "4294967295", "4294967296", "-1", "1.5", "'s'", "true"],
     "loss.reduction": ["mean", "sum", "avg", "null"],
 }
 
@@ -223,6 +223,15 @@ def test_any_config_value_is_refused_in_one_line_or_runs_right(tmp_path: Path,
     assert metrics["status"] == "completed", (overrides, metrics["status"])
     epochs = int(values.get("trainer.max_epochs", 2))
     assert metrics["epochs"] == epochs, overrides
+    # The record holds what was asked, in the type asked (true is never a batch size).
+    import yaml
+
+    for key, field in (("data.batch_size", "batch_size"), ("trainer.max_epochs",
+                                                           "max_epochs"), ("seed", "seed")):
+        if key in values:
+            asked = yaml.safe_load(values[key])
+            assert metrics["hparams"][field] == asked, (overrides, metrics["hparams"])
+            assert type(metrics["hparams"][field]) is type(asked), overrides
     assert math.isfinite(metrics["train_loss"])
     # data=line is y = 2x + 1 exactly: the least-squares reference must say so (with
     # weight decay it is the ridge optimum instead, checked in test_tables).

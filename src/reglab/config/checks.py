@@ -49,9 +49,96 @@ def check_overwrite(cfg: Any) -> bool:
     return value
 
 
+def is_whole(value: Any, minimum: int | None = None, also: tuple[int, ...] = ()) -> bool:
+    """A whole number (``True``, which is an int to Python and YAML's ``true``, is not)
+    at least ``minimum``, or one of the special values ``also`` (``-1``: no limit)."""
+    return isinstance(value, int) and not isinstance(value, bool) and (
+        minimum is None or value >= minimum or value in also)
+
+
+#: Every integer key reglab knows: (least value, special values, null allowed, what the
+#: message says). One check for all of them, so no key takes ``true`` for 1.
+_WHOLE_NUMBERS: dict[str, tuple[int, tuple[int, ...], bool, str]] = {
+    "trainer.max_epochs": (1, (-1,), True, "a whole number >= 1, or -1 for no limit "
+                           "(with max_steps or max_time)"),
+    "trainer.min_epochs": (0, (), True, "a whole number >= 0, or null"),
+    "trainer.max_steps": (1, (-1,), True, "a whole number >= 1, or -1 for no limit"),
+    "trainer.min_steps": (0, (), True, "a whole number >= 0, or null"),
+    "trainer.check_val_every_n_epoch": (1, (), True, "a whole number >= 1, or null to "
+                                        "validate every val_check_interval steps"),
+    "trainer.log_every_n_steps": (1, (), True, "a whole number >= 1"),
+    "trainer.num_sanity_val_steps": (0, (-1,), True, "a whole number >= 0, or -1 for all"),
+    "trainer.accumulate_grad_batches": (1, (), True, "a whole number >= 1"),
+    "trainer.num_nodes": (1, (), True, "a whole number >= 1"),
+    "trainer.reload_dataloaders_every_n_epochs": (0, (), True, "a whole number >= 0"),
+    "data.batch_size": (1, (), True, "a whole number > 0, or null for full batch"),
+    "data.num_workers": (0, (), True, "a whole number >= 0"),
+    "data.source.num_samples": (1, (), False, "a whole number >= 1"),
+    "data.source.num": (1, (), False, "a whole number >= 1"),
+    "model.degree": (1, (), False, "a whole number >= 1"),
+    "optimizer.max_iter": (1, (), False, "a whole number >= 1"),
+    "optimizer.history_size": (1, (), False, "a whole number >= 1"),
+    "scheduler.frequency": (1, (), False, "a whole number >= 1"),
+    "scheduler.scheduler.step_size": (1, (), False, "a whole number >= 1"),
+    "scheduler.scheduler.patience": (0, (), False, "a whole number >= 0"),
+    "tuner.lr_find.num_training": (2, (), False, "a whole number >= 2"),
+}
+
+#: Integer keys of Lightning's callbacks, under any callback name.
+_CALLBACK_WHOLE_NUMBERS = {
+    "save_top_k": (-1, (), False, "a whole number >= -1 (-1 keeps every checkpoint)"),
+    "every_n_epochs": (0, (), True, "a whole number >= 0, or null"),
+    "every_n_train_steps": (0, (), True, "a whole number >= 0, or null"),
+    "patience": (0, (), False, "a whole number >= 0"),
+    "frames": (1, (), False, "a whole number >= 1"),
+}
+
+#: Trainer keys that take a number, whole or not (a count of batches or a fraction):
+#: ``true`` is neither.
+_TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                    "limit_predict_batches", "overfit_batches", "val_check_interval",
+                    "gradient_clip_val")
+
+
+def _check_whole_numbers(cfg: DictConfig) -> None:
+    """The one integer check: every key of :data:`_WHOLE_NUMBERS` and every integer key of
+    a stock callback or reglab's own; a number where a count goes, never a bool."""
+    for key, (least, also, optional, expected) in _WHOLE_NUMBERS.items():
+        if _stock(cfg, key):
+            _check(cfg, key, lambda v, m=least, a=also: is_whole(v, m, a), expected,
+                   optional=optional)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if isinstance(callback, DictConfig) and str(callback.get("_target_", "")).startswith(
+                ("pytorch_lightning.", "lightning.", "reglab.")):
+            for key, (least, also, optional, expected) in _CALLBACK_WHOLE_NUMBERS.items():
+                _check(cfg, f"callbacks.{name}.{key}",
+                       lambda v, m=least, a=also: is_whole(v, m, a), expected,
+                       optional=optional)
+    for key in _TRAINER_NUMBERS:
+        _check(cfg, f"trainer.{key}", lambda v: is_number(v) and math.isfinite(v) and v >= 0,
+               "a number >= 0 (a whole number counts batches, a fraction a share)",
+               optional=True)
+
+
+_STOCK = ("reglab.", "torch.", "pytorch_lightning.", "lightning.")
+
+
+def _stock(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` is an argument of reglab's, torch's or Lightning's own class: the
+    nearest ``_target_`` above it names one (a class of the user's checks its own)."""
+    node: Any = cfg
+    owner = ""
+    for part in key.split(".")[:-1]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node[part]
+        if isinstance(node, DictConfig) and "_target_" in node:
+            owner = str(node.get("_target_", ""))
+    return owner == "" or owner.startswith(_STOCK)
+
+
 def _positive_ints(values: Any) -> bool:
-    return isinstance(values, Iterable) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    return isinstance(values, Iterable) and all(is_whole(v, 1) for v in values)
 
 
 def check(cfg: DictConfig) -> None:
@@ -116,21 +203,15 @@ def _check_values(cfg: DictConfig) -> None:
                and v >= 0, "a finite number >= 0")
         check_config(cfg)
     _check(cfg, "task_name", _plain_name, _TASK_NAME)
-    _check(cfg, "trainer.max_epochs", lambda v: v is None or (
-        isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
-           "a whole number >= 1, or -1 for no limit (with max_steps or max_time)")
-    # Lightning takes 0 here and fails mid-fit dividing by it.
-    _check(cfg, "trainer.check_val_every_n_epoch", lambda v: isinstance(v, int) and not
-           isinstance(v, bool) and v >= 1, "a whole number >= 1, or null to validate "
-           "every val_check_interval steps", optional=True)
+    # (Lightning takes check_val_every_n_epoch=0 and fails mid-fit dividing by it.)
+    _check_whole_numbers(cfg)
     trainer = cfg.get("trainer") or {}
     if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) != 1:
         raise ConfigError("seed: null draws a seed in each process, and the nodes of a "
                           "multi-node run must share one; give seed=<a number>")
     # Lightning's seed_everything hands the seed to numpy, which takes 32 bits.
-    _check(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool)
-           and 0 <= v <= 2**32 - 1, "a whole number from 0 to 4294967295, or null for a "
-           "fresh one", optional=True)
+    _check(cfg, "seed", lambda v: is_whole(v, 0) and v <= 2**32 - 1, "a whole number from "
+           "0 to 4294967295, or null for a fresh one", optional=True)
     _check_strategy(cfg)
     if _target(cfg, "data") == "reglab.data.datamodule.RegressionDataModule":
         _check_data(cfg, positive, fraction)
@@ -140,9 +221,6 @@ def _check_values(cfg: DictConfig) -> None:
                "a list of whole numbers > 0, e.g. [10, 10]")
         _check(cfg, "model.activation", lambda v: isinstance(v, str) and v.lower() in
                ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
-    if model == "reglab.models.regressors.PolynomialRegression":
-        _check(cfg, "model.degree", lambda v: isinstance(v, int) and not isinstance(v, bool)
-               and v >= 1, "a whole number >= 1")
     if _target(cfg, "loss").startswith("torch.nn."):
         _check(cfg, "loss.reduction", lambda v: v in ("mean", "sum"), "mean or sum")
     scheduler = cfg.get("scheduler")
@@ -163,8 +241,6 @@ def _check_values(cfg: DictConfig) -> None:
                    f"one of the metrics reglab logs: {', '.join(METRICS)}", optional=True)
     lr_find = (cfg.get("tuner") or {}).get("lr_find")
     if lr_find is not None:
-        _check(cfg, "tuner.lr_find.num_training", lambda v: isinstance(v, int) and v >= 2,
-               "a whole number >= 2")
         for key in ("min_lr", "max_lr"):
             _check(cfg, f"tuner.lr_find.{key}", lambda v: is_number(v) and math.isfinite(v)
                    and v > 0, "a finite number > 0")
@@ -172,8 +248,6 @@ def _check_values(cfg: DictConfig) -> None:
                 lr_find.min_lr >= lr_find.max_lr:
             raise ConfigError(f"tuner.lr_find.max_lr: expected a number above min_lr "
                               f"({lr_find.min_lr}), got {lr_find.max_lr}")
-        _check(cfg, "scheduler.frequency", lambda v: isinstance(v, int) and v >= 1,
-               "a whole number >= 1")
 
 
 def _check_renamed_targets(node: Any, key: str) -> None:
@@ -227,7 +301,7 @@ def _check_strategy(cfg: DictConfig) -> None:
 def check_folds(folds: Any, val_fraction: float) -> None:
     """``data.folds``: K >= 2 folds of the training rows, which then are the validation
     split in turn (so no fixed val split besides them)."""
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+    if not is_whole(folds, 2):
         raise ConfigError(f"data.folds: expected a whole number >= 2, or null, got {folds!r}")
     if val_fraction:
         raise ConfigError(f"data.val_fraction: must be 0 with data.folds={folds} (each fold "
@@ -254,8 +328,6 @@ def _target(cfg: DictConfig, key: str) -> str:
 def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
                 fraction: Callable[[Any], bool]) -> None:
     """The keys of reglab's data module and its sources."""
-    _check(cfg, "data.batch_size", lambda v: isinstance(v, int) and v > 0,
-           "a whole number > 0, or null for full batch", optional=True)
     _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
     _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
     data = cfg.get("data") or {}
@@ -273,10 +345,6 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
                           f"so rows remain for training, got {held_out:g}")
     if not _target(cfg.data, "source").startswith("reglab."):
         return
-    _check(cfg, "data.source.num_samples", lambda v: isinstance(v, int) and v >= 1,
-           "a whole number >= 1")
-    _check(cfg, "data.source.num", lambda v: isinstance(v, int) and v >= 1,
-           "a whole number >= 1")
     _check(cfg, "data.source.noise", lambda v: is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "data.source.high", lambda v: is_number(v) and v > cfg.data.source.low,
            "a number above data.source.low")
