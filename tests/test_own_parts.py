@@ -266,3 +266,24 @@ def test_in_features_only_when_the_constructor_takes_it(importable: None):
     assert isinstance(model, torch.nn.LazyLinear)
     assert spec == {"class": "torch.nn.modules.linear.LazyLinear",
                     "kwargs": {"out_features": 1}}
+
+
+@pytest.mark.parametrize("group, body", [
+    ("experiment", "trainer:\n  max_epochs: 3\n"),
+    ("debug", "trainer:\n  fast_dev_run: true\n"),
+])
+def test_a_global_file_without_its_package_header_is_refused(tmp_path: Path, group: str,
+                                                             body: str):
+    """Forgetting ``# @package _global_`` must not train the defaults silently."""
+    conf = tmp_path / "conf" / group
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(body)
+    out = run_cli([script("reglab-train"), f"{group}=mine",
+                   f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hydra.run.dir=run"],
+                  tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        f"reglab-train: error: {group}=mine: {conf / 'mine.yaml'} does not begin with the "
+        f"line '# @package _global_', so its keys landed under {group}. ({group}.trainer) "
+        "and would be ignored; add that line at the top of the file")
+    assert not (tmp_path / "run").exists()

@@ -137,6 +137,45 @@ def _stock(cfg: DictConfig, key: str) -> bool:
     return owner == "" or owner.startswith(_STOCK)
 
 
+#: Config groups whose files override the whole config: each must be a
+#: ``# @package _global_`` file, else its keys land under the group's name, unused.
+GLOBAL_GROUPS = ("experiment", "hparams_search", "debug")
+
+
+def _check_global_packages(cfg: DictConfig) -> None:
+    """An experiment (or sweep or debug preset) file without ``# @package _global_`` at
+    its top composes as ``experiment.trainer…``, which nothing reads: refused, naming the
+    file, rather than a run that silently ignores it."""
+    for group in GLOBAL_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        name, file = _group_file(group)
+        keys = ", ".join(f"{group}.{k}" for k in list(node)[:3])
+        raise ConfigError(
+            f"{group}={name or '?'}: {file or 'its file'} does not begin with the line "
+            f"'# @package _global_', so its keys landed under {group}. ({keys}) and would "
+            "be ignored; add that line at the top of the file")
+
+
+def _group_file(group: str) -> tuple[str | None, str | None]:
+    """The option chosen for ``group`` and the file it came from, where Hydra says."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, None
+    runtime = HydraConfig.get().runtime
+    name = runtime.choices.get(group)
+    if not name:
+        return None, None
+    for source in runtime.config_sources:
+        if str(source.schema) == "file":
+            file = Path(str(source.path)) / group / f"{name}.yaml"
+            if file.is_file():
+                return str(name), str(file)
+    return str(name), None
+
+
 def _positive_ints(values: Any) -> bool:
     return isinstance(values, Iterable) and all(is_whole(v, 1) for v in values)
 
@@ -182,6 +221,7 @@ def _check_values(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set; add {missing[0]}=<value> "
                           "to the command line")
+    _check_global_packages(cfg)
     for key in top:
         node = cfg[key]
         _check_renamed_targets(OmegaConf.to_container(node, resolve=False)
