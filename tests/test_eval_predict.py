@@ -81,6 +81,21 @@ def test_predict_origin_model_at_four(tmp_path: Path):
     assert [r["note"] for r in rows] == ["a", "b"]  # every input column kept
     assert [round(float(r["y_predicted"]), 2) for r in rows] == [8.0, 10.0]
 
+    # An input that already holds the prediction's name: a new name, said, and a
+    # header reglab itself reads back.
+    (tmp_path / "again.csv").write_text("x,y_predicted,y_predicted_2\n4,1,2\n")
+    out = run_cli([script("reglab-predict"), f"ckpt_path={run / 'model.pt'}",
+                   "input_path=again.csv", "output_path=again_out.csv"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "again.csv already has a column y_predicted; the predictions are in " \
+           "y_predicted_3" in out.stdout
+    rows = list(csv.DictReader((tmp_path / "again_out.csv").read_text().splitlines()))
+    assert list(rows[0]) == ["x", "y_predicted", "y_predicted_2", "y_predicted_3"]
+    assert (rows[0]["y_predicted"], round(float(rows[0]["y_predicted_3"]), 2)) == ("1", 8.0)
+    out = run_cli([script("reglab-predict"), f"ckpt_path={run / 'model.pt'}",
+                   "input_path=again_out.csv"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+
     out = run_cli([script("reglab-predict"), f"ckpt_path={run / 'model.pt'}",
                    "x=[[4.0,1.0]]"], cwd=tmp_path)
     assert out.returncode == 2

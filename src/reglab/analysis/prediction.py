@@ -90,12 +90,33 @@ def _row_width(x: Any) -> int:
     return len(first) if isinstance(first, list) else 1
 
 
+def unique_columns(columns: list[str], taken: list[str]) -> list[str]:
+    """``columns`` with a suffix (``_2``, ``_3``…) on any name ``taken`` already holds, so
+    the output's header stays readable as a table (no name twice)."""
+    used = set(taken)
+    out = []
+    for name in columns:
+        new, n = name, 1
+        while new in used:
+            n += 1
+            new = f"{name}_{n}"
+        used.add(new)
+        out.append(new)
+    return out
+
+
 def _write_csv(input_path: Path, output_path: Path, columns: list[str],
-               preds: list[list[float]], delimiter: str) -> None:
-    """The input's rows, every column kept, with one prediction column per target."""
+               preds: list[list[float]], delimiter: str) -> list[str]:
+    """The input's rows, every column kept, with one prediction column per target; the
+    names of those columns, made unique against the input's header."""
     from reglab.data.tables import read_rows
 
     header, rows = read_rows(input_path, delimiter)
+    wanted, columns = columns, unique_columns(columns, header)
+    for was, now in zip(wanted, columns, strict=True):
+        if was != now:
+            print(f"reglab-predict: {input_path} already has a column {was}; the "
+                  f"predictions are in {now}")
     if len(rows) != len(preds):  # cannot happen for a file that read cleanly
         raise errors.DataError(f"{input_path}: {len(rows)} rows but {len(preds)} predictions")
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +131,7 @@ def _write_csv(input_path: Path, output_path: Path, columns: list[str],
     except BaseException:  # a full disk, a signal: no half-written file left behind
         tmp.unlink(missing_ok=True)
         raise
+    return columns
 
 
 def predict(cfg: DictConfig) -> list[Any]:
@@ -166,9 +188,11 @@ def predict(cfg: DictConfig) -> list[Any]:
     columns = [f"{t}_predicted" for t in targets]
     rows = out.tolist()
     if cfg.output_path is not None:
-        _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows, delimiter)
+        columns = _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows,
+                             delimiter)
         print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
     else:
+        columns = unique_columns(columns, names)
         print(",".join([*names, *columns]))
         for row, pred in zip(x.tolist(), rows, strict=True):
             print(",".join([*(f"{v:g}" for v in row), *(f"{p:.8g}" for p in pred)]))
