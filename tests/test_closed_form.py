@@ -105,3 +105,89 @@ def test_sgd_gap_is_recorded_and_logged(run_train):
     acc.Reload()
     ref = acc.Scalars("train/loss_closed_form")
     assert len(ref) == 2 and ref[0].value == pytest.approx(closed["train_loss"], rel=1e-6)
+
+
+def extreme_columns(n: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """Columns near 1e-300, 1e-150, 1e150 and 1e300: any squared raw value under- or
+    overflows float64, while every coefficient and standard error fits in it."""
+    rng = np.random.default_rng(3)
+    scales = np.array([1e-300, 1e-150, 1e150, 1e300])
+    design = rng.uniform(1, 2, (n, 4)) * scales
+    y = design @ (np.array([3.0, -1.0, 0.5, 2.0]) / scales) + rng.normal(0, 0.01, n)
+    return design, y
+
+
+def exact_inverse_diagonal(design: np.ndarray) -> list[Fraction]:
+    """diag((XᵀX)⁻¹) in rational arithmetic (Gauss–Jordan on [XᵀX | I])."""
+    a = [[Fraction(float(v)) for v in row] for row in design]
+    p = len(a[0])
+    m = [[sum(r[i] * r[j] for r in a) for j in range(p)] + [Fraction(int(i == j))
+                                                           for j in range(p)]
+         for i in range(p)]
+    for c in range(p):
+        pivot = next(r for r in range(c, p) if m[r][c] != 0)
+        m[c], m[pivot] = m[pivot], m[c]
+        m[c] = [v / m[c][c] for v in m[c]]
+        for r in range(p):
+            if r != c and m[r][c] != 0:
+                f = m[r][c]
+                m[r] = [u - f * v for u, v in zip(m[r], m[c], strict=True)]
+    return [m[i][p + i] for i in range(p)]
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_columns_from_1e_300_to_1e300_match_exact_rationals(chunk: int):
+    """No column is taken for a constant because its squares underflow, nor lost
+    because they overflow: coefficients and standard errors as exact arithmetic has
+    them, the rank full."""
+    from reglab.analysis.ols_report import ols_report
+
+    design, y = extreme_columns()
+    full = np.hstack([design, np.ones((len(y), 1))])
+    exact = exact_least_squares(full, y)
+    got = solve(design, y, chunk=chunk)
+    assert got.rank == 4
+    coef = np.append(got.weight, got.bias)
+    for mine, true in zip(coef, exact, strict=True):
+        assert abs(Fraction(float(mine)) / true - 1) < Fraction(1, 10**9), (mine, float(true))
+
+    report = ols_report(design, y, names=["a", "b", "c", "d"], chunk=chunk)
+    assert report["rank"] == 5
+    resid = [Fraction(float(t)) - sum(Fraction(float(v)) * w for v, w in zip(row, exact,
+                                                                         strict=True))
+             for row, t in zip(full, y, strict=True)]
+    sigma2 = sum(r * r for r in resid) / (len(y) - 5)
+    inv = exact_inverse_diagonal(full)
+    order = ["a", "b", "c", "d", "const"]
+    rows = {r["name"]: r for r in report["coef"]}
+    for name, diag in zip(order, inv, strict=True):
+        se = Fraction(rows[name]["std_err"])
+        assert abs(se * se / (sigma2 * diag) - 1) < Fraction(1, 10**8), name
+
+
+def test_ridge_on_columns_from_1e_300_to_1e300_matches_exact_rationals():
+    """The penalised problem too: ridge 0.25 is the augmented design [X; 0.5·I]."""
+    design, y = extreme_columns()
+    full = np.hstack([np.ones((len(y), 1)), design])
+    augmented = np.vstack([full, 0.5 * np.eye(5)])
+    exact = exact_least_squares(augmented, np.concatenate([y, np.zeros(5)]))
+    got = solve(design, y, ridge=0.25)
+    coef = np.concatenate([[got.bias], got.weight])
+    for mine, true in zip(coef, exact, strict=True):
+        if true == 0:
+            assert mine == 0
+        else:
+            assert abs(Fraction(float(mine)) / true - 1) < Fraction(1, 10**9), \
+                (mine, float(true))
+
+
+def test_standardizing_a_column_near_1e_300_keeps_its_spread():
+    from reglab.data.scaling import Scaling
+
+    design, y = extreme_columns()
+    scaling = Scaling.fit(torch.from_numpy(design), torch.from_numpy(y), True, True)
+    for j, std in enumerate(scaling.x_std):
+        col = [Fraction(float(v)) for v in design[:, j]]
+        mean = sum(col) / len(col)
+        var = sum((v - mean) ** 2 for v in col) / len(col)
+        assert abs(Fraction(std) ** 2 / var - 1) < Fraction(1, 10**12), j

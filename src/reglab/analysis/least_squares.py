@@ -68,20 +68,31 @@ class LeastSquares:
         if self.ridge:
             raise ValueError("covariance() is the OLS one: a ridge solution is biased and "
                              "its sampling covariance is not σ²(XᵀX)⁺")
+        factor = self.covariance_factor()
+        with np.errstate(over="ignore"):  # entries past float64's range are inf
+            return sigma2 * (factor.T @ factor)
+
+    def covariance_factor(self) -> np.ndarray:
+        """F with Cov(θ) = σ²·FᵀF (θ = (b, w…)). Standard errors are σ times the norms of
+        F's columns, finite even where a variance itself would pass float64's range (a
+        coefficient near 1e300 from a column near 1e-300)."""
+        if self.ridge:
+            raise ValueError("covariance_factor() is the OLS one: a ridge solution is "
+                             "biased and its sampling covariance is not σ²(XᵀX)⁺")
         if self.vt is None or self.s is None or self.keep is None or self.scale is None:
             raise ValueError("this solution carries no R factor (build it with solve())")
         rows = self.vt[self.keep] / self.s[self.keep][:, None]  # rows of S⁻¹Vᵀ
-        cov_w = (rows.T @ rows) / np.outer(self.scale, self.scale)
+        f_w = rows / self.scale  # Cov(w) = σ²·f_wᵀf_w
         if self.bias is None:
-            return sigma2 * cov_w
+            return f_w
+        # b = c − meanᵀw with Var(c) = σ²/n independent of w.
         mean = self.mean if self.mean is not None else np.zeros(len(self.scale))
-        cw_m = cov_w @ mean
         d = len(self.scale)
-        out = np.empty((d + 1, d + 1))
-        out[0, 0] = 1.0 / self.n + float(mean @ cw_m)
-        out[0, 1:] = out[1:, 0] = -cw_m
-        out[1:, 1:] = cov_w
-        return sigma2 * out
+        out = np.zeros((f_w.shape[0] + 1, d + 1))
+        out[0, 0] = 1.0 / np.sqrt(self.n)
+        out[1:, 0] = -(rows @ (mean / self.scale))
+        out[1:, 1:] = f_w
+        return out
 
     def predict(self, x: torch.Tensor, features: Features | None = None) -> torch.Tensor:
         """Float64 predictions (n×1) for inputs ``x``."""
@@ -99,6 +110,31 @@ class LeastSquares:
             r = ys - xs @ self.weight - b
             total += float(r @ r)
         return total
+
+
+def _add_norms(state: tuple[np.ndarray, np.ndarray], block: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Column 2-norms accumulated as ``top·sqrt(ssq)`` with ``top`` the largest magnitude
+    so far (LAPACK's dnrm2 idea): no square is formed of a raw value, so a column of
+    1e-300s does not underflow to a norm of 0 (and look constant), nor one of 1e300s
+    overflow to inf."""
+    top, ssq = state
+    new = np.maximum(top, np.abs(block).max(axis=0)) if len(block) else top
+    safe = np.where(new > 0, new, 1.0)
+    return new, ssq * (top / safe) ** 2 + ((block / safe) ** 2).sum(axis=0)
+
+
+def _norms(state: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    top, ssq = state
+    return top * np.sqrt(ssq)
+
+
+def column_norms(v: np.ndarray) -> np.ndarray:
+    """The 2-norm of each column of ``v`` without squaring a raw value (see
+    :func:`_add_norms`)."""
+    v = np.atleast_2d(v)
+    zero = np.zeros(v.shape[1])
+    return _norms(_add_norms((zero, zero.copy()), v))
 
 
 def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -136,26 +172,24 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
     if ridge > 0:
         return _solve_ridge(x, y, bias, features, float(ridge), chunk)
 
-    # Pass 1: column means, then norms of the centred columns (numpy sums pairwise).
-    sums: np.ndarray | None = None
-    y_sum = 0.0
+    # Pass 1: column means, then norms of the centred columns (numpy sums pairwise; the
+    # norms never square a raw value, so columns near 1e-300 or 1e300 keep their size).
+    means = _means(x, y, features, chunk, n)
+    d = int(means.shape[0]) - 1
+    mean = means[:d] if bias else np.zeros(d)
+    y_mean = float(means[d]) if bias else 0.0
+    state = (np.zeros(d + 1), np.zeros(d + 1))
     for xs, ys in _chunks(x, y, features, chunk):
-        sums = xs.sum(axis=0) + (0 if sums is None else sums)
-        y_sum += float(ys.sum())
-    assert sums is not None
-    d = int(sums.shape[0])
-    mean = sums / n if bias else np.zeros(d)
-    y_mean = y_sum / n if bias else 0.0
-    sq = np.zeros(d)
-    for xs, _ in _chunks(x, y, features, chunk):
-        sq += ((xs - mean) ** 2).sum(axis=0)
-    scale = np.sqrt(sq)
+        state = _add_norms(state, np.hstack([xs - mean, (ys - y_mean)[:, None]]))
+    norms = _norms(state)
+    scale = norms[:d].copy()
     scale[scale == 0] = 1.0  # a constant column (zero after centring) stays zero
+    y_scale = float(norms[d]) or 1.0  # the target scaled too (undone below)
 
     # Pass 2: R of the scaled design, with Qᵀy in its last column, chunk by chunk.
     r_aug = np.zeros((0, d + 1))
     for xs, ys in _chunks(x, y, features, chunk):
-        z = np.hstack([(xs - mean) / scale, (ys - y_mean)[:, None]])
+        z = np.hstack([(xs - mean) / scale, ((ys - y_mean) / y_scale)[:, None]])
         r_aug = np.linalg.qr(np.vstack([r_aug, z]), mode="r")
     r_aug = np.vstack([r_aug, np.zeros((max(0, d + 1 - r_aug.shape[0]), d + 1))])
     u, s, vt = np.linalg.svd(r_aug[:d, :d])
@@ -166,7 +200,7 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
         w = b_scaled / scale
         return w, y_offset - float(mean @ w)
 
-    w, b = unscale(vt.T @ (inv * (u.T @ r_aug[:d, d])), y_mean)
+    w, b = unscale(vt.T @ (inv * (u.T @ r_aug[:d, d])) * y_scale, y_mean)
 
     cond = float(s[0] / s[keep][-1]) if keep.any() else float("inf")
 
@@ -189,42 +223,70 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
                         vt=vt, s=s, keep=keep)
 
 
+def _means(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+           features: Features | None, chunk: int, n: int) -> np.ndarray:
+    """Means of the design's columns and (last) of the target. Sums that pass float64's
+    range (values near 1e306 on many rows) are summed again a row's share at a time."""
+    sums: np.ndarray | None = None
+    for xs, ys in _chunks(x, y, features, chunk):
+        block = np.hstack([xs, ys[:, None]]).sum(axis=0)
+        sums = block if sums is None else sums + block
+    assert sums is not None
+    if np.isfinite(sums).all():
+        return sums / n
+    shares = np.zeros_like(sums)
+    for xs, ys in _chunks(x, y, features, chunk):
+        shares += (np.hstack([xs, ys[:, None]]) / n).sum(axis=0)
+    return shares
+
+
 def _solve_ridge(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool,
                  features: Features | None, ridge: float, chunk: int) -> LeastSquares:
     """The penalised problem as plain least squares on an augmented design.
 
     Centring would move the penalty off b, so the constant is an explicit first column.
-    Columns are scaled to unit norm (u = scale·θ), and the penalty ridge·‖θ‖² becomes the
-    extra rows sqrt(ridge)·diag(1/scale) with target 0, folded into the same chunked QR.
-    The penalty bounds the condition number, so no refinement passes are needed.
+    Columns are scaled so that each, with its penalty row, has unit norm (u = scale·θ),
+    and the penalty ridge·‖θ‖² becomes the extra rows sqrt(ridge)·diag(1/scale) with
+    target 0, folded into the same chunked QR. The columns the penalty dominates most
+    (the smallest data, e.g. values near 1e-300) are factored first, so the rounding of
+    the others never reaches their digits; the penalty makes R nonsingular, so θ comes
+    from back substitution and no refinement passes are needed.
     """
-    n = int(x.shape[0])
-    sq: np.ndarray | None = None
-    for xs, _ in _chunks(x, y, features, chunk):
-        sq = (xs ** 2).sum(axis=0) + (0 if sq is None else sq)
-    assert sq is not None
-    if bias:
-        sq = np.concatenate([[float(n)], sq])
-    p = int(sq.shape[0])
-    scale = np.sqrt(sq)
-    scale[scale == 0] = 1.0
+    from scipy.linalg import solve_triangular
 
-    r_aug = np.hstack([np.diag(np.sqrt(ridge) / scale), np.zeros((p, 1))])
+    n = int(x.shape[0])
+    state: tuple[np.ndarray, np.ndarray] | None = None
+    for xs, _ in _chunks(x, y, features, chunk):
+        if state is None:
+            state = (np.zeros(xs.shape[1]), np.zeros(xs.shape[1]))
+        state = _add_norms(state, xs)
+    assert state is not None
+    data_norm = _norms(state)
+    if bias:
+        data_norm = np.concatenate([[float(np.sqrt(n))], data_norm])
+    p = int(data_norm.shape[0])
+    scale = np.hypot(data_norm, np.sqrt(ridge))
+    order = np.argsort(data_norm, kind="stable")
+
+    r_aug = np.hstack([np.diag(np.sqrt(ridge) / scale[order]), np.zeros((p, 1))])
     for xs, ys in _chunks(x, y, features, chunk):
         design = np.hstack([np.ones((len(xs), 1)), xs]) if bias else xs
-        z = np.hstack([design / scale, ys[:, None]])
+        z = np.hstack([(design / scale)[:, order], ys[:, None]])
         r_aug = np.linalg.qr(np.vstack([r_aug, z]), mode="r")
-    u, s, vt = np.linalg.svd(r_aug[:p, :p])
+    r = r_aug[:p, :p]
+    u_ordered = solve_triangular(r, r_aug[:p, p])
+    theta = np.empty(p)
+    theta[order] = u_ordered
+    theta /= scale
+    # What a covariance or a condition number reads, in the columns' own order.
+    _, s, vt = np.linalg.svd(r[:, np.argsort(order)])
     keep = s > s[0] * p * np.finfo(np.float64).eps if s[0] > 0 else np.zeros(p, bool)
-    inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-    theta = vt.T @ (inv * (u.T @ r_aug[:p, p])) / scale
     cond = float(s[0] / s[keep][-1]) if keep.any() else float("inf")
     # ``rank`` counts the columns of w, as without ridge (the penalty keeps it full).
     return LeastSquares(weight=theta[1:] if bias else theta,
                         bias=float(theta[0]) if bias else None,
-                        rank=min(int(keep.sum()), p - int(bias)),
-                        condition=cond, n=n, mean=None, scale=scale, vt=vt, s=s, keep=keep,
-                        ridge=ridge)
+                        rank=p - int(bias), condition=cond, n=n, mean=None, scale=scale,
+                        vt=vt, s=s, keep=keep, ridge=ridge)
 
 
 def r_factor(x: torch.Tensor | np.ndarray, design: Callable[[torch.Tensor], np.ndarray],

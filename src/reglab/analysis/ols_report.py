@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from reglab.analysis.least_squares import CHUNK, Features, r_factor, solve
+from reglab.analysis.least_squares import CHUNK, Features, column_norms, r_factor, solve
 from reglab.data.scaling import Scaling
 
 Array = torch.Tensor | np.ndarray
@@ -139,9 +139,16 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
     theta = np.concatenate([[sol.bias] if bias else [], sol.weight])
     coef = prob.jacobian @ theta + prob.offset
     sigma2_t = ssr_t / df_resid if df_resid > 0 else math.nan
-    cov = prob.jacobian @ sol.covariance(sigma2_t) @ prob.jacobian.T if df_resid > 0 \
-        else np.full((len(coef), len(coef)), math.nan)
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    if df_resid > 0:
+        # From the factor of the covariance: a standard error is a norm, never the root
+        # of a variance that may pass float64's range.
+        factor = sol.covariance_factor() @ prob.jacobian.T
+        se = math.sqrt(sigma2_t) * column_norms(factor)
+        with np.errstate(over="ignore"):
+            cov = sigma2_t * (factor.T @ factor)
+    else:
+        se = np.full(len(coef), math.nan)
+        cov = np.full((len(coef), len(coef)), math.nan)
     q = float(stats.t.ppf(1 - ALPHA / 2, df_resid)) if df_resid > 0 else math.nan
 
     table = []
@@ -168,6 +175,10 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
         "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * rank),
         "bic": _num(-2 * llf + math.log(n) * rank),
         "condition_number": _num(cond),
+        # The rank decision: singular values of the centred, unit-norm training design
+        # below this share of the largest count as zero (norms formed without squaring a
+        # raw value, so a column near 1e-300 is never taken for a constant).
+        "rank_tolerance": _num(len(sol.weight) * float(np.finfo(np.float64).eps)),
         "cov": [[_num(v) for v in row] for row in cov],
         "params": {"weight": [sol.weight.tolist()], "bias": sol.bias},
     }, sol

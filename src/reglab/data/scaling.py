@@ -17,7 +17,9 @@ def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch
     """Column means and (population) standard deviations in float64, two passes a block
     of rows at a time: no temporary the size of a million-row split. Sums or squares
     that pass float64's range (values near 1e300) are summed again scaled down, so such
-    a column's statistics stay finite (short of values near ±1.7e308 at both ends)."""
+    a column's statistics stay finite (short of values near ±1.7e308 at both ends); so are
+    squares that fall below it (deviations near 1e-300), so such a column is not taken
+    for a constant one."""
     n = int(t.shape[0])
 
     def blocks() -> Any:
@@ -29,7 +31,8 @@ def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch
         mean = sum((b.div(n).sum(dim=0) for b in blocks()), torch.zeros_like(mean))
     std = (sum(((b - mean).pow(2).sum(dim=0) for b in blocks()), torch.zeros_like(mean))
            / n).sqrt()
-    wide = ~torch.isfinite(std)
+    # Deviations below ~1e-154 have squares in float64's subnormal range or under it.
+    wide = ~torch.isfinite(std) | (std < 1e-140)
     if bool(wide.any()):
         top = torch.stack([(b - mean).abs().amax(dim=0) for b in blocks()]).amax(dim=0)
         top = torch.where(top > 0, top, torch.ones_like(top))

@@ -33,6 +33,11 @@ def report_table(report: dict[str, Any], markdown: bool = False,
              f"{_num(report['adjusted_r2'], '.6g')}   F {_num(report['f_statistic'], '.4g')} "
              f"(p {_p(report['f_p_value'])})   σ {_num(report['sigma'], '.4g')}   "
              f"cond. no. {_num(report['condition_number'], '.3g')}")
+    if report.get("rank") is not None and report["rank"] < len(report["coef"]) and \
+            report.get("rank_tolerance") is not None:
+        stats += (f"   rank {report['rank']} of {len(report['coef'])} (singular values "
+                  f"under {report['rank_tolerance']:.2g}× the largest, of the centred "
+                  "unit-norm columns, count as zero)")
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
