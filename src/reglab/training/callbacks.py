@@ -65,13 +65,20 @@ class LastCheckpoint(pl.Callback):
                 and getattr(module, "diverged_at_step", None) is None)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._may_save(trainer):
-            return
+        if not self._may_save(trainer) or self._saved_step == trainer.global_step:
+            return  # (an epoch cut short was saved at its last batch, mid-epoch)
         due = (self._last_write is None
                or time.monotonic() - self._last_write >= self.every_seconds)
         if trainer.world_size > 1:  # clocks differ: every rank follows rank 0
             due = bool(trainer.strategy.broadcast(due, src=0))
         if due:
+            # The epoch's record first, written where the loggers keep it, then the
+            # checkpoint: a kill at any moment resumes into the same history.
+            close = getattr(pl_module, "close_epoch", None)
+            if callable(close):
+                close()
+            for logger in trainer.loggers:
+                logger.save()
             self._save(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

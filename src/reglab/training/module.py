@@ -73,6 +73,13 @@ class RegressionModule(pl.LightningModule):
         self._params_step: int | None = None
         self._epoch_sum: torch.Tensor | float = 0.0
         self._epoch_rows = 0
+        self._epoch_batches = 0
+        #: The epoch whose train/loss_epoch is logged (once, whoever asks first).
+        self._closed_epoch: int | None = None
+        #: Whether that epoch's record (history, TensorBoard) was left to the resume.
+        self._left_open = False
+        #: A part-done epoch's sums read from the checkpoint a resume started from.
+        self._carried: dict[str, Any] | None = None
         self._log_every = 1
         self._lr_each_step = False
         self._lr_own = True
@@ -128,7 +135,22 @@ class RegressionModule(pl.LightningModule):
                 "PL_GLOBAL_SEED", "").isdigit() else None,
             # The epochs so far, so a resumed run's record covers the whole run.
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+            # A part-done epoch's running sums, so the resumed epoch's mean is the mean
+            # over all its rows, as an uninterrupted run's is.
+            "epoch_partial": self._partial_epoch(),
         }
+
+    def _partial_epoch(self) -> dict[str, Any] | None:
+        trainer = self.trainer
+        epoch = trainer.current_epoch
+        if not self._epoch_rows or (self._closed_epoch == epoch and not self._left_open):
+            return None
+        if trainer.world_size > 1:
+            # Each rank's share would need a collective that a rank saving alone (a
+            # signal) cannot make: a data-parallel resume starts its epoch's sums afresh.
+            return None
+        return {"epoch": epoch, "sum": float(self._epoch_sum), "rows": self._epoch_rows,
+                "batches": self._epoch_batches, "start_step": self._epoch_start_step}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,
@@ -146,10 +168,13 @@ class RegressionModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Take back the per-epoch history of the run this checkpoint continues."""
-        history = (checkpoint.get("reglab") or {}).get("history")
+        stamp = checkpoint.get("reglab") or {}
+        history = stamp.get("history")
         if isinstance(history, dict):
             self.history = {k: [list(p) for p in history.get(k) or []]
                             for k in ("train_loss", "val_loss")}
+        partial = stamp.get("epoch_partial")
+        self._carried = partial if isinstance(partial, dict) else None
 
     # -- signals ------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -217,17 +242,45 @@ class RegressionModule(pl.LightningModule):
         # The epoch's row-weighted sum stays on the device: no sync per step.
         self._epoch_sum = loss.detach() * rows + self._epoch_sum
         self._epoch_rows += rows
+        self._epoch_batches += 1
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_start_step = self.trainer.global_step
-        self._epoch_sum, self._epoch_rows = 0.0, 0
+        trainer = self.trainer
+        self._epoch_start_step = trainer.global_step
+        self._epoch_sum, self._epoch_rows, self._epoch_batches = 0.0, 0, 0
+        carried, self._carried = self._carried, None
+        if carried and carried.get("epoch") == trainer.current_epoch:
+            # Resumed part-way through this epoch: its first batches' sums come along.
+            self._epoch_sum, self._epoch_rows = float(carried["sum"]), int(carried["rows"])
+            self._epoch_batches = int(carried.get("batches") or 0)
+            self._epoch_start_step = int(carried.get("start_step", trainer.global_step))
 
     def on_train_epoch_end(self) -> None:
-        """``train/loss_epoch``: the epoch's mean loss per row, for monitors (Lightning calls
-        this before ``EarlyStopping`` and ``ModelCheckpoint`` look) and for the loggers."""
+        """``train/loss_epoch`` and the epoch's record (see :meth:`close_epoch`); the
+        parameters' scalars for an epoch that held a logging step."""
+        self.close_epoch()
+        step = self.trainer.global_step
+        # Parameters for the epochs that hold a logging step, as the step scalars are.
+        first, last = self._epoch_start_step, step - 1
+        if last >= first and (last + 1) // self._log_every > first // self._log_every:
+            self._write_params(step)
+
+    def close_epoch(self) -> None:
+        """``train/loss_epoch``: the epoch's mean loss per row, for monitors (Lightning
+        calls the module's epoch-end hook before ``EarlyStopping`` and ``ModelCheckpoint``
+        look) and for the loggers, and its entry in the history; once per epoch.
+
+        ``LastCheckpoint`` calls it before writing ``last.ckpt`` at an epoch's end, so the
+        checkpoint holds the epoch's record and a run killed just after resumes into the
+        same history as one never killed. An epoch cut short by a signal is logged for
+        the monitors but not recorded: the resume finishes it, from the sums its
+        checkpoint carries, and records it whole."""
         trainer = self.trainer
         epoch, step = trainer.current_epoch, trainer.global_step
+        if self._closed_epoch == epoch:
+            return
+        self._closed_epoch, self._left_open = epoch, False
         total, rows = self._epoch_sum, self._epoch_rows
         if trainer.world_size > 1:  # every rank's share: the global mean, alike on all ranks
             packed = torch.stack([torch.as_tensor(total, dtype=torch.float64,
@@ -240,13 +293,14 @@ class RegressionModule(pl.LightningModule):
             mean = total / rows
             # logger=False: written below without Lightning's flush of every logger.
             self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, logger=False)
+            cut_short = (self.interrupted_by is not None and trainer.world_size == 1
+                         and self._epoch_batches < trainer.num_training_batches)
+            if cut_short:
+                self._left_open = True
+                return
             value = float(mean)  # one host sync per epoch
             self.history["train_loss"].append([epoch, value])
             self._write({"train/loss_epoch": value, "epoch": float(epoch)}, step)
-        # Parameters for the epochs that hold a logging step, as the step scalars are.
-        first, last = self._epoch_start_step, step - 1
-        if last >= first and (last + 1) // self._log_every > first // self._log_every:
-            self._write_params(step)
 
     def _write_params(self, step: int) -> None:
         if step != self._params_step:
