@@ -67,11 +67,51 @@ def test_every_integer_key_takes_a_whole_number_in_range_or_one_line(tmp_path_fa
      "full batch, got True"),
     (["trainer.log_every_n_steps=false"], "trainer.log_every_n_steps: expected a whole "
      "number >= 1, got False"),
+    (["data=csv", "data.source.path=t.csv", "data.source.target=y",
+      "data.standardize_target=yes"], "data.standardize_target: expected true or false, "
+     "got 'yes'"),
+    (["test=2"], "test: expected true or false, got 2"),
     (["+trainer.limit_train_batches=true"], "trainer.limit_train_batches: expected a "
      "number >= 0 (a whole number counts batches, a fraction a share), got True"),
 ])
 def test_true_is_not_a_whole_number_on_the_command_line(tmp_path: Path, args, line):
+    (tmp_path / "t.csv").write_text("x,y\n1,2\n2,4\n3,6\n")
     out = run_cli([script("reglab-train"), *args, "hydra.run.dir=run"], tmp_path)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"reglab-train: error: {line}"
     assert not (tmp_path / "run").exists()
+
+
+_FLAG_GROUPS = {"data.standardize": ["data=csv"], "data.standardize_target": ["data=csv"],
+                "data.shuffle": ["data=csv"], "trainer.sync_batchnorm": ["trainer=ddp"]}
+_FLAGS = sorted(k for k in checks._BOOLEANS if k != "allow_changed_data")
+_FLAG_VALUES = ["true", "false", "0", "1", "2", "yes", "'no'", "null", "warn", "0.5"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.generate])
+@given(key=st.sampled_from(_FLAGS), value=st.sampled_from(_FLAG_VALUES))
+def test_every_boolean_key_takes_true_or_false_or_one_line(tmp_path_factory, key: str,
+                                                           value: str):
+    from hydra.errors import ConfigCompositionException
+
+    run_dir = tmp_path_factory.mktemp("run")
+    groups = _FLAG_GROUPS.get(key, [])
+    if key.startswith("data."):
+        table = run_dir / "t.csv"
+        table.write_text("x,y\n1,2\n2,4\n3,6\n4,8\n5,10\n")
+        groups = [*groups, f"data.source.path={table}", "data.source.target=y"]
+    try:
+        cfg = compose_config([*groups, f"{key}={value}"], run_dir)
+    except ConfigCompositionException:
+        cfg = compose_config([*groups, f"+{key}={value}"], run_dir)
+    given_value = OmegaConf.select(cfg, key)
+    allowed = checks._BOOLEANS[key]
+    ok = isinstance(given_value, bool) or given_value in allowed
+    try:
+        checks.check(cfg)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        assert not ok and str(exc).startswith(f"{key}: expected true"), str(exc)
+        return
+    assert ok, f"{key}={value} accepted as {given_value!r}"

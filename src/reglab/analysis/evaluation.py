@@ -86,7 +86,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.artifacts import read_trained
     from reglab.config.parts import is_reglab_data
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
-    _same_table(train_cfg, trained, data_overrides or [], bool(cfg.get("allow_changed_data")),
+    _same_table(train_cfg, trained, data_overrides or [], checks.flag(cfg, "allow_changed_data"),
                 str(cfg.split))
     datamodule = instantiate(train_cfg.data)
     if is_reglab_data(datamodule):

@@ -40,13 +40,19 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str,
         raise ConfigError(f"{key}: expected {expected}, got {node!r}")
 
 
+def flag(cfg: Any, key: str) -> bool:
+    """A true/false key of a command's own config (absent: false); anything else is
+    refused, never taken for true."""
+    value = cfg.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
 def check_overwrite(cfg: Any) -> bool:
     """``overwrite``: whether a command may replace the run (or output) it would otherwise
     refuse to write over."""
-    value = cfg.get("overwrite", False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"overwrite: expected true or false, got {value!r}")
-    return value
+    return flag(cfg, "overwrite")
 
 
 def is_whole(value: Any, minimum: int | None = None, also: tuple[int, ...] = ()) -> bool:
@@ -98,6 +104,31 @@ _CALLBACK_WHOLE_NUMBERS = {
 _TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
                     "limit_predict_batches", "overfit_batches", "val_check_interval",
                     "gradient_clip_val")
+
+
+#: Every true/false key reglab knows (with the other values it takes, if any): one check,
+#: so ``test=2`` or ``data.standardize_target=yes`` is refused, not taken as true.
+_BOOLEANS: dict[str, tuple[Any, ...]] = {
+    "test": (), "overwrite": (), "allow_changed_data": (),
+    "data.shuffle": (), "data.standardize": (), "data.standardize_target": (),
+    "model.bias": (),
+    "trainer.enable_model_summary": (), "trainer.enable_checkpointing": (),
+    "trainer.enable_progress_bar": (), "trainer.sync_batchnorm": (),
+    "trainer.benchmark": (None,), "trainer.inference_mode": (),
+    "trainer.use_distributed_sampler": (), "trainer.barebones": (),
+    "trainer.detect_anomaly": (), "trainer.deterministic": (None, "warn"),
+}
+
+
+def _check_booleans(cfg: DictConfig) -> None:
+    for key, also in _BOOLEANS.items():
+        if _stock(cfg, key):
+            words = ["true", "false", *("null" if a is None else str(a) for a in also)]
+            _check(cfg, key, lambda v, a=also: isinstance(v, bool) or v in a,
+                   f"{', '.join(words[:-1])} or {words[-1]}")
+    # fast_dev_run: true, or a number of batches.
+    _check(cfg, "trainer.fast_dev_run", lambda v: isinstance(v, bool) or is_whole(v, 0),
+           "true, false or a whole number of batches >= 0", optional=True)
 
 
 def _check_whole_numbers(cfg: DictConfig) -> None:
@@ -245,6 +276,7 @@ def _check_values(cfg: DictConfig) -> None:
     _check(cfg, "task_name", _plain_name, _TASK_NAME)
     # (Lightning takes check_val_every_n_epoch=0 and fails mid-fit dividing by it.)
     _check_whole_numbers(cfg)
+    _check_booleans(cfg)
     trainer = cfg.get("trainer") or {}
     if "seed" in cfg and cfg.seed is None and (trainer.get("num_nodes") or 1) != 1:
         raise ConfigError("seed: null draws a seed in each process, and the nodes of a "
