@@ -138,7 +138,31 @@ def _recorded_seed(run_dir: Path) -> int | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, so a reader never sees half a file."""
+    """Write atomically, so a reader never sees half a file. JSON has no NaN or inf: a
+    statistic left non-finite is written as null and its key listed under
+    ``non_finite``, so the record is still written and still standard JSON."""
+    found: list[str] = []
+    clean = _finite(data, "", found)
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = found
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finite(value: Any, key: str, found: list[str]) -> Any:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(key or ".")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{key}.{k}" if key else str(k), found)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{key}[{i}]", found) for i, v in enumerate(value)]
+    return value

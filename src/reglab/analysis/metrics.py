@@ -48,24 +48,34 @@ class RegressionSums:
         r2s = [p["r2"] for p in per]
         out: dict[str, Any] = {
             "mse": mse, "rmse": math.sqrt(mse), "mae": sum(p["mae"] for p in per) / len(per),
-            "r2": sum(r2s) / len(r2s)}
+            "r2": None if None in r2s else sum(r2s) / len(r2s)}
+        if None in r2s:
+            out["r2_undefined"] = "a target is constant on these rows (see per_target)"
         labels = names if names is not None and len(names) == len(per) else [
             f"y{j}" for j in range(len(per))]
         out["per_target"] = dict(zip(labels, per, strict=True))
         return out
 
-    def _one(self, sums: list[float], centered: bool) -> dict[str, float]:
+    def _one(self, sums: list[float], centered: bool) -> dict[str, Any]:
         sse, sae, sy, syy = sums
         mse = sse / self.n
         total = syy - sy ** 2 / self.n if centered else syy
-        r2 = 1.0 - sse / total if total > 0 else float("nan")
-        return {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / self.n, "r2": r2}
+        out: dict[str, Any] = {"mse": mse, "rmse": math.sqrt(mse), "mae": sae / self.n}
+        # R² compares the error with the target's own variation: none, no R² (null, and
+        # why, rather than NaN, or scikit-learn's stand-in of 0 or 1).
+        if total > 0:
+            out["r2"] = 1.0 - sse / total
+        else:
+            out["r2"] = None
+            out["r2_undefined"] = ("the target is constant on these rows: R² divides by "
+                                   "its variation, which is 0")
+        return out
 
 
-def adjusted_r2(r2: float, n: int, p: int, intercept: bool) -> dict[str, float]:
+def adjusted_r2(r2: float | None, n: int, p: int, intercept: bool) -> dict[str, float]:
     """Adjusted R² for ``p`` regressors on ``n`` rows; empty where it is undefined."""
     dof = n - p - (1 if intercept else 0)
-    if dof <= 0 or not math.isfinite(r2):
+    if dof <= 0 or r2 is None or not math.isfinite(r2):
         return {}
     return {"adjusted_r2": 1.0 - (1.0 - r2) * (n - (1 if intercept else 0)) / dof}
 

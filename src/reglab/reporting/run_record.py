@@ -83,8 +83,11 @@ def _finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
             for k, v in metrics.items()}
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
+def _finite_or_none(value: Any) -> Any:
+    """A number, or None for NaN and inf; other values (a reason in words) as they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def run_record(cfg: DictConfig) -> dict[str, Any]:

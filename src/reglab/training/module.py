@@ -362,7 +362,8 @@ class RegressionModule(pl.LightningModule):
         finite = {f"test/{k}": v for k, v in self.test_metrics.items()
                   if isinstance(v, float) and math.isfinite(v)}
         for name, own in (self.test_metrics.get("per_target") or {}).items():
-            finite.update({f"test/{name}/{k}": v for k, v in own.items() if math.isfinite(v)})
+            finite.update({f"test/{name}/{k}": v for k, v in own.items()
+                           if isinstance(v, float) and math.isfinite(v)})
         for name, value in finite.items():
             self.log(name, value)
 
