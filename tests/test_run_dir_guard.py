@@ -378,3 +378,19 @@ def test_a_second_command_in_a_busy_run_dir_is_refused_and_a_stale_lock_taken_ov
     out = run_cli([script("reglab-train"), "resume=done", "trainer.max_epochs=110"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "done" / ".reglab.lock").exists()
+
+
+def test_a_resume_asking_fewer_epochs_than_done_leaves_the_run_as_it_was(tmp_path: Path):
+    """Lightning refuses it only after restoring the checkpoint; reglab refuses it
+    before, in one line, and the completed run stays byte for byte."""
+    out = run_cli([script("reglab-train"), "experiment=noisy_line", "trainer.max_epochs=3",
+                   "logger=none", "callbacks.plots=null", "hydra.run.dir=done"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = snapshot(tmp_path / "done")
+    out = run_cli([script("reglab-train"), "resume=done", "trainer.max_epochs=2"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    ckpt = tmp_path / "done" / "checkpoints" / "last.ckpt"
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"reglab-train: error: trainer.max_epochs: 2, but {ckpt} has already trained 3 "
+        "epochs; give trainer.max_epochs=4 or more to train it further")
+    assert snapshot(tmp_path / "done") == before

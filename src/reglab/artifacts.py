@@ -20,7 +20,7 @@ from torch import nn
 
 from reglab import __version__
 from reglab.data.scaling import Scaling, Standardized
-from reglab.errors import ReglabError
+from reglab.errors import ConfigError, ReglabError
 from reglab.legacy import current, current_targets
 from reglab.models.regressors import MODEL_CLASSES
 
@@ -316,9 +316,21 @@ def load_model(path: str | os.PathLike[str], allow_modules: Any = ()) -> nn.Modu
     return read_trained(path, allow_modules).standardized()
 
 
-def check_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:
+def _epochs_done(ckpt: dict[str, Any]) -> int | None:
+    """The epochs a checkpoint has finished, as Lightning counts them on restore (its
+    fit loop's completed epochs; the ``epoch`` key where no loop state was kept)."""
+    try:
+        done = ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    except (KeyError, TypeError):
+        done = ckpt.get("epoch")
+    return done if isinstance(done, int) and not isinstance(done, bool) else None
+
+
+def check_checkpoint(path: str | os.PathLike[str], module: nn.Module,
+                     max_epochs: int | None = None) -> None:
     """Refuse a checkpoint before Lightning touches it: one that would run code when
-    unpickled, a truncated or corrupt file, or weights for another model shape."""
+    unpickled, a truncated or corrupt file, weights for another model shape, or more
+    epochs already trained than ``max_epochs`` allows (Lightning would fail mid-setup)."""
     path = Path(path)
     if not path.is_file():
         raise ReglabError(f"ckpt_path: {path}: no such checkpoint file")
@@ -326,6 +338,11 @@ def check_checkpoint(path: str | os.PathLike[str], module: nn.Module) -> None:
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ReglabError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    done = _epochs_done(ckpt)
+    if max_epochs is not None and max_epochs != -1 and done is not None and done > max_epochs:
+        raise ConfigError(f"trainer.max_epochs: {max_epochs}, but {path} has already trained "
+                          f"{done} epochs; give trainer.max_epochs={done + 1} or more to "
+                          "train it further")
     stamp = ckpt.get("reglab") or {}
     if stamp and stamp.get("format_version") != FORMAT_VERSION:
         raise ReglabError(f"{path}: written by reglab {stamp.get('version')} (format "

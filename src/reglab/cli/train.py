@@ -57,6 +57,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     record → model.pt, metrics.json, HPARAMS → summary."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from reglab.analysis import optimum
     from reglab.artifacts import check_checkpoint, save_model
@@ -101,7 +102,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
         if cfg.get("ckpt_path"):
             cfg.ckpt_path = run_setup.checkpoint_named(str(cfg.ckpt_path), run_dir)
-            check_checkpoint(cfg.ckpt_path, module)
+            check_checkpoint(cfg.ckpt_path, module, trainer.max_epochs)
         lr_find = None
         if (cfg.get("tuner") or {}).get("lr_find") is not None:
             from reglab.training.lr_finder import find_lr
@@ -113,6 +114,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 exact_fit.fit(trainer, module, datamodule, closed, cv)
             else:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except MisconfigurationException as exc:
+            # Lightning's refusal of a setting, raised once fit starts: bad input, said in
+            # one line like any refusal at construction (the run dir is put back).
+            raise errors.ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
         except (KeyboardInterrupt, SystemExit):
             if module.interrupted_by is None:
                 raise
