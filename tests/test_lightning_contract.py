@@ -353,7 +353,7 @@ def test_lr_find_preset_prints_records_and_uses_the_suggestion(run_train, tmp_pa
     (["+trainer.gradient_clip_algorithm=bogus"], "trainer: `gradient_clip_algorithm` bogus"),
     # Refused by Lightning only once fit starts: the same one line.
     (["+trainer.overfit_batches=0.25"], "reglab-train: error: trainer: You requested to "
-     "check 0.25 of the `val_dataloader`"),
+     "check 0.25 of the `train_dataloader`"),
 ])
 def test_a_flag_reglab_cannot_honour_is_one_line_and_exit_2(tmp_path, args, message):
     out = run_cli([script("reglab-train"), *args], cwd=tmp_path)
