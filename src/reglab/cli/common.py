@@ -31,11 +31,54 @@ def run(main: Callable[[], object]) -> None:
     moves them out of the collector's reach first, so the exit costs ~0.2 s.
     """
     import gc
+    import logging
 
+    # A console that cannot be written (stdout on a full disk, a closed pipe) must not
+    # bury the command's own outcome under a traceback per log line.
+    logging.raiseExceptions = False
+    _quiet_thread_faults()
     try:
         main()
     finally:
         gc.freeze()
+
+
+def _quiet_thread_faults() -> None:
+    """A writer thread (TensorBoard's) that hits a full disk re-raises it in the main
+    thread at its next write, where the command reports it in one line: its own
+    traceback would only repeat it. Other thread errors keep Python's report."""
+    import threading
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, OSError):
+            default(args)
+
+    threading.excepthook = hook
+
+
+def _console_broken() -> bool:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def fault(prog: str, exc: OSError, under: object = None) -> NoReturn:
+    """A fault of the machine (disk full, a file-size limit, a read-only folder): one line
+    naming the path (else the console, or the folder ``under`` whose files were being
+    written) and the OS's reason, exit 1 (the traceback with HYDRA_FULL_ERROR=1)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    where = exc.filename or ("the console (stdout)" if _console_broken() else
+                             f"a file under {under}" if under else "a file")
+    reason = exc.strerror or type(exc).__name__
+    try:
+        print(f"{prog}: error: {where}: {reason}", file=sys.stderr, flush=True)
+    finally:
+        sys.exit(1)
 
 
 def experiment_argv(argv: list[str]) -> list[str]:

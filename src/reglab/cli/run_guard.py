@@ -320,6 +320,10 @@ def occupied(config: Any, run_dir: Path, command: str) -> str | None:
     if run_dir.is_symlink() and not run_dir.exists():
         return (f"hydra.run.dir: {run_dir} is a link to {os.readlink(run_dir)}, which does "
                 "not exist; create that folder or name another run dir")
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            return (f"hydra.run.dir: {folder} is a file, not a folder; name another run "
+                    "dir")
     found = run_files.holds_run(_real(run_dir))
     if found is None:
         return None

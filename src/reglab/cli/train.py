@@ -155,7 +155,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         raise
     run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
     tensorboard.log_run(trainer.loggers, metrics, closed)
-    print("\n".join(summary.summary_lines(metrics, run_dir)), flush=True)
+    try:
+        print("\n".join(summary.summary_lines(metrics, run_dir)), flush=True)
+    except OSError as exc:  # the run is recorded; only the console failed
+        raise OSError(exc.errno, exc.strerror, "stdout") from None
     return metrics
 
 
@@ -185,6 +188,9 @@ def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:
     except Exception as exc:
         if aside is not None and aside.moved:
             log.error("the replaced run's files are kept in %s", aside.holding)
+        if not multirun and isinstance(exc, OSError):
+            # The run's record says failed, and why.
+            common.fault("reglab-train", exc, cfg.paths.run_dir)
         if not multirun:
             raise
         log.error("job failed (recorded in metrics.json): %s: %s", type(exc).__name__, exc,

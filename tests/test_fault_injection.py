@@ -1,0 +1,62 @@
+"""Faults of the machine through the real command: a file-size limit that makes a
+checkpoint or record write fail, stdout on a full device, a run dir that is a file.
+
+Each ends in one line naming the path (or the console) and the OS's reason, never a
+traceback, and nothing claims a success it did not have.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import script
+
+ARGS = ["experiment=noisy_line", "trainer.max_epochs=5", "callbacks.progress_bar=null"]
+
+
+def _run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([script("reglab-train"), *args], cwd=cwd, text=True,
+                          stdin=subprocess.DEVNULL, timeout=240, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_and_the_record_says_failed(tmp_path: Path):
+    def limit() -> None:  # in the child only: 20 KiB per file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, 20 * 1024))
+
+    out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, capture_output=True,
+               preexec_fn=limit)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert errors == [f"reglab-train: error: a file under {tmp_path / 'run'}: File too "
+                      "large"], out.stderr[-2000:]
+    record = tmp_path / "run" / "metrics.json"
+    assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
+
+
+def test_stdout_on_a_full_device_is_one_line_after_the_run_is_recorded(tmp_path: Path):
+    with open("/dev/full", "w") as full:
+        out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, stdout=full,
+                   stderr=subprocess.PIPE)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "Logging error" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == \
+        "reglab-train: error: stdout: No space left on device"
+    # The run itself finished and says so; only the console could not be written.
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == \
+        "completed"
+
+
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
+    (tmp_path / "taken").write_text("a user's file")
+    for run_dir in ("taken", "taken/run"):
+        out = _run([*ARGS, f"hydra.run.dir={run_dir}"], tmp_path, capture_output=True)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert out.stderr.strip() == ("reglab-train: error: hydra.run.dir: taken is a "
+                                      "file, not a folder; name another run dir")
+    assert (tmp_path / "taken").read_text() == "a user's file"
