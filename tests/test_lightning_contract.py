@@ -422,6 +422,24 @@ def test_the_trainers_own_switches_win_over_reglabs_groups(run_train, tmp_path):
                            "save_top_k: -1}]")
     assert len(list(extra.glob("*.ckpt"))) == 3  # the user's callback, beside reglab's
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # An explicit true wins too: with reglab's callbacks gone, Lightning's defaults come,
+    # as on a plain Trainer (its ModelCheckpoint writes under default_root_dir).
+    _, run_dir = run_train(BASE[0], BASE[2], BASE[4], "trainer.max_epochs=3",
+                           "callbacks=none", "+trainer.enable_checkpointing=true")
+    assert [p.name for p in run_dir.glob("**/*.ckpt")] == ["epoch=2-step=24.ckpt"]
+
+
+def test_an_explicit_progress_bar_switch_brings_lightnings_bar(tmp_path):
+    from reglab.config import parts
+
+    cfg = compose_config([*BASE, "callbacks.progress_bar=null",
+                          "+trainer.enable_progress_bar=true"], tmp_path / "run")
+    _, callbacks, switches = parts.trainer_parts(cfg)
+    assert switches["enable_progress_bar"] is True
+    assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
+    trainer = pl.Trainer(**switches, **{k: v for k, v in parts.trainer_config(cfg).items()
+                                        if k in ("max_epochs", "accelerator")})
+    assert isinstance(trainer.progress_bar_callback, pl.callbacks.ProgressBar)
 
 
 def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_train, tmp_path):

@@ -207,12 +207,16 @@ def trainer_parts(cfg: DictConfig) -> tuple[list[Any], list[Any], dict[str, Any]
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    # An explicit true wins the other way too: with no checkpoint callback or bar left
+    # (callbacks=none), Lightning adds its default ModelCheckpoint / bar, as a plain
+    # Trainer does. Left unset, True with no ModelCheckpoint would make Lightning add
+    # one writing every epoch, so it follows the callbacks.
     kwargs = {
         "logger": loggers or False, "callbacks": callbacks,
-        # True with no ModelCheckpoint would make Lightning add one writing every epoch.
-        "enable_checkpointing": any(isinstance(c, pl.callbacks.ModelCheckpoint)
-                                    for c in callbacks),
-        "enable_progress_bar": any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
+        "enable_checkpointing": trainer.get("enable_checkpointing") is True or any(
+            isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        "enable_progress_bar": trainer.get("enable_progress_bar") is True or any(
+            isinstance(c, pl.callbacks.ProgressBar) for c in callbacks),
     }
     return loggers, callbacks, kwargs
 
