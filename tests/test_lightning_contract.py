@@ -479,3 +479,24 @@ def test_load_from_checkpoint_needs_no_arguments_and_tests_in_data_units(run_tra
     with pytest.raises(ReglabError, match=r"the loss names pathlib.Path.touch"):
         RegressionModule.load_from_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def test_load_from_checkpoint_arguments_win_for_a_module_built_in_python(tmp_path):
+    """Lightning's promise: keyword arguments given to load_from_checkpoint win over what
+    the checkpoint records, so a module built in Python around any model reloads."""
+    from reglab.models.regressors import LinearRegression
+    from reglab.training.module import RegressionModule
+
+    torch.manual_seed(0)
+    module = RegressionModule(LinearRegression(1), partial(torch.optim.Adam, lr=0.1),
+                              nn.MSELoss())
+    x = torch.linspace(0, 1, 16).unsqueeze(1)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu",
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, DataLoader(TensorDataset(x, 3 * x), batch_size=4))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    again = RegressionModule.load_from_checkpoint(
+        tmp_path / "m.ckpt", model=LinearRegression(1),
+        optimizer=partial(torch.optim.Adam, lr=0.1), loss=nn.MSELoss())
+    assert again.model.params() == module.model.params()

@@ -265,9 +265,11 @@ def module_arguments(path: Any, allow_modules: Any = (), skip: set[str] | None =
     skip = skip or set()
     allow = _package_names(allow_modules)
     path = Path(path).expanduser()
-    trained = read_trained(path, allow)
     stamp = (_safe_load(path, "checkpoint") or {}).get("reglab") or {}
-    out: dict[str, Any] = {"model": trained.model.train(), "scaling": trained.scaling,
+    # A model given by the caller wins: the checkpoint's is not rebuilt (nor need it be
+    # rebuildable, as for a module built in Python around a model of the user's own).
+    model = None if "model" in skip else read_trained(path, allow).model.train()
+    out: dict[str, Any] = {"model": model, "scaling": Scaling.from_dict(stamp.get("scaling")),
                            "data_info": dict(stamp.get("data") or {}),
                            "model_spec": {"class": stamp.get("model_class"),
                                           "kwargs": dict(stamp.get("model_kwargs") or {})}}
