@@ -48,7 +48,7 @@ def test_help_page_is_hydras_own(tmp_path: Path):
         ours = run_cli([script(f"reglab-{command}"), "--help"], cwd=tmp_path)
         assert ours.returncode == 0 and f"reglab-{command}:" in ours.stdout, command
     bad = run_cli([script("reglab-train"), "experiment=nope", "--help"], cwd=tmp_path)
-    assert bad.returncode == 2 and "Could not find 'experiment/nope'" in bad.stderr
+    assert bad.returncode == 2 and "experiment=nope: no such option" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "outputs").exists()
 
@@ -98,8 +98,9 @@ def test_module_entry_point_multirun(tmp_path: Path):
 def test_unknown_experiment_is_a_short_error(tmp_path: Path):
     out = run_cli([script("reglab-train"), "experiment=nope"], cwd=tmp_path)
     assert out.returncode != 0
-    assert "Could not find 'experiment/nope'" in out.stderr
-    assert "noisy_line" in out.stderr  # lists the options there are
+    assert out.stderr.startswith("reglab-train: error: experiment=nope: no such option in "
+                                 "experiment/; the options are ")
+    assert "noisy_line" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "outputs").exists()
 
@@ -107,7 +108,8 @@ def test_unknown_experiment_is_a_short_error(tmp_path: Path):
 def test_unknown_group_option_is_a_short_error(tmp_path: Path):
     out = run_cli([script("reglab-train"), "optimizer=rmsprop"], cwd=tmp_path)
     assert out.returncode != 0
-    assert "optimizer/rmsprop" in out.stderr and "Traceback" not in out.stderr
+    assert "optimizer=rmsprop: no such option in optimizer/" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_eval_and_predict_help_and_errors_stay_light(tmp_path: Path):

@@ -43,9 +43,14 @@ BAD = [
     (["loss.reduction=avg"], "loss.reduction: expected mean or sum"),
     (["experiment=d2l", "data.source.num_samples=0"], "data.source.num_samples"),
     (["experiment=origin", "data.test_fraction=0.1"], "3 rows cannot be split"),
-    (["data.nosuchkey=1"], "Could not override 'data.nosuchkey'"),
-    (["experiment=nope"], "Could not find 'experiment/nope'"),
-    (["optimizer=rmsprop"], "Could not find 'optimizer/rmsprop'"),
+    (["data.nosuchkey=1"], "data.nosuchkey: not a key of the config; to add it, write "
+                           "+data.nosuchkey=1"),
+    (["experiment=nope"], "experiment=nope: no such option in experiment/; the options are "),
+    (["optimizer=rmsprop"], "optimizer=rmsprop: no such option in optimizer/; the options are "
+                            "adam, adamw, exact, lbfgs, sgd"),
+    (["trainer.max_epoch=3"], "trainer.max_epoch: not a key of the config; did you mean "
+                              "trainer.max_epochs? or, to add it, write +trainer.max_epoch=3"),
+    (["model=lienar"], "(did you mean model=linear?)"),
     (["model=polynomial", "model.degree=0"], "model.degree: expected a whole number >= 1"),
     (["experiment=d2l", "model=polynomial"], "a polynomial model takes one input column, "
                                              "but the data has 2"),
@@ -88,6 +93,8 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: s
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("[")]
+    assert len(errors) == 1 and errors[0].startswith("reglab-train: error: "), out.stderr
     runs = list((tmp_path / "outputs").glob("*/runs/*"))
     assert runs == [], "a run dir was left behind"
 
@@ -157,3 +164,28 @@ def test_gpu_trainer_without_a_gpu_says_what_to_use(tmp_path: Path):
     assert len(lines) == 1 and lines[0].startswith("reglab-train: error: trainer:")
     assert "use trainer=cpu" in lines[0]
     assert not any((tmp_path / "outputs").rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("body, line", [
+    ("trainer:\n  max_epochs: [3\n", "line 4, column 1: expected ',' or ']', but got "
+                                     "'<stream end>'"),
+    ("trainer:\n\tmax_epochs: 3\n", "line 3, column 1: found character '\\t' that cannot "
+                                    "start any token"),
+    ("trainer:\n  max_epochs: 3\n  max_epochs: 4\n", "line 4, column 3: found duplicate key "
+                                                      "max_epochs"),
+    (b"trainer:\n  max_epochs: \xff\n", "not UTF-8 text (byte 43); save it as UTF-8"),
+])
+def test_a_broken_yaml_file_of_yours_is_one_line(tmp_path: Path, body, line):
+    """PyYAML's error names no file (Hydra parses text it read): reglab finds the file."""
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    header = b"# @package _global_\n"
+    (conf / "mine.yaml").write_bytes(header + (body if isinstance(body, bytes)
+                                               else body.encode()))
+    out = run_cli([script("reglab-train"), "experiment=mine",
+                   f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hydra.run.dir=run"],
+                  tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    joint = ", " if line.startswith("line") else ": "
+    assert out.stderr.strip() == f"reglab-train: error: {conf / 'mine.yaml'}{joint}{line}"
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,6 @@ Imports nothing heavy: these run before (or instead of) torch.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -16,7 +15,9 @@ BAD_INPUT = 2
 
 def fail(prog: str, exc: BaseException) -> NoReturn:
     """Report a user error as one line and exit 2 (the traceback with HYDRA_FULL_ERROR=1)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    from reglab.cli.hydra_errors import full_error_asked
+
+    if full_error_asked():
         raise exc
     print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
     sys.exit(BAD_INPUT)
@@ -70,7 +71,9 @@ def fault(prog: str, exc: OSError, under: object = None) -> NoReturn:
     """A fault of the machine (disk full, a file-size limit, a read-only folder): one line
     naming the path (else the console, or the folder ``under`` whose files were being
     written) and the OS's reason, exit 1 (the traceback with HYDRA_FULL_ERROR=1)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    from reglab.cli.hydra_errors import full_error_asked
+
+    if full_error_asked():
         raise exc
     where = exc.filename or ("the console (stdout)" if _console_broken() else
                              f"a file under {under}" if under else "a file")
@@ -98,14 +101,34 @@ def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
     """Run a ``hydra.main`` app; Hydra's own exit 1 (a config it cannot compose) is bad
     input, so it becomes 2, and so is a composition error Hydra lets through as it is
     (its ``--help`` page does), reported in one line."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from reglab.cli.hydra_errors import raise_composition_errors
 
+    raise_composition_errors()
     try:
         app()
-    except (HydraException, OmegaConfBaseException) as exc:
-        fail(prog, exc)
+    except composition_errors() as exc:
+        composition_failed(prog, exc)
     except SystemExit as exc:
         if exc.code == 1:
             sys.exit(BAD_INPUT)
         raise
+
+
+def composition_errors() -> tuple[type[BaseException], ...]:
+    """What Hydra raises for a config it cannot compose (see :mod:`hydra_errors`)."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError)
+
+
+def composition_failed(prog: str, exc: BaseException) -> NoReturn:
+    """One line for a config Hydra could not compose, exit 2."""
+    from reglab.cli.hydra_errors import full_error_asked, one_line
+    from reglab.config.compose import CONF_DIR
+    from reglab.errors import ConfigError
+
+    if full_error_asked():
+        raise exc
+    fail(prog, ConfigError(one_line(exc, sys.argv[1:], CONF_DIR)))

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.errors import HydraException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from reglab import compat, errors, run_files
 from reglab.cli import common, run_guard
@@ -268,12 +266,17 @@ def main() -> None:
         started = True
         return run_job(cfg, guard)
 
+    from reglab.cli.hydra_errors import raise_composition_errors
+
+    raise_composition_errors()  # Hydra raises what it cannot compose: said in one line
     try:
         job()
     except JobsFailed:  # the sweep ran to the end; its report says who failed
         raise
-    except (HydraException, OmegaConfBaseException) as exc:  # --help lets these through
-        common.fail("reglab-train", exc)
+    except common.composition_errors() as exc:
+        if started:
+            raise
+        common.composition_failed("reglab-train", exc)
     except SystemExit as exc:
         if exc.code == 1 and not started:  # Hydra could not compose the config
             sys.exit(common.BAD_INPUT)
