@@ -51,6 +51,10 @@ BAD = [
     (["trainer.max_epoch=3"], "trainer.max_epoch: not a key of the config; did you mean "
                               "trainer.max_epochs? or, to add it, write +trainer.max_epoch=3"),
     (["model=lienar"], "(did you mean model=linear?)"),
+    (["data=linear", "data.source.noise=inf"], "data.source.noise: expected a finite number, "
+                                               "got inf"),
+    (["data=linear", "data.source.weight=[2,nan]"], "data.source.weight[1]: expected a "
+                                                    "finite number, got nan"),
     (["model=polynomial", "model.degree=0"], "model.degree: expected a whole number >= 1"),
     (["experiment=d2l", "model=polynomial"], "a polynomial model takes one input column, "
                                              "but the data has 2"),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reglab.errors import ConfigError
 from reglab.legacy import current
@@ -205,6 +205,18 @@ def _group_file(group: str) -> tuple[str | None, str | None]:
             if file.is_file():
                 return str(name), str(file)
     return str(name), None
+
+
+def _numbers(node: Any, key: str) -> Iterable[tuple[str, float]]:
+    """(dotted key, value) of every number in a config node, in lists too."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{key}[{i}]")
+    elif is_number(node):
+        yield key, float(node)
 
 
 def _positive_ints(values: Any) -> bool:
@@ -417,6 +429,12 @@ def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
                           f"so rows remain for training, got {held_out:g}")
     if not _target(cfg.data, "source").startswith("reglab."):
         return
+    # Every number a generator of reglab's takes (weights, bias, noise, ranges) is finite:
+    # an inf or nan there would fill the table with values no model can fit.
+    source = OmegaConf.to_container(cfg.data.source, resolve=True)
+    for key, value in _numbers(source, "data.source"):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     _check(cfg, "data.source.noise", lambda v: is_number(v) and v >= 0, "a number >= 0")
     _check(cfg, "data.source.high", lambda v: is_number(v) and v > cfg.data.source.low,
            "a number above data.source.low")
