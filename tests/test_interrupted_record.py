@@ -59,25 +59,33 @@ def _run(tmp_path: Path, name: str, *args: str) -> tuple[int, str]:
     return out.returncode, out.stderr
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run never stopped, once for every way of stopping one."""
+    root = tmp_path_factory.mktemp("straight")
+    rc, err = _run(root, "straight")
+    assert rc == 0, err[-2000:]
+    return root / "straight"
+
+
 @pytest.mark.parametrize("killer, code", [
     ("+callbacks.killer.kill_after_epoch=3", -9),  # right after the epoch's last.ckpt
     ("+callbacks.killer.term_at_step=16", 143),  # SIGTERM mid-epoch (epoch 2, 4 of 6)
 ])
 def test_a_run_interrupted_anywhere_resumes_into_the_same_history(tmp_path: Path,
+                                                                  straight: Path,
                                                                   killer: str, code: int):
     (tmp_path / "killer.py").write_text(KILLER)
-    rc, err = _run(tmp_path, "straight")
-    assert rc == 0, err[-2000:]
     rc, err = _run(tmp_path, "cut", "+callbacks.killer._target_=killer.Killer", killer)
     assert rc in (code, 128 - code), err[-2000:]
     out = run_cli([script("reglab-train"), f"resume={tmp_path / 'cut'}"], tmp_path,
                   env={"PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
 
-    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    whole = json.loads((straight / "metrics.json").read_text())
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert resumed["status"] == "completed"
     assert [e for e, _ in resumed["history"]["train_loss"]] == list(range(8))
-    assert resumed["history"] == straight["history"]
-    assert resumed["params"] == straight["params"]
-    assert _curve(tmp_path / "cut") == _curve(tmp_path / "straight")
+    assert resumed["history"] == whole["history"]
+    assert resumed["params"] == whole["params"]
+    assert _curve(tmp_path / "cut") == _curve(straight)
