@@ -256,3 +256,16 @@ def test_covariance_is_sigma2_times_pinv(diabetes):
     design = with_const(x)
     np.testing.assert_allclose(sol.covariance(2.0), 2.0 * np.linalg.inv(design.T @ design),
                                rtol=1e-8)
+
+
+def test_the_console_table_prints_t_for_its_size():
+    """Three decimals as statsmodels prints t, powers of ten for an exact fit's 1e15."""
+    from reglab.reporting.summary import report_table
+
+    row = {"coef": 1.0, "std_err": 1e-15, "p_value": 0.0, "ci_low": 1.0, "ci_high": 1.0}
+    report = {"coef": [{**row, "name": "const", "t": 1.147e15},
+                       {**row, "name": "x", "t": 143.3261}],
+              "n": 11, "r2": 1.0, "adjusted_r2": 1.0, "f_statistic": None,
+              "f_p_value": None, "sigma": 0.0, "condition_number": 11.3, "rank": 2}
+    lines = report_table(report)
+    assert lines[1].split()[3] == "1.147e+15" and lines[2].split()[3] == "143.326"

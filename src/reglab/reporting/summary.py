@@ -10,6 +10,14 @@ def _num(value: Any, spec: str = ".6g") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _t(value: float | None) -> str:
+    """t as statsmodels prints it (three decimals), but in powers of ten once it is too
+    large for decimals to mean anything (an exact fit's t of 1e15)."""
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if abs(value) < 1e5 else f"{value:.4g}"
+
+
 def _p(value: float | None) -> str:
     return "—" if value is None else ("<1e-16" if value < 1e-16 else f"{value:.3g}")
 
@@ -23,7 +31,7 @@ def report_table(report: dict[str, Any], markdown: bool = False,
     """The least-squares report as a table a person reads: one row per term (coef, its
     standard error, t, p and 95 % interval), then the fit statistics."""
     head = ["term", "coef", "std err", "t", "P>|t|", "[0.025", "0.975]"]
-    rows = [[str(r["name"]), _num(r["coef"]), _num(r["std_err"], ".4g"), _num(r["t"], ".3f"),
+    rows = [[str(r["name"]), _num(r["coef"]), _num(r["std_err"], ".4g"), _t(r["t"]),
              _p(r["p_value"]), _num(r["ci_low"]), _num(r["ci_high"])]
             for r in report["coef"]]
     more = 0
