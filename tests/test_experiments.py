@@ -23,6 +23,11 @@ def test_origin_predicts_eight_at_four(run_train):
     model = reglab.load_model(run_dir / "model.pt")
     with torch.no_grad():
         assert abs(float(model(torch.tensor([[4.0]])).detach()) - 8.0) < 0.01
+    # The optimum is 0 to rounding here: the summary gives the gap, not a ratio to 0.
+    from reglab.reporting.summary import summary_lines
+
+    gap = [line for line in summary_lines(m, run_dir) if "optimum" in line]
+    assert len(gap) == 1 and "relative" not in gap[0], gap
 
 
 def test_d2l(run_train):

@@ -110,7 +110,10 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
                      f"{gap['relative']:.3g} (relative) above the optimum in metrics.json; "
                      "trainer.precision=64-true keeps every digit")
     elif gap and not exact:
-        rel = "" if gap["relative"] is None else f" ({gap['relative']:.3g} relative)"
+        # Against an optimum that is zero to rounding (an exact-fit line: 4e-30), a ratio
+        # says nothing: only the absolute gap is printed then.
+        meaningful = gap["relative"] is not None and gap["relative"] < 1e6
+        rel = f" ({gap['relative']:.3g} relative)" if meaningful else ""
         what = "least-squares" if closed.get("objective") == "least squares" else "ridge"
         lines.append(f"  {what} optimum: train loss {_fmt(closed['train_loss'])}; "
                      f"this fit is {gap['absolute']:.3g} above it{rel}")
