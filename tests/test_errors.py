@@ -168,6 +168,9 @@ def test_gpu_trainer_without_a_gpu_says_what_to_use(tmp_path: Path):
     assert len(lines) == 1 and lines[0].startswith("reglab-train: error: trainer:")
     assert "use trainer=cpu" in lines[0]
     assert not any((tmp_path / "outputs").rglob("metrics.json"))
+    out = run_cli([script("reglab-train"), "trainer=ddp"], cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "use trainer=ddp_cpu (data-parallel processes on the " \
+        "CPU), trainer=cpu, or trainer=default" in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("body, line", [

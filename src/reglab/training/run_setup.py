@@ -96,9 +96,12 @@ def instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
         if cause is None or not _is_misconfiguration(cause):
             raise
         message = " ".join(str(cause).split())
-        if "gpu backend" in message.lower():  # trainer=gpu on a machine without one
+        if "gpu backend" in message.lower():  # trainer=gpu or ddp on a machine without one
+            strategy = str(node.get("strategy", "")).lower()
+            ways = ("trainer=ddp_cpu (data-parallel processes on the CPU), trainer=cpu"
+                    if "ddp" in strategy else "trainer=cpu")
             message += (" (trainer.accelerator=gpu needs a CUDA or Apple MPS device, and "
-                        "this machine shows none: use trainer=cpu, or trainer=default, "
+                        f"this machine shows none: use {ways}, or trainer=default, "
                         "which picks what is there)")
         raise ConfigError(f"trainer: {message}") from None
 
