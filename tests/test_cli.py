@@ -65,6 +65,9 @@ def test_default_run_from_any_directory(tmp_path: Path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 300
+    # train.log holds what the console showed, the summary included.
+    summary = out.stdout[out.stdout.index("reglab: line completed"):]
+    assert (run_dir / "train.log").read_text().endswith(summary)
     # The command ends its process without Python's teardown: everything is on disk.
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 

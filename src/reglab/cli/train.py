@@ -153,8 +153,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         raise
     run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
     tensorboard.log_run(trainer.loggers, metrics, closed)
+    text = "\n".join(summary.summary_lines(metrics, run_dir))
+    run_setup.append_to_log_files(text)  # train.log holds what the console showed
     try:
-        print("\n".join(summary.summary_lines(metrics, run_dir)), flush=True)
+        print(text, flush=True)
     except OSError as exc:  # the run is recorded; only the console failed
         raise OSError(exc.errno, exc.strerror, "stdout") from None
     return metrics

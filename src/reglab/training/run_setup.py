@@ -173,3 +173,22 @@ def is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def append_to_log_files(text: str) -> None:
+    """Add ``text`` (the summary, printed on the console) to the log files of this run:
+    the file handlers of the root logger, which Hydra points at ``<run dir>/train.log``."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            try:
+                handler.acquire()
+                try:
+                    handler.flush()
+                    handler.stream.write(text + "\n")
+                    handler.flush()
+                finally:
+                    handler.release()
+            except (OSError, ValueError, AttributeError):  # (a delayed file not yet open)
+                pass  # a log that cannot be written does not undo a recorded run
