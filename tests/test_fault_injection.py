@@ -60,3 +60,33 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
         assert out.stderr.strip() == ("reglab-train: error: hydra.run.dir: taken is a "
                                       "file, not a folder; name another run dir")
     assert (tmp_path / "taken").read_text() == "a user's file"
+
+
+def _mount(tmp_path: Path, options: str) -> Path:
+    """A tmpfs of its own (read-only, or a few KiB), where the machine lets us mount."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    return where
+
+
+@pytest.mark.parametrize("options, code, reason", [
+    ("ro,size=1m", 2, "Read-only file system"),
+    ("size=40k", 1, "No space left on device"),
+])
+def test_a_read_only_or_full_file_system_is_one_line(tmp_path: Path, options: str,
+                                                     code: int, reason: str):
+    where = _mount(tmp_path, options)
+    try:
+        out = _run([*ARGS, f"hydra.run.dir={where / 'run'}"], tmp_path, capture_output=True)
+        assert out.returncode == code, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and "warn" not in out.stderr
+        errors = [line for line in out.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].endswith(f": {reason}"), out.stderr[-2000:]
+        record = where / "run" / "metrics.json"
+        assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)

@@ -108,6 +108,8 @@ def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
         app()
     except composition_errors() as exc:
         composition_failed(prog, exc)
+    except OSError as exc:  # the run dir cannot be made or written (read-only, full)
+        fault(prog, exc)
     except SystemExit as exc:
         if exc.code == 1:
             sys.exit(BAD_INPUT)

@@ -409,6 +409,10 @@ class RunDirCheck(Callback):  # type: ignore[misc]
                 why = changed_data(config, _real(run_dir))
         except ReglabError as exc:
             why = str(exc)
+        except OSError as exc:  # the dir cannot be made or locked (read-only, full)
+            from reglab.cli import common
+
+            common.fault(f"reglab-{command}", exc)  # a SystemExit: Hydra lets it through
         if why:
             if self.lock is not None:
                 self.lock.release()

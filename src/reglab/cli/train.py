@@ -279,6 +279,8 @@ def main() -> None:
         if started:
             raise
         common.composition_failed("reglab-train", exc)
+    except OSError as exc:  # Hydra could not make or write the run dir (read-only, full)
+        common.fault("reglab-train", exc)
     except SystemExit as exc:
         if exc.code == 1 and not started:  # Hydra could not compose the config
             sys.exit(common.BAD_INPUT)
