@@ -115,7 +115,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         except MisconfigurationException as exc:
             # Lightning's refusal of a setting, raised once fit starts: bad input, said in
             # one line like any refusal at construction (the run dir is put back).
-            raise errors.ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+            raise errors.ConfigError(f"trainer: {run_setup.refusal(exc)}") from None
         except (KeyboardInterrupt, SystemExit):
             if module.interrupted_by is None:
                 raise

@@ -95,7 +95,7 @@ def instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
         cause = exc.__cause__
         if cause is None or not _is_misconfiguration(cause):
             raise
-        message = " ".join(str(cause).split())
+        message = refusal(cause)
         if "gpu backend" in message.lower():  # trainer=gpu or ddp on a machine without one
             strategy = str(node.get("strategy", "")).lower()
             ways = ("trainer=ddp_cpu (data-parallel processes on the CPU), trainer=cpu"
@@ -104,6 +104,12 @@ def instantiate_trainer(node: DictConfig, kwargs: dict[str, Any]) -> Any:
                         f"this machine shows none: use {ways}, or trainer=default, "
                         "which picks what is there)")
         raise ConfigError(f"trainer: {message}") from None
+
+
+def refusal(exc: BaseException) -> str:
+    """Lightning's refusal of a Trainer setting (at construction or once fit starts),
+    its lines joined into one."""
+    return " ".join(str(exc).split())
 
 
 def _is_misconfiguration(exc: BaseException) -> bool:
