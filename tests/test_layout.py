@@ -9,7 +9,8 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "reglab"
 #: Left to right: a package may import, at module level, only those before it.
-LAYERS = ["errors", "models", "config", "data", "analysis", "training", "reporting", "cli"]
+LAYERS = ["errors", "models", "config", "data", "analysis", "training", "search", "reporting",
+          "cli"]
 #: Beside the layers, importable from any of them: what each may import itself.
 SIDE = {"artifacts": {"errors", "models", "data", "legacy"}, "compat": set(),
         "legacy": set(), "run_files": {"legacy"}}

@@ -94,13 +94,16 @@ def test_jobs_named_by_any_subdir_pattern_are_reported(tmp_path: Path):
 @pytest.mark.slow
 def test_optuna_sweep_completes(tmp_path: Path):
     out = run_cli([script("reglab-train"), "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                   "trainer.max_epochs=3", "logger=none"], cwd=tmp_path)
+                   "trainer.max_epochs=3", "logger=none",
+                   "optimizer.lr=tag(log, interval(0.001, 0.05))"],
+                  cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    sweep = next((tmp_path / "outputs" / "noisy_line" / "multiruns").iterdir())
-    assert (sweep / "optimization_results.yaml").is_file()
+    sweep = tmp_path / "outputs/noisy_line/studies/noisy_line-data.batch_size-optimizer.lr"
+    assert (sweep / "study.db").is_file() and (sweep / "study.json").is_file()
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
     assert len({r["optimizer.lr"] for r in rows}) == 3  # the sampler proposed lr values
+    assert _is_png(sweep / "study_history.png")
 
 
 @pytest.mark.slow

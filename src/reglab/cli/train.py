@@ -96,6 +96,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         # Each is a named entry (callbacks.progress_bar=null switches one off); the
         # Trainer's own switches (+trainer.logger=false, ...) win over the groups.
         _, callbacks, switches = parts.trainer_parts(cfg)  # the loggers are in switches
+        if pruning := _trial_pruning():  # a study's trial reports each val loss
+            callbacks.append(pruning)  # the list the Trainer is given (switches)
         trainer: pl.Trainer = run_setup.instantiate_trainer(parts.trainer_config(cfg), switches)
 
         if cfg.get("ckpt_path"):
@@ -154,12 +156,23 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
     tensorboard.log_run(trainer.loggers, metrics, closed)
     text = "\n".join(summary.summary_lines(metrics, run_dir))
-    run_setup.append_to_log_files(text)  # train.log holds what the console showed
+    run_setup.append_to_log_files(text)  # train.log holds the whole summary
+    if run_setup.is_multirun():  # a sweep's console: a short paragraph per job
+        text = "\n".join(summary.sweep_job_lines(metrics, run_dir))
     try:
         print(text, flush=True)
     except OSError as exc:  # the run is recorded; only the console failed
         raise OSError(exc.errno, exc.strerror, "stdout") from None
     return metrics
+
+
+def _trial_pruning() -> Any:
+    """The pruning callback when this job is a trial of an Optuna study with a pruner."""
+    if not run_setup.is_multirun():
+        return None
+    from reglab.search.pruning import from_hydra
+
+    return from_hydra()
 
 
 def run_job(cfg: DictConfig, guard: run_guard.RunDirGuard) -> float:

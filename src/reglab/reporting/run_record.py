@@ -203,10 +203,15 @@ def _fit_numbers(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
     if params is not None and type(model).__name__ == "LinearRegression":
         data_params = params_in_data_units(params, module.scaling)
     truth = datamodule.data.true_params if params is not None and ours else None
+    from reglab.search.pruning import pruned_at
+
+    pruned = pruned_at(trainer)
     if module.diverged_at_step is not None:
         status = "diverged"
     elif module.interrupted_by is not None:
         status = "interrupted"
+    elif pruned is not None:
+        status = "pruned"  # stopped by the study's pruner, as an early stop
     test = module.test_metrics
     if test is not None:
         from reglab.analysis.metrics import adjusted_r2, score
@@ -237,6 +242,7 @@ def _fit_numbers(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
         "status": status,
         "diverged_at_step": module.diverged_at_step,
         "interrupted_by": module.interrupted_by,
+        **({"pruned_at": pruned} if pruned is not None else {}),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 4),

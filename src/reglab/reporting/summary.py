@@ -64,6 +64,13 @@ def _fmt(value: float | list[float] | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
+def sweep_job_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
+    """What a sweep job prints: its outcome, losses and dir (the whole summary is in its
+    train.log), so a 30-trial study reads as 30 short paragraphs."""
+    lines = summary_lines(metrics, run_dir)
+    return [*lines[:2], f"  run dir: {run_dir} (summary in train.log)"]
+
+
 def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     """A few lines a person reads at the end of a run."""
     exact = metrics.get("method") == "exact"
@@ -71,7 +78,9 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
            f"{metrics['epochs']} epochs, {metrics['steps']} steps")
     lines = [
         f"reglab: {metrics['hparams']['experiment']} {metrics['status']} in "
-        f"{metrics['fit_seconds']:.2f} s — {how}",
+        f"{metrics['fit_seconds']:.2f} s — {how}"
+        + (f" (the study's pruner stopped it after {metrics['pruned_at']} epochs)"
+           if metrics.get("status") == "pruned" else ""),
         f"  train loss {_fmt(metrics['train_loss'])}   val loss {_fmt(metrics['val_loss'])}",
     ]
     cv = metrics.get("cv")

@@ -49,6 +49,6 @@ class SweepReport(Callback):
             raise JobsFailed(["(sweep report)"]) from None  # unknown outcome: no success
         print(report.markdown, flush=True)
         failed = [row["job"] for row in report.rows
-                  if row["status"] not in ("completed", "fast_dev_run")]
+                  if row["status"] not in ("completed", "fast_dev_run", "pruned", "retried")]
         if failed:
             raise JobsFailed(failed)

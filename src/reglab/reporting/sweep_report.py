@@ -32,6 +32,10 @@ SUMMARY_MD = "sweep_summary.md"
 HEATMAP_PNG = "sweep_heatmap.png"
 CURVES_PNG = "sweep_curves.png"
 VALIDATION_CURVE_PNG = "sweep_validation_curve.png"
+#: An Optuna study's own charts (sweep dirs with a study.json).
+HISTORY_PNG = "study_history.png"
+IMPORTANCE_PNG = "study_importance.png"
+TRIAL_CURVES_PNG = "study_trial_curves.png"
 COLUMNS = ["job", "overrides", "status", "train_loss", "val_loss", "test_loss", "r2",
            "epochs", "fit_seconds", "run_dir", "error"]
 #: From a job's ``cv`` record; in the CSV (after val_loss) only when some job has one.
@@ -50,7 +54,7 @@ class Report:
     @property
     def best(self) -> dict[str, Any] | None:
         """The job with the lowest :func:`rank_loss` (K-fold mean when cross-validated)."""
-        done = [r for r in self.rows if rank_loss(r) is not None]
+        done = [r for r in self.rows if rank_loss(r) is not None and r["status"] != "pruned"]
         return min(done, key=lambda r: rank_loss(r) or 0.0) if done else None
 
 
@@ -139,11 +143,77 @@ def _read_metrics(path: Path) -> tuple[dict[str, Any], str]:
     return metrics, ""
 
 
-def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
-                                       dict[str, dict[str, Any]]]:
+def study_record(sweep_dir: Path) -> dict[str, Any] | None:
+    """The Optuna study behind a sweep dir (its ``study.json``): each trial's state,
+    value, parameters and reported curve, and the searched keys' importances. None for
+    a grid sweep, or a study whose storage cannot be opened from here (said in a warning)."""
+    import warnings
+
+    from reglab.search import study as studies
+
+    found = studies.read_study_file(sweep_dir)
+    if not found:
+        return None
+    try:
+        import optuna
+
+        studies.quiet_optuna()
+        study = optuna.load_study(study_name=str(found["study_name"]),
+                                  storage=studies.open_storage(str(found["storage"])))
+        trials = [{"number": t.number, "state": t.state.name, "value": t.value,
+                   "params": t.params, "intermediate": dict(t.intermediate_values),
+                   "user_attrs": t.user_attrs} for t in study.trials]
+    except Exception as exc:  # the jobs' own files still make the report
+        log.warning("sweep report: study %s in %s not read: %s: %s", found.get("study_name"),
+                    found.get("storage"), type(exc).__name__, str(exc)[:200])
+        return None
+    importances: dict[str, float] = {}
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    if len(complete) >= 3 and len(study.best_trial.params) > 0:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = {k: float(v) for k, v in
+                               optuna.importance.get_param_importances(study).items()}
+        except Exception as exc:  # too few distinct values, say: the chart is left out
+            log.info("sweep report: no importances: %s", exc)
+    return {"study_name": found["study_name"], "storage": found["storage"],
+            "direction": found.get("direction", "minimize"), "trials": trials,
+            "importances": importances}
+
+
+def _with_trial(row: dict[str, Any], trial: dict[str, Any] | None,
+                retried: dict[int, int]) -> None:
+    """A job's row completed by its trial: a job the sweep's process took down with it
+    (no record) is failed, or retried when its configuration ran again."""
+    if trial is None:
+        return
+    row["trial_state"] = trial["state"]
+    if row["status"] != "missing":
+        return
+    if trial["state"] == "FAIL":
+        again = retried.get(trial["number"])
+        row["status"] = "retried" if again is not None else "failed"
+        row["error"] = ("stopped with its sweep's process"
+                        + (f"; tried again as trial {again}" if again is not None else ""))
+    elif trial["state"] == "RUNNING":
+        row["status"] = "running"
+
+
+def job_rows(sweep_dir: Path, study: dict[str, Any] | None = None
+             ) -> tuple[list[dict[str, Any]], list[str], dict[str, dict[str, Any]]]:
     """One row per job, the swept keys, and each job's metrics.json (for curves)."""
     rows, overrides_by_job, metrics_by_job = [], {}, {}
-    for job in job_dirs(sweep_dir):
+    trials = {str(t["number"]): t for t in (study or {}).get("trials", [])}
+    retried = {t["user_attrs"]["reglab_retry_of"]: t["number"] for t in trials.values()
+               if isinstance(t["user_attrs"].get("reglab_retry_of"), int)}
+    try:
+        jobs = job_dirs(sweep_dir)
+    except ValueError:  # no job folders yet: a study's trials may still be rows
+        if not trials:
+            raise
+        jobs = []
+    for job in jobs:
         # From .hydra/overrides.yaml, or the run record when Hydra wrote no .hydra/.
         overrides = (saved_run(job) or {}).get("overrides")
         overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
@@ -168,6 +238,20 @@ def job_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str],
                 f"diverged at step {metrics['diverged_at_step']}"
                 if metrics.get("status") == "diverged" else ""),
         })
+        _with_trial(rows[-1], trials.get(name), retried)
+    for number, trial in sorted(trials.items(), key=lambda kv: int(kv[0])):
+        if number in metrics_by_job or trial["state"] == "WAITING":
+            continue
+        # A trial whose job never made its folder (the sweep was killed as it started).
+        shown = [f"{k}={v}" for k, v in trial["params"].items()]
+        overrides_by_job[number] = dict(trial["params"])
+        metrics_by_job[number] = {}
+        rows.append({"job": number, "overrides": " ".join(shown), "status": "missing",
+                     **dict.fromkeys(["train_loss", "val_loss", *CV_COLUMNS, "test_loss",
+                                      "r2", "epochs", "fit_seconds"]),
+                     "run_dir": "", "error": ""})
+        _with_trial(rows[-1], trial, retried)
+    rows.sort(key=lambda r: job_order(r["job"]))
     keys = list(dict.fromkeys(k for ov in overrides_by_job.values() for k in ov))
     swept = [k for k in keys
              if len({repr(ov.get(k)) for ov in overrides_by_job.values()}) > 1] or keys
@@ -195,17 +279,20 @@ def _cv_cell(row: dict[str, Any]) -> str:
 def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str:
     """The table sorted by :func:`rank_loss` (failed jobs last), the best row marked; a
     ``cv val_loss`` column (K-fold mean ± std) when some job was cross-validated."""
-    ordered = sorted(rows, key=lambda r: (rank_loss(r) is None, rank_loss(r) or 0.0,
-                                          job_order(r["job"])))
-    best = ordered[0] if ordered and rank_loss(ordered[0]) is not None else None
+    ordered = sorted(rows, key=lambda r: (rank_loss(r) is None, r["status"] == "pruned",
+                                          rank_loss(r) or 0.0, job_order(r["job"])))
+    best = (ordered[0] if ordered and rank_loss(ordered[0]) is not None
+            and ordered[0]["status"] != "pruned" else None)
     with_cv = any(_has_cv(r) for r in rows)
     cols = ["job", *swept, "status", *(["cv val_loss"] if with_cv else []), "val_loss",
             "train_loss", "test_loss", "r2", "epochs", "fit_seconds"]
     done = sum(r["status"] == "completed" for r in rows)
     smoke = sum(r["status"] == "fast_dev_run" for r in rows)  # smoke tests, not failures
+    pruned = sum(r["status"] == "pruned" for r in rows)  # stopped early by a study's pruner
     summary = (f"{len(rows)} jobs: {done} completed, "
+               + (f"{pruned} pruned, " if pruned else "")
                + (f"{smoke} fast_dev_run smoke tests, " if smoke else "")
-               + f"{len(rows) - done - smoke} not")
+               + f"{len(rows) - done - smoke - pruned} not")
     k = folds_label(rows)
     if best and number(best.get("cv_val_loss")) is not None:
         summary += (f"; best cv val_loss {_cv_cell(best)} ({k}-fold mean ± std,"
@@ -229,6 +316,33 @@ def to_markdown(rows: list[dict[str, Any]], swept: list[str], title: str) -> str
     return "\n".join(lines) + "\n"
 
 
+def study_markdown(study: dict[str, Any]) -> str:
+    """The study's own lines: trials by state, the best trial, the keys' importances."""
+    trials = study["trials"]
+    counts = {}
+    for t in trials:
+        counts[t["state"].lower()] = counts.get(t["state"].lower(), 0) + 1
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    lines = ["", f"Optuna study `{study['study_name']}` in {study['storage']} "
+             f"({study['direction']}): {len(trials)} trials: {states}."]
+    complete = [t for t in trials if t["state"] == "COMPLETE" and number(t["value"]) is not None]
+    if complete:
+        pick = min if study["direction"] == "minimize" else max
+        best = pick(complete, key=lambda t: t["value"])
+        params = ", ".join(f"{k}={cell(v)}" for k, v in best["params"].items())
+        lines.append(f"Best trial {best['number']}: {best['value']:.4g} ({params}).")
+    if study["importances"]:
+        lines.append("Importance (fANOVA): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(study["importances"].items(),
+                                               key=lambda kv: -kv[1])) + ".")
+    lines.append("Watch it live: optuna-dashboard " + _dashboard_url(study["storage"]))
+    return "\n".join(lines) + "\n"
+
+
+def _dashboard_url(storage: str) -> str:
+    return storage if "://" in storage else f"'{storage}'"
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
     """One line per job; the :data:`CV_COLUMNS` after val_loss when some job has them."""
     cols = ["job", "overrides", *swept, *COLUMNS[2:]]
@@ -245,8 +359,11 @@ def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
 def write_report(sweep_dir: str | Path) -> Report:
     """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
-    rows, swept, metrics_by_job = job_rows(sweep_dir)
+    study = study_record(sweep_dir)
+    rows, swept, metrics_by_job = job_rows(sweep_dir, study)
     markdown = to_markdown(rows, swept, sweep_dir.name)
+    if study is not None:
+        markdown += study_markdown(study)
     files = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
     write_csv(files[0], rows, swept)
     files[1].write_text(markdown)
@@ -256,9 +373,18 @@ def write_report(sweep_dir: str | Path) -> Report:
         plot_validation_curve,
     )
 
-    for name, draw in ((HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
-                       (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job)),
-                       (VALIDATION_CURVE_PNG, lambda p: plot_validation_curve(p, rows, swept))):
+    charts = [(HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
+              (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job)),
+              (VALIDATION_CURVE_PNG, lambda p: plot_validation_curve(p, rows, swept))]
+    if study is not None:
+        from reglab.reporting.figures import study_plots
+
+        trials = study["trials"]
+        charts += [
+            (HISTORY_PNG, lambda p: study_plots.plot_history(p, trials, study["direction"])),
+            (IMPORTANCE_PNG, lambda p: study_plots.plot_importance(p, study["importances"])),
+            (TRIAL_CURVES_PNG, lambda p: study_plots.plot_trial_curves(p, trials))]
+    for name, draw in charts:
         try:  # a chart that cannot be drawn must not cost the table
             if draw(sweep_dir / name):
                 files.append(sweep_dir / name)

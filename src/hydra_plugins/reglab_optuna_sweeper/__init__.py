@@ -1,0 +1,1 @@
+"""reglab's Optuna sweeper, where Hydra looks for plugins (``hydra_plugins``)."""

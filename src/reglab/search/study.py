@@ -1,0 +1,209 @@
+"""A study in its storage: where it lives, opening it, and what a killed sweep left.
+
+By default a study lives in ``study.db`` (SQLite) in its sweep dir, so the same command
+run again, or ``resume=<sweep dir>``, continues it. ``hydra.sweeper.storage`` may name any
+SQLAlchemy URL (PostgreSQL for several machines) or a journal file (``*.log``, for a file
+system several machines share). The study remembers the command it was started with and
+refuses a command that would mix other settings into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from reglab.errors import ConfigError
+
+log = logging.getLogger("reglab")
+
+STUDY_DB = "study.db"
+#: Beside the jobs: which storage and study the sweep dir's trials belong to.
+STUDY_FILE = "study.json"
+#: How often a running sweep says its trials are alive, and how long a silent trial on
+#: another machine is given before it is called stale (seconds).
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+#: User attributes reglab keeps on a study and its trials.
+OWNER = "reglab_owner"
+RETRY_OF = "reglab_retry_of"
+COMMAND = "reglab_command"
+
+
+def default_storage(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
+
+
+def shown(url: str) -> str:
+    """A storage URL with its password hidden, to print and to write into study.json."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing to hide in it
+        return url
+
+
+def open_storage(url: str, *, heartbeat: bool = False) -> Any:
+    """The Optuna storage ``url`` names; a journal file for paths ending in .log or
+    .journal. ``heartbeat`` turns on Optuna's record of live trials (RDB storages)."""
+    import optuna
+
+    if "://" not in url:
+        if not url.endswith((".log", ".journal")):
+            raise ConfigError(f"hydra.sweeper.storage: {url!r} is neither a database URL "
+                              "(sqlite:///study.db, postgresql://…) nor a journal file "
+                              "(*.log)")
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes (trials reporting, sweeps sharing a study) write one file.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if heartbeat:
+        kwargs.update(heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    try:
+        with warnings.catch_warnings():  # heartbeats: experimental since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # a driver missing, a server that does not answer
+        raise ConfigError(f"hydra.sweeper.storage: cannot open {shown(url)}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def quiet_optuna() -> None:
+    """Optuna's and Alembic's per-trial INFO lines off: reglab says what happened."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_propagation()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def open_study(storage: Any, name: str, *, direction: str, sampler: Any, pruner: Any,
+               command: dict[str, Any]) -> Any:
+    """The study ``name``, created or continued; refused when it was started by a command
+    with other settings or another search space (its trials would not compare)."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                pruner=pruner, direction=direction, load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"hydra.sweeper.direction: study {name!r} {study.direction.name.lower()}"
+                          f"s; this command asks to {direction}: name another "
+                          "hydra.sweeper.study_name")
+    before = study.user_attrs.get(COMMAND)
+    if before is None:
+        study.set_user_attr(COMMAND, command)
+    elif before != command:
+        changed = sorted(k for k in set(before) | set(command) if before.get(k) != command.get(k))
+        detail = "; ".join(f"{k}: {before.get(k)} then, {command.get(k)} now" for k in changed)
+        raise ConfigError(f"hydra.sweeper.study_name: study {name!r} was started with other "
+                          f"settings ({detail}); continue it with the same command, or name "
+                          "another hydra.sweeper.study_name")
+    return study
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a trial: this machine, process and its start, to tell a killed one."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid())}
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time as the kernel counts it (Linux), so a reused pid is not
+    taken for the process that died."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(who: dict[str, Any]) -> bool:
+    pid = who.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return who.get("started") is None or _started(pid) == who.get("started")
+
+
+def fail_stale(study: Any, storage: Any, *, retries: int = 1, room: int = 0
+               ) -> tuple[list[int], list[int]]:
+    """Fail the trials a killed sweep left RUNNING and queue each once more, while the
+    study has ``room`` for more trials (a killed trial counts as one of ``n_trials``).
+
+    A trial of a process on this machine that is gone is stale at once; on another
+    machine, once its heartbeat is older than the grace period (RDB storages). Returns
+    the numbers of the trials failed, and of those queued again.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    here = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = trial.user_attrs.get(OWNER) or {}
+        if who.get("host") != here or _alive(who):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            failed.append(trial.number)
+    if heartbeat_enabled(storage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, and still there
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        failed += sorted(after - before)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    queued = []
+    for number in failed:
+        trial = by_number[number]
+        if (trial.user_attrs.get(RETRY_OF) is None and retries > 0 and trial.params
+                and len(queued) < room):
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: number},
+                                skip_if_exists=False)
+            queued.append(number)
+    return failed, queued
+
+
+def heartbeat_enabled(storage: Any) -> bool:
+    """Whether ``storage`` records live trials (an RDB storage opened with a heartbeat)."""
+    import optuna
+
+    return (isinstance(storage, optuna.storages.RDBStorage)
+            and storage.get_heartbeat_interval() is not None)
+
+
+def write_study_file(sweep_dir: Path, url: str, name: str, direction: str) -> None:
+    """``study.json``: how the sweep report finds the study behind this dir's jobs."""
+    from reglab import run_files
+
+    run_files.write_json(sweep_dir / STUDY_FILE, {
+        "storage": shown(url), "study_name": name, "direction": direction,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def read_study_file(sweep_dir: Path) -> dict[str, Any] | None:
+    try:
+        found = json.loads((sweep_dir / STUDY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None

@@ -1,0 +1,187 @@
+"""reglab's Optuna sweeper through the real command: a study in SQLite that a killed
+sweep continues, pruning from inside the job (basic and joblib launchers), FAIL for a
+diverged trial, the search space read as Hydra's sweepers read it, and the dashboard
+reading the study back over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, script
+
+from reglab.errors import ConfigError
+from reglab.search import space as spaces
+
+optuna = pytest.importorskip("optuna")
+
+SMALL = ["experiment=noisy_line", "data.source.num_samples=60", "logger=none",
+         "callbacks.plots=null"]
+#: Two learning rates, one good and one far too small, and one that diverges; tried in
+#: a fixed order by the brute-force sampler. The threshold pruner stops the small one.
+THREE_RATES = ["-m", "hydra/sweeper=optuna", *SMALL, "trainer.max_epochs=12",
+               "optimizer.lr=choice(0.03,0.00001,1000.0)", "hydra.sweeper.n_trials=3",
+               "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+               "hydra.sweeper.sampler.seed=0",
+               "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+               "~hydra.sweeper.pruner.n_startup_trials", "+hydra.sweeper.pruner.upper=20",
+               "hydra.sweeper.pruner.n_warmup_steps=2"]
+
+
+def _study(sweep: Path) -> optuna.Study:
+    found = json.loads((sweep / "study.json").read_text())
+    return optuna.load_study(study_name=found["study_name"], storage=found["storage"])
+
+
+def _rows(sweep: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
+
+
+# -- the search space ------------------------------------------------------------------
+def test_the_search_space_reads_hydras_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = spaces.parse({"optimizer.lr": "tag(log, interval(1e-4, 1.0))",
+                          "data.batch_size": "choice(10, 20, 50)",
+                          "trainer.max_epochs": "range(5, 20, 5)",
+                          "model.hidden": "choice([8],[16,16])",
+                          "seed": 3},
+                         ["optimizer.weight_decay=int(interval(0, 4))", "data.batch_size=8,16"])
+    d = space.distributions
+    assert d["optimizer.lr"] == FloatDistribution(1e-4, 1.0, log=True)
+    assert d["data.batch_size"] == CategoricalDistribution([8, 16])  # the command line wins
+    assert d["trainer.max_epochs"] == IntDistribution(5, 15, step=5)
+    assert d["optimizer.weight_decay"] == IntDistribution(0, 4)
+    assert d["model.hidden"] == CategoricalDistribution(["[8]", "[16,16]"])
+    assert space.fixed == ["seed=3"]
+    overrides = space.overrides({"optimizer.lr": 0.1234567890123, "model.hidden": "[16,16]",
+                                 "data.batch_size": 8})
+    assert overrides == ["seed=3", "optimizer.lr=0.1234567890123", "model.hidden=[16,16]",
+                         "data.batch_size=8"]
+
+
+@pytest.mark.parametrize("value, why", [
+    ("interval(1.0, 0.1)", "the first the smaller"),
+    ("tag(log, interval(0, 1))", "positive lower end"),
+    ("tag(log, choice(1, 2))", "needs interval"),
+    ("range(5, 5)", "holds no value"),
+])
+def test_a_search_space_optuna_cannot_sample_is_refused(value: str, why: str):
+    with pytest.raises(ConfigError, match=why):
+        spaces.parse({"optimizer.lr": value}, [])
+
+
+def test_nothing_to_search_is_refused():
+    with pytest.raises(ConfigError, match="nothing to search"):
+        spaces.parse({"optimizer.lr": 0.1}, [])
+
+
+# -- studies through the command -------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_pruned_failed_and_complete_trials_keep_optunas_states(tmp_path: Path, launcher):
+    out = run_cli([script("reglab-train"), *THREE_RATES, *launcher,
+                   "hydra.sweeper.direction=maximize" if not launcher else "seed=1"],
+                  cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-3000:]  # the diverged trial failed
+    sweep = next((tmp_path / "outputs/noisy_line/studies").iterdir())
+    study = _study(sweep)
+    states = {t.params["optimizer.lr"]: t.state.name for t in study.trials}
+    assert states == {0.03: "COMPLETE", 1e-05: "PRUNED", 1000.0: "FAIL"}, states
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    assert max(pruned.intermediate_values) == 2  # stopped at the first epoch allowed
+    record = json.loads((sweep / str(pruned.number) / "metrics.json").read_text())
+    assert record["status"] == "pruned" and record["pruned_at"] == 3 and record["epochs"] == 3
+    assert (sweep / str(pruned.number) / "checkpoints" / "last.ckpt").is_file()
+    # A diverged trial is FAIL, never a value: maximizing does not make it the best.
+    assert study.best_trial.params["optimizer.lr"] == 0.03
+    rows = {r["optimizer.lr"]: r["status"] for r in _rows(sweep)}
+    assert rows == {"0.03": "completed", "1e-05": "pruned", "1000.0": "diverged"}
+    report = (sweep / "sweep_summary.md").read_text()
+    assert "3 jobs: 1 completed, 1 pruned, 1 not" in report
+    assert "1 complete, 1 fail, 1 pruned" in report
+
+
+@pytest.mark.slow
+def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tmp_path: Path):
+    args = [script("reglab-train"), "hparams_search=optuna", *SMALL, "trainer.max_epochs=25",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in first.stdout:  # killed while its second trial runs
+        seen.append(line)
+        if sum("] trial " in s for s in seen) == 1:
+            time.sleep(0.3)
+            first.send_signal(signal.SIGKILL)
+            break
+    first.wait()
+    first.stdout.close()
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "were left running by a sweep that stopped" in again.stdout + again.stderr
+    sweep = next((tmp_path / "outputs/noisy_line/studies").iterdir())
+    study = _study(sweep)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"], states  # 3 in all, as asked
+    killed = next(t for t in study.trials if t.state.name == "FAIL")
+    retry = next(t for t in study.trials if t.user_attrs.get("reglab_retry_of") == killed.number)
+    assert retry.params == killed.params and retry.state.name == "COMPLETE"
+    rows = _rows(sweep)
+    assert sorted(r["status"] for r in rows) == ["completed", "completed", "retried"]
+    # A third run of the same command finds the study whole and adds nothing.
+    third = run_cli(args, cwd=tmp_path)
+    assert third.returncode == 0 and len(_study(sweep).trials) == 3
+
+    pytest.importorskip("optuna_dashboard")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = json.loads((sweep / "study.json").read_text())["storage"]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen([str(dashboard), url, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        studies = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert studies and studies[0]["study_name"] == study.study_name
+        sid = studies[0]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}", timeout=5) as r:
+            detail = json.loads(r.read())
+        assert len(detail["trials"]) == 3
+        assert sorted(t["state"] for t in detail["trials"]) == ["Complete"] * 2 + ["Fail"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_study_refuses_a_command_with_other_settings(tmp_path: Path):
+    base = [script("reglab-train"), "hparams_search=optuna", *SMALL, "trainer.max_epochs=2",
+            "hydra.sweeper.n_trials=1"]
+    assert run_cli(base, cwd=tmp_path).returncode == 0
+    other = run_cli([*base, "optimizer.momentum=0.5"], cwd=tmp_path)
+    assert other.returncode == 2, other.stderr[-2000:]
+    line = other.stderr.strip().splitlines()[-1]
+    assert line.startswith("reglab-train: error: hydra.sweeper.study_name: study ")
+    assert "optimizer.momentum=0.5" in line
+    parallel = run_cli([*base, "hydra.sweeper.n_jobs=2"], cwd=tmp_path)
+    assert parallel.returncode == 2
+    assert "hydra/launcher=joblib" in parallel.stderr.strip().splitlines()[-1]
