@@ -425,11 +425,16 @@ class RunDirCheck(Callback):  # type: ignore[misc]
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         if not _first_process():
             return
+        from reglab.config.checks import check_launcher
         from reglab.errors import ReglabError
 
         command = str(config.hydra.job.name)
         try:
-            why = sweep_occupied(config, Path(str(config.hydra.sweep.dir)))
+            check_launcher(config.hydra)
+            # A study's dir holds the study the same command continues: reglab's Optuna
+            # sweeper checks that dir itself, once it knows the study.
+            study = "reglab_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", ""))
+            why = None if study else sweep_occupied(config, Path(str(config.hydra.sweep.dir)))
         except ReglabError as exc:
             why = str(exc)
         if why:

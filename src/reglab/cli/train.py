@@ -294,6 +294,18 @@ def main() -> None:
         common.composition_failed("reglab-train", exc)
     except OSError as exc:  # Hydra could not make or write the run dir (read-only, full)
         common.fault("reglab-train", exc)
+    except Exception as exc:
+        from reglab.reporting.sweep_callback import report_cut_short
+
+        # A launcher that lost a job's process (os.abort, an OOM kill) ends the sweep:
+        # the jobs that ran are reported, and the command says what stopped it.
+        sweep_dir = report_cut_short(exc)
+        if sweep_dir is None:
+            raise
+        print(f"reglab-train: error: the sweep stopped: a job's process died "
+              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''});"
+              f" the jobs that ran are reported in {sweep_dir}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except SystemExit as exc:
         if exc.code == 1 and not started:  # Hydra could not compose the config
             sys.exit(common.BAD_INPUT)

@@ -55,6 +55,18 @@ def check_overwrite(cfg: Any) -> bool:
     return flag(cfg, "overwrite")
 
 
+def check_launcher(hydra_cfg: Any) -> None:
+    """A sweep's launcher can start jobs here: SLURM's needs ``sbatch`` on the PATH (a
+    sweep refused before it makes its dir, not submitit's traceback after)."""
+    import shutil
+
+    target = str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
+    if "SlurmLauncher" in target and shutil.which("sbatch") is None:
+        raise ConfigError("hydra/launcher=slurm: no SLURM here (sbatch is not on the PATH); "
+                          "run from a SLURM login node, or run the jobs on this machine with "
+                          "hydra/launcher=local or hydra/launcher=joblib")
+
+
 def is_whole(value: Any, minimum: int | None = None, also: tuple[int, ...] = ()) -> bool:
     """A whole number (``True``, which is an int to Python and YAML's ``true``, is not)
     at least ``minimum``, or one of the special values ``also`` (``-1``: no limit)."""

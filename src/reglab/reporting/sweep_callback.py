@@ -30,11 +30,49 @@ class JobsFailed(SystemExit):
         self.jobs = jobs
 
 
+#: The sweep dir of the multirun this process runs, once Hydra has started it: a sweep a
+#: launcher aborts (a job's process killed) is still reported from here.
+_RUNNING: list[Path] = []
+
+
+def report_cut_short(exc: BaseException) -> Path | None:
+    """After a launcher raised mid-sweep (a joblib or submitit job's process died):
+    write the report of the jobs on disk and return the sweep dir; None when no sweep
+    was running."""
+    if not _RUNNING:
+        return None
+    from reglab.reporting.sweep_report import write_report
+
+    sweep_dir = _RUNNING.pop()
+    try:
+        print(write_report(sweep_dir).markdown, flush=True)
+    except Exception as again:  # the jobs' own files are on disk whatever happens here
+        log.error("sweep report failed: %s: %s", type(again).__name__, again)
+    return sweep_dir
+
+
 class SweepReport(Callback):
     """Writes the sweep summary, heat map and curves when a multirun ends."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Pin the sweep dir, resolved once here, for every job: a job that picks another
+        experiment (``-m experiment=noisy_line,origin``) has another ``task_name``, and
+        would otherwise resolve ``hydra.sweep.dir`` to a dir of its own, away from the
+        report. (reglab's Optuna sweeper pins its study's dir itself.)"""
+        from omegaconf import flag_override
+
+        if "reglab_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
+            _RUNNING.append(Path(str(config.hydra.sweep.dir)))  # the study's, once pinned
+            return
+        resolved = str(config.hydra.sweep.dir)
+        _RUNNING.append(Path(resolved))
+        quoted = "'" + resolved.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        with flag_override(config, ["readonly", "struct"], [False, False]):
+            config.hydra.sweep.dir = resolved
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
@@ -42,6 +80,7 @@ class SweepReport(Callback):
         from reglab.reporting.sweep_report import write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        _RUNNING.clear()
         try:
             report = write_report(sweep_dir)
         except Exception as exc:  # the jobs' own results are on disk whatever happens here

@@ -38,6 +38,9 @@ IMPORTANCE_PNG = "study_importance.png"
 TRIAL_CURVES_PNG = "study_trial_curves.png"
 COLUMNS = ["job", "overrides", "status", "train_loss", "val_loss", "test_loss", "r2",
            "epochs", "fit_seconds", "run_dir", "error"]
+#: Overrides that say how a job ran, not what it tried: ``resume=<sweep>/<job>`` adds
+#: the checkpoint and the TensorBoard version it continues.
+NOT_SWEPT = {"ckpt_path", "logger.tensorboard.version", "overwrite", "resume"}
 #: From a job's ``cv`` record; in the CSV (after val_loss) only when some job has one.
 CV_COLUMNS = ["cv_val_loss", "cv_val_std", "cv_train_loss", "folds"]
 # How Hydra writes small and large floats (1e-06, 1e+20); YAML 1.1 reads them as strings.
@@ -252,7 +255,8 @@ def job_rows(sweep_dir: Path, study: dict[str, Any] | None = None
                      "run_dir": "", "error": ""})
         _with_trial(rows[-1], trial, retried)
     rows.sort(key=lambda r: job_order(r["job"]))
-    keys = list(dict.fromkeys(k for ov in overrides_by_job.values() for k in ov))
+    keys = [k for k in dict.fromkeys(k for ov in overrides_by_job.values() for k in ov)
+            if k not in NOT_SWEPT]
     swept = [k for k in keys
              if len({repr(ov.get(k)) for ov in overrides_by_job.values()}) > 1] or keys
     for row in rows:
