@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,55 @@ def test_resuming_a_sweep_job_keeps_one_tensorboard_run(tmp_path: Path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss_epoch")][-1] > 0
     assert len({round(e.value, 9) for e in acc.Scalars("train/loss_epoch")}) == 5
+
+
+def test_keys_resume_adds_are_not_swept_columns(tmp_path: Path):
+    done = {"status": "completed", "train_loss": 0.2, "val_loss": 0.2, "epochs": 3}
+    _fake_job(tmp_path, 0, ["optimizer.lr=0.001"], done)
+    _fake_job(tmp_path, 1, ["optimizer.lr=0.01", "ckpt_path=/x/1/checkpoints/last.ckpt",
+                            "logger.tensorboard.version='optimizer.lr=0.01'"], done)
+    assert sweep_report.write_report(tmp_path).swept == ["optimizer.lr"]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_experiments_is_one_sweep_with_one_report(tmp_path: Path):
+    """Each experiment names its own task; the jobs still share the sweep's dir."""
+    out = run_cli([script("reglab-train"), "-m", "experiment=noisy_line,origin",
+                   "trainer.max_epochs=2", "logger=none", "callbacks.plots=null"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep,) = list(tmp_path.glob("outputs/*/multiruns/*"))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
+    assert sorted(r["experiment"] for r in rows) == ["noisy_line", "origin"]
+
+
+def test_slurm_without_slurm_is_one_line_and_leaves_nothing(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "-m", "hydra/launcher=slurm",
+                   "optimizer.lr=0.01,0.02"], cwd=tmp_path,
+                  env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "reglab-train: error: hydra/launcher=slurm: no SLURM here (sbatch is not on the PATH);"
+        " run from a SLURM login node, or run the jobs on this machine with "
+        "hydra/launcher=local or hydra/launcher=joblib"]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_job_process_that_dies_under_joblib_ends_the_sweep_with_a_report(tmp_path: Path):
+    (tmp_path / "aborting.py").write_text(
+        "import os\nimport pytorch_lightning as pl\n\n\n"
+        "class Boom(pl.Callback):\n"
+        "    def __init__(self, lr):\n        self.lr = lr\n\n"
+        "    def on_train_start(self, trainer, module):\n"
+        "        if self.lr == 0.1:\n            os.abort()\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = run_cli([script("reglab-train"), "-m", *SMALL, "logger=none", "callbacks.plots=null",
+                   "+callbacks.boom._target_=aborting.Boom", "+callbacks.boom.lr=${optimizer.lr}",
+                   "optimizer.lr=0.1,0.01", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                  cwd=tmp_path, env=env)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("reglab-train: error: the sweep stopped: a job's process died "
+                           "(TerminatedWorkerError"), last
+    (sweep,) = list(tmp_path.glob("outputs/*/multiruns/*"))
+    assert (sweep / "sweep_summary.csv").is_file()
