@@ -68,6 +68,8 @@ def number(value: Any) -> float | None:
 def rank_loss(row: dict[str, Any]) -> float | None:
     """The validation loss a sweep is decided by: the K-fold mean when the job was
     cross-validated (one split's loss is one draw of the noise), else its val loss."""
+    if row.get("status") in ("diverged", "failed", "interrupted"):
+        return None  # a diverged job's last loss (1e37) is not a result to rank or draw
     cv = number(row.get("cv_val_loss"))
     return cv if cv is not None else number(row.get("val_loss"))
 

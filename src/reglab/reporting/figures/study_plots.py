@@ -35,7 +35,9 @@ def plot_history(path: Path, trials: list[dict[str, Any]], direction: str) -> bo
         best = t["value"] if best is None else pick(best, t["value"])
         xs.append(t["number"])
         ys.append(best)
-    ax.step(xs, ys, where="post", color="black", lw=1.2, label="best so far")
+    last = max(t["number"] for t in trials)
+    ax.step([*xs, last], [*ys, ys[-1]], where="post", color="black", lw=1.2,
+            label="best so far")
     for state, marker in (("PRUNED", "v"), ("FAIL", "x")):
         these = [t["number"] for t in trials if t["state"] == state]
         if these:
@@ -45,6 +47,7 @@ def plot_history(path: Path, trials: list[dict[str, Any]], direction: str) -> bo
     values = [t["value"] for t in done]
     if min(values) > 0 and max(values) / min(values) > 30:
         ax.set_yscale("log")
+    ax.set_xlim(-0.5, last + 0.5)
     ax.set_xlabel("trial")
     ax.set_ylabel("val loss (objective)")
     ax.set_title(f"Optimization history: {len(trials)} trials")
@@ -94,6 +97,9 @@ def plot_trial_curves(path: Path, trials: list[dict[str, Any]]) -> bool:
                 color=colour, ms=4)
     if positive:
         ax.set_yscale("log")
+    finals = [t["value"] for t in drawn if t["state"] == "COMPLETE" and _finite(t["value"])]
+    if finals and positive:  # a diverging trial's 1e37 must not flatten the others
+        ax.set_ylim(top=max(finals) * 1e3)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         n = sum(t["state"] == state for t in drawn)
         if n:

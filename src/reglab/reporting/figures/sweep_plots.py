@@ -68,28 +68,33 @@ def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) ->
         ax.set_yscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"{what} (red: failed)")
+    elif _scattered(rows, swept[0]) or _scattered(rows, swept[1]):
+        _scatter(fig, ax, rows, swept[0], swept[1], what)
     else:
         kx, ky = swept[0], swept[1]
         xs = sorted({r[kx] for r in rows}, key=_sort_key)
         ys = sorted({r[ky] for r in rows}, key=_sort_key)
         grid = [[math.nan] * len(xs) for _ in ys]
+        tried: dict[tuple[int, int], str] = {}  # a cell's jobs: "ok" or the last failure
         for r in rows:  # with more than two keys swept: the best over the others
             v = rank_loss(r)
             i, j = ys.index(r[ky]), xs.index(r[kx])
+            tried[i, j] = "ok" if v is not None else tried.get((i, j), r["status"])
             if v is not None and (math.isnan(grid[i][j]) or v < grid[i][j]):
                 grid[i][j] = v
         finite = [v for line in grid for v in line if not math.isnan(v) and v > 0]
         norm = LogNorm(min(finite), max(finite)) if finite and min(finite) < max(finite) else None
         image = ax.imshow(grid, cmap="viridis_r", norm=norm, aspect="auto", origin="lower")
-        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+        ax.set_xticks(range(len(xs)), [cell(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [cell(y) for y in ys])
         ax.set_xlabel(kx)
         ax.set_ylabel(ky)
         best = min(finite) if finite else None
         for i, line in enumerate(grid):
             for j, v in enumerate(line):
-                if math.isnan(v):
-                    ax.text(j, i, "failed", ha="center", va="center", color="tab:red")
+                if math.isnan(v):  # a failure says which; a combination not tried, nothing
+                    if (i, j) in tried:
+                        ax.text(j, i, tried[i, j], ha="center", va="center", color="tab:red")
                     continue
                 # viridis_r is bright at low loss: dark text there, light text elsewhere.
                 bright = norm is None or norm(v) < 0.5
@@ -100,6 +105,57 @@ def plot_comparison(path: Path, rows: list[dict[str, Any]], swept: list[str]) ->
     ax.set_title("Sweep: final validation loss")
     fig.savefig(path, dpi=110)
     return True
+
+
+def _scattered(rows: list[dict[str, Any]], key: str) -> bool:
+    """Whether ``key`` took too many values for a grid: a search's continuous values."""
+    values = {r.get(key) for r in rows}
+    return len(values) > 8 and all(isinstance(v, (int, float)) for v in values)
+
+
+def _scatter(fig: Figure, ax: Any, rows: list[dict[str, Any]], kx: str, ky: str,
+             what: str) -> None:
+    """Two searched keys as a scatter coloured by val loss (log scale): a search's
+    values do not form a grid. Failed and diverged jobs are red crosses."""
+    from matplotlib.colors import LogNorm
+
+    def positions(key: str) -> tuple[list[Any], list[str] | None]:
+        values = [r.get(key) for r in rows]
+        if all(isinstance(v, (int, float)) for v in values):
+            return values, None
+        names = sorted({str(v) for v in values})
+        return [names.index(str(v)) for v in values], names
+
+    px, nx = positions(kx)
+    py, ny = positions(ky)
+    done = [(x, y, rank_loss(r)) for x, y, r in zip(px, py, rows, strict=True)
+            if rank_loss(r) is not None]
+    bad = [(x, y) for x, y, r in zip(px, py, rows, strict=True) if rank_loss(r) is None]
+    values = [v for _, _, v in done if v > 0]
+    # Three decades above the best at most: one job far behind must not wash out the rest.
+    top = min(max(values), min(values) * 1e3) if values else None
+    norm = LogNorm(min(values), top) if values and min(values) < top else None
+    if done:
+        points = ax.scatter([d[0] for d in done], [d[1] for d in done],
+                            c=[d[2] for d in done], cmap="viridis_r", norm=norm, s=36,
+                            edgecolors="black", linewidths=0.4, zorder=3)
+        fig.colorbar(points, ax=ax, label=f"{what} (log scale)", extend="max")
+        best = min(done, key=lambda d: d[2])
+        ax.plot([best[0]], [best[1]], marker="*", ms=16, color="gold", mec="black",
+                ls="none", zorder=4, label=f"best {best[2]:.3g}")
+    if bad:
+        ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", color="tab:red",
+                   zorder=3, label=f"failed / diverged ({len(bad)})")
+    for axis, scale, names, pos in ((ax.xaxis, ax.set_xscale, nx, px),
+                                    (ax.yaxis, ax.set_yscale, ny, py)):
+        if names is not None:
+            axis.set_ticks(range(len(names)), names)
+        elif _is_log_axis(pos):
+            scale("log")
+    ax.set_xlabel(kx)
+    ax.set_ylabel(ky)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
 
 
 def plot_curves(path: Path, rows: list[dict[str, Any]], swept: list[str],
@@ -115,16 +171,21 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], swept: list[str],
         history = (metrics_by_job.get(r["job"]) or {}).get("history") or {}
         pts = [(e, v) for e, v in history.get("val_loss") or history.get("train_loss") or []
                if v is not None and v > 0]
-        if len(pts) < 2:  # an exact fit (or a job cut short) has no curve to draw
-            continue
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={r.get(k)}" for k in swept) or f"job {r['job']}"
         ok = r["status"] == "completed"
+        if len(pts) < (2 if ok else 1):  # an exact fit has no curve to draw
+            continue
+        label = " ".join(f"{k.rsplit('.', 1)[-1]}={cell(r.get(k))}" for k in swept) or (
+            f"job {r['job']}")
         if ok:
             completed_max = max(completed_max, max(p[1] for p in pts))
         else:
             label += f" ({r['status']})"
-        ax.plot([p[0] + 1 for p in pts], [p[1] for p in pts], label=label, lw=1.4,
-                ls="-" if ok else ":")
+        failed = r["status"] in ("diverged", "failed", "interrupted")
+        line = ax.plot([p[0] + 1 for p in pts], [p[1] for p in pts], label=label, lw=1.4,
+                       ls="-" if ok else ":", color="tab:red" if failed else None)
+        if not ok:  # where it stopped: a cross for a failure, a triangle for a pruned job
+            ax.plot([pts[-1][0] + 1], [pts[-1][1]], marker="x" if failed else "v", ms=7,
+                    color=line[0].get_color(), ls="none")
         drawn += 1
     if not drawn:
         return False
