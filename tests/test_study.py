@@ -170,6 +170,13 @@ def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tm
     finally:
         server.terminate()
         server.wait(timeout=10)
+    # resume=<study dir>, from anywhere, runs the study's own command in its dir again.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    more = run_cli([script("reglab-train"), f"resume={sweep}", "hydra.sweeper.n_trials=4"],
+                   cwd=elsewhere)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert len(_study(sweep).trials) == 4 and not (elsewhere / "outputs").exists()
 
 
 @pytest.mark.slow

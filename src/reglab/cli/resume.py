@@ -26,6 +26,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     import yaml
 
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    if (run_dir / "study.json").is_file():
+        return _study_argv(argv, run_dir)
     saved = saved_run(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if saved is None:
@@ -51,6 +53,26 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not any(k == "logger" or k.startswith("logger.") for k in skip):
         previous += _tensorboard_version(run_dir, saved)
     return [argv[0], *previous, *extra, f"hydra.run.dir={run_dir}", f"ckpt_path={ckpt}"]
+
+
+def _study_argv(argv: list[str], sweep_dir: Path) -> list[str]:
+    """``resume=<study dir>``: the command that started the study (from the sweep's
+    ``multirun.yaml``), in that dir again, so it continues to ``n_trials`` in all."""
+    import yaml
+
+    try:
+        saved = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {})["hydra"]
+        overrides = saved["overrides"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ReglabError(f"resume: {sweep_dir} holds a study but no readable multirun.yaml "
+                          f"({type(exc).__name__}); run its command again instead") from None
+    extra = [a for a in argv[1:] if not a.startswith("resume=")]
+    given = {a.split("=", 1)[0].lstrip("+~") for a in extra} | {"hydra.sweep.dir"}
+    launch = (saved.get("runtime") or {}).get("cwd")
+    previous = [_anchored(str(o), launch) for o in [*(overrides.get("task") or []),
+                                                    *(overrides.get("hydra") or [])]
+                if str(o).split("=", 1)[0].lstrip("+~") not in given]
+    return [argv[0], *previous, *extra, f"hydra.sweep.dir={sweep_dir}"]
 
 
 def _tensorboard_version(run_dir: Path, saved: dict[str, Any]) -> list[str]:

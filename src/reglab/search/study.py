@@ -108,12 +108,27 @@ def open_study(storage: Any, name: str, *, direction: str, sampler: Any, pruner:
     if before is None:
         study.set_user_attr(COMMAND, command)
     elif before != command:
-        changed = sorted(k for k in set(before) | set(command) if before.get(k) != command.get(k))
-        detail = "; ".join(f"{k}: {before.get(k)} then, {command.get(k)} now" for k in changed)
+        detail = "; ".join(_differences(before, command))
         raise ConfigError(f"hydra.sweeper.study_name: study {name!r} was started with other "
                           f"settings ({detail}); continue it with the same command, or name "
                           "another hydra.sweeper.study_name")
     return study
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between the command a study started with and this one, briefly."""
+    out = []
+    old_overrides, new_overrides = set(before.get("overrides", [])), set(now.get("overrides", []))
+    if old_overrides - new_overrides:
+        out.append(f"then {' '.join(sorted(old_overrides - new_overrides))}")
+    if new_overrides - old_overrides:
+        out.append(f"now {' '.join(sorted(new_overrides - old_overrides))}")
+    old_space, new_space = before.get("space", {}), now.get("space", {})
+    for key in sorted(set(old_space) | set(new_space)):
+        if old_space.get(key) != new_space.get(key):
+            out.append(f"{key} searched over {old_space.get(key, 'nothing')} then, "
+                       f"{new_space.get(key, 'nothing')} now")
+    return out or ["another command"]
 
 
 def owner() -> dict[str, Any]:

@@ -106,7 +106,7 @@ class StudyLoop:
         from omegaconf import OmegaConf, open_dict
 
         self.launcher = sweeper.launcher
-        cfg = sweeper.config
+        cfg = self.cfg = sweeper.config
         settings = {k: v for k, v in sweeper.settings.items()}
         for old, new in _OLD_KEYS.items():
             if settings.get(old) is not None:
@@ -184,6 +184,10 @@ class StudyLoop:
                         "failed; %s", self.name, ", ".join(map(str, stale)), again)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         studies.write_study_file(self.sweep_dir, self.url, self.name, self.direction)
+        # As Hydra's own sweeper does: the command's config, which resume=<dir> reads.
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(self.cfg, self.sweep_dir / "multirun.yaml")
         done = self._counted()
         log.info("study %s (%s): %d of %d trials already run; results in %s", self.name,
                  studies.shown(self.url), done, self.n_trials, self.sweep_dir)
