@@ -292,3 +292,23 @@ def test_a_job_process_that_dies_under_joblib_ends_the_sweep_with_a_report(tmp_p
                            "(TerminatedWorkerError"), last
     (sweep,) = list(tmp_path.glob("outputs/*/multiruns/*"))
     assert (sweep / "sweep_summary.csv").is_file()
+
+
+def test_curves_by_optimizer_step_and_in_panels_when_many(tmp_path: Path):
+    """Steps are epochs times a run's steps per epoch (exact); 12 curves over two keys are
+    split into one panel per batch size."""
+    from reglab.reporting.figures import sweep_plots
+
+    for n, (bs, lr) in enumerate((b, r) for b in (10, 20, 50) for r in (0.001, 0.003, 0.01, 0.03)):
+        hist = [[e, 10 / (1 + e * lr * bs)] for e in range(5)]
+        _fake_job(tmp_path, n, [f"data.batch_size={bs}", f"optimizer.lr={lr}"],
+                  {"status": "completed", "val_loss": hist[-1][1], "train_loss": hist[-1][1],
+                   "epochs": 5, "steps": 5 * (150 // bs), "history": {"val_loss": hist}})
+    report = sweep_report.write_report(tmp_path, x_axis="step")
+    assert _is_png(tmp_path / "sweep_curves.png")
+    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    assert [p[0] for p in sweep_plots._curve(report.rows[0], metrics, "step")] == [
+        15, 30, 45, 60, 75]
+    out = run_cli([script("reglab-sweep-report"), str(tmp_path), "--x-axis", "step"],
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr

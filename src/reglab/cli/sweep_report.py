@@ -14,11 +14,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Summarise a reglab sweep: CSV, Markdown, heat map, loss curves and,"
                     " for one numeric swept key, a validation curve.")
     parser.add_argument("sweep_dir", type=Path, help="outputs/<task>/multiruns/<stamp>")
+    parser.add_argument("--x-axis", choices=["epoch", "step"], default="epoch",
+                        help="what sweep_curves.png draws the losses against (step: "
+                             "optimizer steps, to compare batch sizes)")
     args = parser.parse_args(argv)
     try:
         from reglab.reporting.sweep_report import write_report
 
-        report = write_report(args.sweep_dir)
+        report = write_report(args.sweep_dir, args.x_axis)
     except (FileNotFoundError, ValueError) as exc:
         print(f"reglab-sweep-report: error: {exc}", file=sys.stderr)
         return 2

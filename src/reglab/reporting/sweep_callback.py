@@ -54,8 +54,9 @@ def report_cut_short(exc: BaseException) -> Path | None:
 class SweepReport(Callback):
     """Writes the sweep summary, heat map and curves when a multirun ends."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, x_axis: str = "epoch") -> None:
         self.enabled = enabled
+        self.x_axis = x_axis
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Pin the sweep dir, resolved once here, for every job: a job that picks another
@@ -82,7 +83,7 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         _RUNNING.clear()
         try:
-            report = write_report(sweep_dir)
+            report = write_report(sweep_dir, self.x_axis)
         except Exception as exc:  # the jobs' own results are on disk whatever happens here
             log.error("sweep report failed: %s: %s", type(exc).__name__, exc, exc_info=True)
             raise JobsFailed(["(sweep report)"]) from None  # unknown outcome: no success

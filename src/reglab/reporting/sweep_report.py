@@ -362,8 +362,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]], swept: list[str]) -> None:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in cols})
 
 
-def write_report(sweep_dir: str | Path) -> Report:
-    """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``."""
+def write_report(sweep_dir: str | Path, x_axis: str = "epoch") -> Report:
+    """Write the CSV, Markdown, heat map, curves and validation curve into ``sweep_dir``;
+    ``x_axis`` (epoch or step) is what the curves are drawn against."""
     sweep_dir = Path(sweep_dir)
     study = study_record(sweep_dir)
     rows, swept, metrics_by_job = job_rows(sweep_dir, study)
@@ -380,7 +381,7 @@ def write_report(sweep_dir: str | Path) -> Report:
     )
 
     charts = [(HEATMAP_PNG, lambda p: plot_comparison(p, rows, swept)),
-              (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job)),
+              (CURVES_PNG, lambda p: plot_curves(p, rows, swept, metrics_by_job, x_axis)),
               (VALIDATION_CURVE_PNG, lambda p: plot_validation_curve(p, rows, swept))]
     if study is not None:
         from reglab.reporting.figures import study_plots

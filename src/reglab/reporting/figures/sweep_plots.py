@@ -158,44 +158,85 @@ def _scatter(fig: Figure, ax: Any, rows: list[dict[str, Any]], kx: str, ky: str,
     ax.legend(fontsize=8, loc="best")
 
 
+#: What ``sweep_curves.png`` may put on its x axis.
+X_AXES = ("epoch", "step")
+#: More curves than this on one chart are split into panels by the first swept key.
+CURVES_PER_PANEL = 10
+
+
+def _curve(r: dict[str, Any], metrics: dict[str, Any], x_axis: str
+           ) -> list[tuple[float, float]]:
+    """A job's val loss (train loss without a val split) by epoch or by optimizer step.
+
+    Every epoch of a run has the same number of steps, so a step count is the epoch
+    times the run's steps per epoch: exact, no guess."""
+    history = metrics.get("history") or {}
+    pts = [(e + 1, v) for e, v in history.get("val_loss") or history.get("train_loss") or []
+           if v is not None and v > 0]
+    if x_axis == "step":
+        epochs, steps = metrics.get("epochs"), metrics.get("steps")
+        if not epochs or not steps:
+            return []
+        pts = [(e * steps / epochs, v) for e, v in pts]
+    return pts
+
+
 def plot_curves(path: Path, rows: list[dict[str, Any]], swept: list[str],
-                metrics_by_job: dict[str, dict[str, Any]]) -> bool:
-    """Every job's val loss per epoch on one log-scale chart."""
+                metrics_by_job: dict[str, dict[str, Any]], x_axis: str = "epoch") -> bool:
+    """Every job's val loss per epoch (or per optimizer step, which compares batch sizes
+    fairly) on log-scale charts: one chart, or one panel per value of the first swept key
+    when there are more than :data:`CURVES_PER_PANEL` curves."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
-    drawn = 0
-    completed_max = 0.0
-    for r in rows:
-        history = (metrics_by_job.get(r["job"]) or {}).get("history") or {}
-        pts = [(e, v) for e, v in history.get("val_loss") or history.get("train_loss") or []
-               if v is not None and v > 0]
-        ok = r["status"] == "completed"
-        if len(pts) < (2 if ok else 1):  # an exact fit has no curve to draw
-            continue
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={cell(r.get(k))}" for k in swept) or (
-            f"job {r['job']}")
-        if ok:
-            completed_max = max(completed_max, max(p[1] for p in pts))
-        else:
-            label += f" ({r['status']})"
-        failed = r["status"] in ("diverged", "failed", "interrupted")
-        line = ax.plot([p[0] + 1 for p in pts], [p[1] for p in pts], label=label, lw=1.4,
-                       ls="-" if ok else ":", color="tab:red" if failed else None)
-        if not ok:  # where it stopped: a cross for a failure, a triangle for a pruned job
-            ax.plot([pts[-1][0] + 1], [pts[-1][1]], marker="x" if failed else "v", ms=7,
-                    color=line[0].get_color(), ls="none")
-        drawn += 1
-    if not drawn:
+    curves = [(r, pts) for r in rows
+              if len(pts := _curve(r, metrics_by_job.get(r["job"]) or {}, x_axis))
+              >= (2 if r["status"] == "completed" else 1)]  # an exact fit has no curve
+    if not curves:
         return False
-    ax.set_yscale("log")
-    if completed_max > 0:  # a diverged job's curve leaves the chart instead of flattening it
-        ax.set_ylim(top=completed_max * 3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val loss")
-    ax.set_title("Sweep: validation loss per epoch")
-    ax.legend(fontsize=7, ncol=2 if drawn > 8 else 1, loc="best")
+    groups: dict[Any, list[Any]] = {None: curves}
+    if len(curves) > CURVES_PER_PANEL and len(swept) > 1:
+        split = swept[0]
+        values = sorted({r.get(split) for r, _ in curves}, key=_sort_key)
+        if 1 < len(values) <= 6:
+            groups = {v: [c for c in curves if c[0].get(split) == v] for v in values}
+    n = len(groups)
+    cols = min(n, 3)
+    rows_n = math.ceil(n / cols)
+    fig = Figure(figsize=(7.5 if n == 1 else 5.0 * cols, 4.8 if n == 1 else 3.9 * rows_n),
+                 layout="constrained")
+    axes = fig.subplots(rows_n, cols, squeeze=False, sharey=True)
+    completed = [max(p[1] for p in pts) for r, pts in curves if r["status"] == "completed"]
+    lowest = min(p[1] for _, pts in curves for p in pts)
+    # Red is kept for failures: the curves cycle through the other colours.
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+               "tab:gray", "tab:olive", "tab:cyan"]
+    for ax, (value, members) in zip(axes.flat, groups.items(), strict=False):
+        ax.set_prop_cycle(color=palette)
+        shown = [k for k in swept if value is None or k != swept[0]]
+        for r, pts in members:
+            label = " ".join(f"{k.rsplit('.', 1)[-1]}={cell(r.get(k))}" for k in shown) or (
+                f"job {r['job']}")
+            ok = r["status"] == "completed"
+            if not ok:
+                label += f" ({r['status']})"
+            failed = r["status"] in ("diverged", "failed", "interrupted")
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, lw=1.4,
+                           ls="-" if ok else ":", color="tab:red" if failed else None)
+            if not ok:  # where it stopped: a cross for a failure, a triangle when pruned
+                ax.plot([pts[-1][0]], [pts[-1][1]], marker="x" if failed else "v", ms=7,
+                        color=line[0].get_color(), ls="none")
+        ax.set_yscale("log")
+        # A diverged job's curve leaves the chart instead of flattening it; the panels
+        # share one range, so it is set from every curve.
+        ax.set_ylim(lowest / 1.5, max(completed) * 3 if completed else None)
+        ax.set_xlabel("optimizer step" if x_axis == "step" else "epoch")
+        ax.set_ylabel("val loss")
+        if value is not None:
+            ax.set_title(f"{swept[0]}={cell(value)}", fontsize=10)
+        ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1, loc="best")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"Sweep: validation loss per {'step' if x_axis == 'step' else 'epoch'}")
     fig.savefig(path, dpi=110)
     return True
 
