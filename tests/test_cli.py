@@ -185,3 +185,15 @@ def test_every_readme_training_command_composes_as_written(tmp_path: Path):
         compose(experiment_argv(["reglab-train", *args])[1:], tmp_path / "run")
         checked += 1
     assert checked >= 20
+
+
+def test_no_progress_bar_where_there_is_no_terminal(tmp_path: Path):
+    """Captured output (a pipe, a log file, CI) gets the summary, not redrawn bars."""
+    args = [script("reglab-train"), "experiment=noisy_line", "trainer.max_epochs=40",
+            "logger=none", "callbacks.plots=null", "callbacks.progress_bar.refresh_seconds=0.01"]
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "step/s" not in out.stderr + out.stdout
+    forced = run_cli([*args, "callbacks.progress_bar.only_on_terminal=false", "overwrite=true",
+                      "hydra.run.dir=forced"], cwd=tmp_path)
+    assert "step/s" in forced.stderr, forced.stderr[-2000:]

@@ -100,6 +100,13 @@ class LastCheckpoint(pl.Callback):
         self._last_write = time.monotonic()
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 class FitProgressBar(ProgressBar):
     """One bar over every optimizer step of the fit, redrawn every ``refresh_seconds``.
 
@@ -109,9 +116,11 @@ class FitProgressBar(ProgressBar):
     and test passes over in-memory data take milliseconds and get no bar of their own.
     """
 
-    def __init__(self, refresh_seconds: float = 0.5) -> None:
+    def __init__(self, refresh_seconds: float = 0.5, only_on_terminal: bool = True) -> None:
         super().__init__()
         self.refresh_seconds = float(refresh_seconds)
+        # Redrawn bars in a log file, a pipe or CI's output are noise: a terminal only.
+        self.only_on_terminal = bool(only_on_terminal)
         self._enabled = True
         self._bar: Any = None
         self._wanted = False  # a bar opens once the fit has run refresh_seconds
@@ -126,7 +135,8 @@ class FitProgressBar(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._wanted = self._enabled and trainer.is_global_zero
+        self._wanted = self._enabled and trainer.is_global_zero and (
+            not self.only_on_terminal or _is_terminal(sys.stderr))
         self._last_draw = self._started = time.monotonic()
         self._rows = 0
 
