@@ -263,7 +263,10 @@ def job_rows(sweep_dir: Path, study: dict[str, Any] | None = None
              if len({repr(ov.get(k)) for ov in overrides_by_job.values()}) > 1] or keys
     for row in rows:
         for key in swept:
-            row[key] = overrides_by_job[row["job"]].get(key)
+            value = overrides_by_job[row["job"]].get(key)
+            # A list or mapping (model.hidden=[64,64]) is a label to group and plot by.
+            row[key] = value if isinstance(value, (str, int, float, bool, type(None))) \
+                else json.dumps(value, separators=(",", ":"))
     return rows, swept, metrics_by_job
 
 

@@ -51,9 +51,11 @@ def shown(url: str) -> str:
         return url
 
 
-def open_storage(url: str, *, heartbeat: bool = False) -> Any:
+def open_storage(url: str, *, heartbeat: bool = False, checked: bool = False) -> Any:
     """The Optuna storage ``url`` names; a journal file for paths ending in .log or
-    .journal. ``heartbeat`` turns on Optuna's record of live trials (RDB storages)."""
+    .journal. ``heartbeat`` turns on Optuna's record of live trials (RDB storages);
+    ``checked``: the sweeper has made and checked the tables already (a trial's job),
+    so the schema check (~50 ms of Alembic) is skipped."""
     import optuna
 
     if "://" not in url:
@@ -74,6 +76,8 @@ def open_storage(url: str, *, heartbeat: bool = False) -> Any:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     if heartbeat:
         kwargs.update(heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    if checked:
+        kwargs.update(skip_compatibility_check=True, skip_table_creation=True)
     try:
         with warnings.catch_warnings():  # heartbeats: experimental since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
