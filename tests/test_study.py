@@ -192,3 +192,48 @@ def test_a_study_refuses_a_command_with_other_settings(tmp_path: Path):
     parallel = run_cli([*base, "hydra.sweeper.n_jobs=2"], cwd=tmp_path)
     assert parallel.returncode == 2
     assert "hydra/launcher=joblib" in parallel.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("MedianPruner", {"n_startup_trials": 2, "n_warmup_steps": 1}),
+    ("PercentilePruner", {"percentile": 25.0}),
+    ("SuccessiveHalvingPruner", {}),
+    ("HyperbandPruner", {"min_resource": 1, "max_resource": 12}),
+    ("ThresholdPruner", {"upper": 3.0}),
+    ("NopPruner", {})], ids=lambda v: v if isinstance(v, str) else "")
+def test_the_jobs_pruning_decisions_are_optunas_own(tmp_path: Path, name: str, kwargs: dict):
+    """The callback decides on an in-memory copy of the study; at every step its answer
+    is what Optuna's own ``Trial.should_prune`` gives on the stored study."""
+    import math
+
+    from optuna.distributions import FloatDistribution
+
+    from reglab.search.pruning import TrialPruning
+
+    def pruner() -> optuna.pruners.BasePruner:
+        return getattr(optuna.pruners, name)(**kwargs)
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="s", pruner=pruner())
+    space = {"lr": FloatDistribution(1e-3, 1.0, log=True)}
+    for n in range(6):  # finished trials with curves of several heights
+        trial = study.ask(space)
+        for step in range(12):
+            trial.report(1.0 + n * 0.5 + 2.0 / (step + 1), step)
+        study.tell(trial, 1.0 + n * 0.5)
+    mine = study.ask(space)
+    storage = optuna.storages.RDBStorage(url)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("s"), mine.number)
+    reference = optuna.load_study(study_name="s", storage=url, pruner=pruner())
+    callback = TrialPruning(url, "s", mine.number, pruner())
+    for step in range(12):
+        value = 2.2 + 3.0 / (step + 1) + 0.1 * math.sin(step)
+        ours = callback._should_prune(value, step)
+        callback._flush()
+        # A Trial object reads the stored trial when made: one per step sees this value.
+        theirs = optuna.trial.Trial(reference, trial_id).should_prune()
+        assert ours == theirs, (name, step)
+    callback.teardown(None, None, "fit")  # type: ignore[arg-type]
+    stored = optuna.load_study(study_name="s", storage=url).trials[-1].intermediate_values
+    assert sorted(stored) == list(range(12))  # every value reached the storage

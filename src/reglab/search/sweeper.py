@@ -228,21 +228,23 @@ class StudyLoop:
                                   f"{str(exc).splitlines()[0][:200]}") from None
         return built[0], built[1]
 
-    def _counted(self) -> int:
-        from optuna.trial import TrialState
+    def _states(self) -> dict[str, int]:
+        """How many of the study's trials are in each state (one query)."""
+        counts: dict[str, int] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        return counts
 
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-        return len(self.study.get_trials(deepcopy=False, states=states))
-
-    def _waiting(self) -> int:
-        from optuna.trial import TrialState
-
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    def _counted(self, counts: dict[str, int] | None = None) -> int:
+        """Trials that count toward ``n_trials``: run, running or failed (not queued)."""
+        counts = self._states() if counts is None else counts
+        return sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))
 
     def _ask(self) -> Any | None:
         with self.lock:
-            if self.stop.is_set() or (self._counted() >= self.n_trials
-                                      and not self._waiting()):
+            counts = self._states()
+            if self.stop.is_set() or (self._counted(counts) >= self.n_trials
+                                      and not counts.get("WAITING")):
                 return None  # a queued retry runs even when the count is reached
             with warnings.catch_warnings():
                 # Optuna warns that heartbeats belong to Study.optimize; this loop keeps
@@ -285,31 +287,30 @@ class StudyLoop:
                     self.storage.set_trial_state_values(trial_id, state, values)
                 self.stop.set()
             self._report(trial, result)
-            self._check_failures()
 
     def _report(self, trial: Any, result: Outcome) -> None:
-        from optuna.trial import TrialState
-
+        """One line per finished trial, and the failure-rate stop (one query for both)."""
+        trials = self.study.get_trials(deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
         shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
-        done = self._counted() - len(self.in_flight)
+        done = self._counted(counts) - len(self.in_flight)
         what = (f"val/loss {result.value:.4g}" if result.state == "COMPLETE"
                 else f"{result.state.lower()}: {result.detail}")
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
         best = ""
-        if self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            best = (f" (best {self.study.best_value:.4g}, trial "
-                    f"{self.study.best_trial.number})")
+        if complete:
+            pick = min if self.direction == "minimize" else max
+            top = pick(complete, key=lambda t: t.value)
+            best = f" (best {top.value:.4g}, trial {top.number})"
         log.info("trial %d [%d/%d] %s → %s%s", trial.number, done, self.n_trials, shown,
                  what, best)
-
-    def _check_failures(self) -> None:
-        from optuna.trial import TrialState
-
-        finished = self.study.get_trials(deepcopy=False, states=(
-            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-        failed = sum(t.state == TrialState.FAIL for t in finished)
-        if finished and failed / len(finished) > self.max_failure_rate and not self.stop.is_set():
+        finished = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+        failed = counts.get("FAIL", 0)
+        if finished and failed / finished > self.max_failure_rate and not self.stop.is_set():
             log.error("study %s: %d of %d trials failed, above hydra.sweeper.max_failure_rate="
-                      "%g; no more trials are started", self.name, failed, len(finished),
+                      "%g; no more trials are started", self.name, failed, finished,
                       self.max_failure_rate)
             self.stop.set()
 
