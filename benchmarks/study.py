@@ -35,9 +35,10 @@ BEFORE_OVERHEAD_S = 1.423
 QUIET = ["logger=none", "callbacks.plots=null"]
 
 
-def train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+def train(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+          bin_dir: Path = BIN) -> tuple[float, str]:
     start = time.perf_counter()
-    out = subprocess.run([str(BIN / "reglab-train"), *args], cwd=cwd, text=True,
+    out = subprocess.run([str(bin_dir / "reglab-train"), *args], cwd=cwd, text=True,
                          capture_output=True, env=env)
     return time.perf_counter() - start, out.stdout + out.stderr
 
@@ -111,19 +112,25 @@ def resume(root: Path, trials: int = 30, kill_after: int = 10) -> dict[str, Any]
             "second_command_s": round(seconds, 1)}
 
 
-def overhead(root: Path, trials: int = 20, reps: int = 3) -> dict[str, Any]:
-    """Wall time of a study of 1-epoch jobs minus the jobs' own fit seconds, per trial."""
-    per_trial = []
-    for rep in range(reps):
-        sweep = root / f"overhead{rep}"
-        seconds, _ = train(["hparams_search=optuna", f"hydra.sweeper.n_trials={trials}",
-                            "trainer.max_epochs=1", "optimizer.lr=interval(0.001,0.05)",
-                            f"hydra.sweep.dir={sweep}"], root)
-        fits = sum(r.get("fit_seconds") or 0.0 for r in records(sweep))
-        per_trial.append((seconds - fits) / trials)
-    ours = statistics.median(per_trial)
-    return {"per_trial_s": [round(x, 3) for x in per_trial], "median_s": round(ours, 3),
-            "before_s": BEFORE_OVERHEAD_S, "ratio": round(ours / BEFORE_OVERHEAD_S, 3),
+def overhead(root: Path, trials: int = 20, reps: int = 3,
+             before: Path | None = None) -> dict[str, Any]:
+    """Wall time of a study of 1-epoch jobs minus the jobs' own fit seconds, per trial;
+    with ``before`` (the bin dir of a venv holding main before this sweeper, with
+    hydra-optuna-sweeper), the same command there, the two alternating."""
+    args = ["hparams_search=optuna", f"hydra.sweeper.n_trials={trials}",
+            "trainer.max_epochs=1", "optimizer.lr=interval(0.001,0.05)"]
+    ours, theirs = [], []
+    for _ in range(reps):
+        for bin_dir, found in ((BIN, ours), *(((before, theirs),) if before else ())):
+            sweep = root / f"overhead-{len(found)}-{bin_dir.parent.name}"
+            seconds, _ = train([*args, f"hydra.sweep.dir={sweep}"], root, bin_dir=bin_dir)
+            fits = sum(r.get("fit_seconds") or 0.0 for r in records(sweep))
+            found.append((seconds - fits) / trials)
+    mine = statistics.median(ours)
+    base = statistics.median(theirs) if theirs else BEFORE_OVERHEAD_S
+    return {"per_trial_s": [round(x, 3) for x in ours], "median_s": round(mine, 3),
+            "before_per_trial_s": [round(x, 3) for x in theirs] or "recorded",
+            "before_s": round(base, 3), "ratio": round(mine / base, 3),
             **storage_share(root, trials)}
 
 
@@ -200,6 +207,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40, help="trials of the pruning study")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of a pruning trial")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="bin dir of a venv with main before reglab's sweeper (its "
+                             "reglab-train), for the overhead figure side by side")
     args = parser.parse_args()
     wanted = args.figures or ["pruning", "resume", "overhead", "parallel"]
     results: dict[str, dict[str, Any]] = {}
@@ -210,6 +220,8 @@ def main() -> None:
             print(f"[study] {name} …", flush=True)
             if name == "pruning":
                 results[name] = pruning(root, args.trials, args.epochs)
+            elif name == "overhead":
+                results[name] = overhead(root, before=args.before)
             else:
                 results[name] = globals()[name](root)
             print(json.dumps(results[name], indent=1), flush=True)
