@@ -159,9 +159,9 @@ def storage_share(root: Path, trials: int) -> dict[str, Any]:
 
 
 def parallel(root: Path, trials: int = 20) -> dict[str, Any]:
-    """20 trials of unequal length (5 or 60 epochs), one worker against two."""
+    """20 trials of unequal length (20 or 200 epochs), one worker against two."""
     base = ["-m", "hydra/sweeper=optuna", "experiment=noisy_line",
-            "optimizer.lr=tag(log, interval(0.001, 0.05))", "trainer.max_epochs=choice(5,60)",
+            "optimizer.lr=tag(log, interval(0.001, 0.05))", "trainer.max_epochs=choice(20,200)",
             f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.pruner=null",
             "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
             "hydra.sweeper.sampler.seed=0", *QUIET]
