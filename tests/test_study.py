@@ -180,6 +180,19 @@ def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tm
 
 
 @pytest.mark.slow
+def test_a_study_that_fails_too_often_stops_starting_trials(tmp_path: Path):
+    out = run_cli([script("reglab-train"), "-m", "hydra/sweeper=optuna", *SMALL,
+                   "trainer.max_epochs=3", "optimizer.lr=choice(1000.0,2000.0)",
+                   "hydra.sweeper.n_trials=5", "hydra.sweeper.max_failure_rate=0.5"],
+                  cwd=tmp_path)
+    assert out.returncode == 1
+    assert "above hydra.sweeper.max_failure_rate=0.5; no more trials are started" in (
+        out.stdout + out.stderr)
+    sweep = next((tmp_path / "outputs/noisy_line/studies").iterdir())
+    assert [t.state.name for t in _study(sweep).trials] == ["FAIL"]
+
+
+@pytest.mark.slow
 def test_a_study_refuses_a_command_with_other_settings(tmp_path: Path):
     base = [script("reglab-train"), "hparams_search=optuna", *SMALL, "trainer.max_epochs=2",
             "hydra.sweeper.n_trials=1"]
