@@ -177,3 +177,29 @@ def test_eval_finds_a_relative_data_file_from_another_directory(tmp_path: Path):
     evaluated = json.loads((only_eval_dir(elsewhere) / "eval_metrics.json").read_text())
     trained = json.loads((run / "metrics.json").read_text())
     assert evaluated["metrics"]["mse"] == pytest.approx(trained["test"]["mse"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_file_the_run_never_saw_is_scored_whole(tmp_path: Path):
+    """Its 'test split' would be a fifth of rows the model never saw anyway."""
+    (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i},{3 * i + 1}\n" for i in range(40)))
+    run = train(tmp_path, "data=csv", "data.source.path=t.csv", "data.source.target=y",
+                "trainer.max_epochs=2", "callbacks.plots=null")
+    (tmp_path / "next.csv").write_text("a,y\n" + "".join(f"{i},{3 * i + 1}\n"
+                                                          for i in range(40, 90)))
+    out = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}",
+                   "data.source.path=next.csv", "hydra.run.dir=whole"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "whole" / "eval_metrics.json").read_text())
+    assert record["split"] == "all" and record["rows"] == 50
+    assert "a file the run did not train on" in out.stdout
+    asked = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}",
+                     "data.source.path=next.csv", "split=test", "hydra.run.dir=part"],
+                    cwd=tmp_path)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    part = json.loads((tmp_path / "part" / "eval_metrics.json").read_text())
+    assert part["split"] == "test" and part["rows"] == 10  # as asked: its own test split
+    same = run_cli([script("reglab-eval"), f"ckpt_path={run / 'model.pt'}",
+                    "hydra.run.dir=own"], cwd=tmp_path)
+    assert json.loads((tmp_path / "own" / "eval_metrics.json").read_text())["split"] == "test"
+    assert same.returncode == 0

@@ -86,36 +86,42 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     from reglab.artifacts import read_trained
     from reglab.config.parts import is_reglab_data
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
+    split, why_split = str(cfg.split), None
+    if (unseen := _unseen_file(train_cfg, trained, data_overrides or [])) and not _split_given():
+        # Rows the run never saw: its split of them means nothing; every row is scored.
+        split = "all"
+        why_split = (f"every row of {unseen}, a file the run did not train on "
+                     "(split=test would score only its own test split)")
     _same_table(train_cfg, trained, data_overrides or [], checks.flag(cfg, "allow_changed_data"),
-                str(cfg.split))
+                split)
     datamodule = instantiate(train_cfg.data)
     if is_reglab_data(datamodule):
         datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
         num_features = datamodule.prepare().num_features
         splits = datamodule.splits
-        missing = (f"this data has no {cfg.split} split (test_fraction is "
+        missing = (f"this data has no {split} split (test_fraction is "
                    f"{datamodule.test_fraction}); try split=all")
     else:
         defined = _defined_splits(datamodule)
-        if cfg.split != "all" and cfg.split not in defined:
+        if split != "all" and split not in defined:
             raise errors.DataError(
-                f"split: {type(datamodule).__qualname__} has no {cfg.split}_dataloader; "
+                f"split: {type(datamodule).__qualname__} has no {split}_dataloader; "
                 f"try split={' or split='.join([*defined, 'all'])}")
-        splits = _loader_splits(datamodule, defined if cfg.split == "all" else [cfg.split])
+        splits = _loader_splits(datamodule, defined if split == "all" else [split])
         if not splits:
             raise errors.DataError(f"data: {type(datamodule).__qualname__} served no "
                                      "batches to score")
         num_features = int(next(iter(splits.values()))[0].shape[-1])
-        missing = f"{type(datamodule).__qualname__}.{cfg.split}_dataloader served no batches"
+        missing = f"{type(datamodule).__qualname__}.{split}_dataloader served no batches"
     width = trained.in_features
     if width is not None and num_features != width:
         raise errors.DataError(f"data: {num_features} feature columns, but the model "
                                  f"takes {width} ({', '.join(trained.features or [])})")
-    if cfg.split == "all":
+    if split == "all":
         parts = {id(v): v for v in splits.values()}.values()  # val may be train
         x, y = (torch.cat(t) for t in zip(*parts, strict=True))
-    elif cfg.split in splits:
-        x, y = splits[cfg.split]
+    elif split in splits:
+        x, y = splits[split]
     else:
         raise errors.DataError(f"split: {missing}")
     model = trained.model
@@ -132,7 +138,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
         "status": "completed",
         "ckpt_path": str(ckpt_path.resolve()),
         "run_dir": str(run_dir_of(ckpt_path).resolve()),
-        "split": cfg.split,
+        "split": split,
+        **({"split_why": why_split} if why_split else {}),
         "rows": sums.n,
         "data": OmegaConf.to_container(train_cfg.data, resolve=True),
         "metrics": metrics,
@@ -144,6 +151,36 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / EVAL_FILE, out)
     return out
+
+
+def _split_given() -> bool:
+    """Whether the command line named ``split=`` (Hydra's record of it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True  # called from Python: cfg.split is what was asked for
+    return any(str(o).lstrip("+~").split("=", 1)[0] == "split"
+               for o in HydraConfig.get().overrides.task)
+
+
+def _unseen_file(cfg: DictConfig, trained: Any, overrides: list[str]) -> str | None:
+    """The table ``data.source.path`` names when it is not the one the run trained on
+    (another path, or the same path holding other bytes); None otherwise."""
+    if not _overridden(overrides, "data.source.path"):
+        return None
+    source = cfg.data.get("source") if isinstance(cfg.get("data"), DictConfig) else None
+    path = Path(str(source.get("path"))).expanduser() if isinstance(source, DictConfig) else None
+    if path is None or not path.is_file():
+        return None  # the table reader names the missing file
+    recorded = trained.data_file
+    if recorded is None:
+        return str(path)
+    from reglab.data.tables import file_identity
+
+    algorithm = "blake2b" if "blake2b" in recorded else "sha256"
+    now = file_identity(path, algorithm)
+    same = (now["bytes"], now[algorithm]) == (recorded.get("bytes"), recorded.get(algorithm))
+    return None if same else str(path)
 
 
 #: Split name → the Lightning stage its dataloader is set up for.

@@ -31,6 +31,8 @@ def table(out: dict[str, Any], out_dir: Path) -> str:
                                    for k, v in flat.items())]
     width = max(len(r[0]) for r in rows)
     lines = [f"reglab-eval: {out['split']} split, {out['rows']} rows, {out['ckpt_path']}"]
+    if out.get("split_why"):
+        lines.append(f"  scored: {out['split_why']}")
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     if out.get("least_squares"):
         lines.append("  least squares of the run's training split, in the data's units:")
