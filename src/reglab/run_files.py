@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,20 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
+    """``write(tmp)`` into a temporary name beside ``path`` (same suffix, so a picture's
+    format is still read from it), then renamed over ``path``: two processes writing the
+    same report (sweeps sharing a study) never leave half of one."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        result = write(tmp)
+        if tmp.exists():
+            os.replace(tmp, path)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _finite(value: Any, key: str, found: list[str]) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from reglab.run_files import saved_run
+from reglab.run_files import saved_run, write_whole
 
 log = logging.getLogger("reglab")
 
@@ -379,8 +379,8 @@ def write_report(sweep_dir: str | Path, x_axis: str = "epoch") -> Report:
     if study is not None:
         markdown += study_markdown(study)
     files = [sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD]
-    write_csv(files[0], rows, swept)
-    files[1].write_text(markdown)
+    write_whole(files[0], lambda tmp: write_csv(tmp, rows, swept))
+    write_whole(files[1], lambda tmp: tmp.write_text(markdown))
     from reglab.reporting.figures.sweep_plots import (
         plot_comparison,
         plot_curves,
@@ -400,7 +400,7 @@ def write_report(sweep_dir: str | Path, x_axis: str = "epoch") -> Report:
             (TRIAL_CURVES_PNG, lambda p: study_plots.plot_trial_curves(p, trials))]
     for name, draw in charts:
         try:  # a chart that cannot be drawn must not cost the table
-            if draw(sweep_dir / name):
+            if write_whole(sweep_dir / name, draw):
                 files.append(sweep_dir / name)
         except Exception as exc:
             log.warning("sweep report: %s not drawn: %s: %s", name, type(exc).__name__, exc)
