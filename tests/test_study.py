@@ -42,6 +42,17 @@ def _study(sweep: Path) -> optuna.Study:
     return optuna.load_study(study_name=found["study_name"], storage=found["storage"])
 
 
+def _wait_for_a_running_trial(root: Path, timeout: float = 30.0) -> None:
+    """Until the study under ``root`` holds a RUNNING trial (its next job has started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for found in root.glob("outputs/*/studies/*/study.json"):
+            if any(t.state.name == "RUNNING" for t in _study(found.parent).trials):
+                return
+        time.sleep(0.05)
+    raise AssertionError("no trial started running")
+
+
 def _rows(sweep: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((sweep / "sweep_summary.csv").read_text().splitlines()))
 
@@ -123,7 +134,7 @@ def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tm
     for line in first.stdout:  # killed while its second trial runs
         seen.append(line)
         if sum("] trial " in s for s in seen) == 1:
-            time.sleep(0.3)
+            _wait_for_a_running_trial(tmp_path)
             first.send_signal(signal.SIGKILL)
             break
     first.wait()
