@@ -292,7 +292,10 @@ class RegressionModule(pl.LightningModule):
         if rows:
             mean = total / rows
             # logger=False: written below without Lightning's flush of every logger.
-            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, logger=False)
+            # Already the global mean on every rank: sync_dist averages equal numbers
+            # (the same value), as Lightning asks of an epoch metric under DDP.
+            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, logger=False,
+                     sync_dist=trainer.world_size > 1)
             cut_short = (self.interrupted_by is not None and trainer.world_size == 1
                          and self._epoch_batches < trainer.num_training_batches)
             if cut_short:
