@@ -261,3 +261,35 @@ def test_the_jobs_pruning_decisions_are_optunas_own(tmp_path: Path, name: str, k
     callback.teardown(None, None, "fit")  # type: ignore[arg-type]
     stored = optuna.load_study(study_name="s", storage=url).trials[-1].intermediate_values
     assert sorted(stored) == list(range(12))  # every value reached the storage
+
+
+def test_trials_in_flight_follow_the_launchers_workers():
+    from reglab.search.sweeper import _slots
+
+    def launcher(name: str, **joblib: object) -> object:
+        return type(name, (), {"joblib": joblib})()
+
+    assert _slots({}, launcher("JoblibLauncher", n_jobs=2)) == 2
+    assert _slots({}, launcher("JoblibLauncher", n_jobs=1)) == 1  # not every core
+    assert _slots({}, launcher("JoblibLauncher", n_jobs=-1)) == (os.cpu_count() or 1)
+    assert _slots({"n_jobs": 3}, launcher("JoblibLauncher", n_jobs=2)) == 3
+    assert _slots({}, launcher("BasicLauncher")) == 1
+    with pytest.raises(ConfigError, match="hydra/launcher=joblib"):
+        _slots({"n_jobs": 2}, launcher("BasicLauncher"))
+    assert spaces.quoted("/a b/it's") == "'/a b/it\\'s'"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("hydra.sweeper.sampler._target_=optuna.samplers.Nope", "hydra.sweeper.sampler: cannot build"),
+    ("hydra.sweeper.storage=notes.txt", "hydra.sweeper.storage: 'notes.txt' is neither"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials: 0 is not a whole number"),
+])
+def test_a_bad_study_setting_is_one_line_and_leaves_nothing(tmp_path: Path, bad: str, says: str):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "mine.txt").write_text("keep\n")
+    out = run_cli([script("reglab-train"), "hparams_search=optuna", bad], cwd=tmp_path)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"reglab-train: error: {says}"), line
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["mine.txt"]
+    assert (tmp_path / "outputs" / "mine.txt").read_text() == "keep\n"

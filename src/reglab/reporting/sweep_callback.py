@@ -70,10 +70,11 @@ class SweepReport(Callback):
             return
         resolved = str(config.hydra.sweep.dir)
         _RUNNING.append(Path(resolved))
-        quoted = "'" + resolved.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        from reglab.search.space import quoted
+
         with flag_override(config, ["readonly", "struct"], [False, False]):
             config.hydra.sweep.dir = resolved
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted}")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(resolved)}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:

@@ -37,6 +37,11 @@ class SearchSpace:
         return out
 
 
+def quoted(text: str) -> str:
+    """``text`` as one quoted value of Hydra's override grammar (a path, a URL)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _as_text(value: Any) -> str:
     """A sampled value in Hydra's override grammar (floats at full precision)."""
     if isinstance(value, bool):

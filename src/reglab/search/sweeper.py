@@ -14,12 +14,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reglab import run_files
 from reglab.errors import ConfigError
 from reglab.search import space as spaces
 from reglab.search import study as studies
@@ -45,11 +47,6 @@ class Outcome:
     detail: str = ""
 
 
-def _quoted(text: str) -> str:
-    """``text`` as one quoted value of Hydra's override grammar."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _sweep_dir(cfg: Any, name: str) -> Path:
     """The study's dir: ``hydra.sweep.dir`` when the command names it, else
     ``<output_dir>/<task>/studies/<study name>``, the same every time the command runs."""
@@ -68,7 +65,7 @@ def _slots(settings: dict[str, Any], launcher: Any) -> int:
         n_jobs = 1
         if kind == "JoblibLauncher":
             wanted = launcher.joblib.get("n_jobs") if hasattr(launcher, "joblib") else None
-            n_jobs = os.cpu_count() or 1 if wanted in (None, -1) else int(wanted)
+            n_jobs = (os.cpu_count() or 1) if wanted in (None, -1) else int(wanted)
     if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
         raise ConfigError(f"hydra.sweeper.n_jobs: {n_jobs!r} is not a whole number ≥ 1")
     if n_jobs > 1 and kind == "BasicLauncher":
@@ -84,7 +81,7 @@ def outcome(ret: Any) -> Outcome:
 
     run_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads((run_dir / run_files.METRICS_FILE).read_text())
     except (OSError, ValueError) as exc:
         why = "the job raised" if ret.status == JobStatus.FAILED else f"no record ({exc})"
         return Outcome("FAIL", None, "failed", why)
@@ -161,6 +158,17 @@ class StudyLoop:
                               "name another hydra.sweep.dir")
 
     def open(self) -> None:
+        """Open (or start) the study; a refused command removes the dirs it made."""
+        made = next((p for p in reversed([self.sweep_dir, *self.sweep_dir.parents])
+                     if not p.exists()), None)
+        try:
+            self._open()
+        except ConfigError:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)  # nothing in it was there before
+            raise
+
+    def _open(self) -> None:
         from optuna.trial import TrialState
 
         self._check_dir()
@@ -317,9 +325,9 @@ class StudyLoop:
     # -- the jobs --------------------------------------------------------------------
     def _overrides(self, trial: Any) -> list[str]:
         return [*self.space.overrides(trial.params),
-                f"hydra.sweeper.storage={_quoted(self.url)}",
-                f"hydra.sweeper.study_name={_quoted(self.name)}",
-                f"hydra.sweep.dir={_quoted(str(self.sweep_dir))}"]
+                f"hydra.sweeper.storage={spaces.quoted(self.url)}",
+                f"hydra.sweeper.study_name={spaces.quoted(self.name)}",
+                f"hydra.sweep.dir={spaces.quoted(str(self.sweep_dir))}"]
 
     def _run_one(self, trial: Any) -> None:
         try:
