@@ -105,6 +105,10 @@ def test_optuna_sweep_completes(tmp_path: Path):
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
     assert len({r["optimizer.lr"] for r in rows}) == 3  # the sampler proposed lr values
     assert _is_png(sweep / "study_history.png")
+    # Each job prints a short paragraph; its whole summary is in its train.log.
+    assert out.stdout.count("(summary in train.log)") == 3
+    assert "least squares on the training split" not in out.stdout
+    assert "least squares on the training split" in (sweep / "0" / "train.log").read_text()
 
 
 @pytest.mark.slow

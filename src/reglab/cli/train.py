@@ -155,10 +155,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         raise
     run_files.write_json(run_dir / run_files.METRICS_FILE, metrics)
     tensorboard.log_run(trainer.loggers, metrics, closed)
-    text = "\n".join(summary.summary_lines(metrics, run_dir))
-    run_setup.append_to_log_files(text)  # train.log holds the whole summary
+    lines = summary.summary_lines(metrics, run_dir)
+    run_setup.append_to_log_files("\n".join(lines))  # train.log holds the whole summary
     if run_setup.is_multirun():  # a sweep's console: a short paragraph per job
-        text = "\n".join(summary.sweep_job_lines(metrics, run_dir))
+        lines = summary.sweep_job_lines(lines, run_dir)
+    text = "\n".join(lines)
     try:
         print(text, flush=True)
     except OSError as exc:  # the run is recorded; only the console failed

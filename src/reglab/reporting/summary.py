@@ -64,10 +64,10 @@ def _fmt(value: float | list[float] | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
-def sweep_job_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
-    """What a sweep job prints: its outcome, losses and dir (the whole summary is in its
-    train.log), so a 30-trial study reads as 30 short paragraphs."""
-    lines = summary_lines(metrics, run_dir)
+def sweep_job_lines(lines: list[str], run_dir: Path) -> list[str]:
+    """What a sweep job prints of its :func:`summary_lines`: its outcome, losses and dir
+    (the whole summary is in its train.log), so a 30-trial study reads as 30 short
+    paragraphs."""
     return [*lines[:2], f"  run dir: {run_dir} (summary in train.log)"]
 
 
