@@ -293,3 +293,22 @@ def test_a_bad_study_setting_is_one_line_and_leaves_nothing(tmp_path: Path, bad:
     assert line.startswith(f"reglab-train: error: {says}"), line
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["mine.txt"]
     assert (tmp_path / "outputs" / "mine.txt").read_text() == "keep\n"
+
+
+def test_a_study_database_the_disk_refuses_is_one_line_and_leaves_nothing(tmp_path: Path):
+    """A file-size limit (as a full disk) stops the database's first write: a fault named
+    by its path, exit 1, and the dirs the command made are gone."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    out = subprocess.run([script("reglab-train"), "hparams_search=optuna",
+                          "hydra.sweeper.n_trials=1"], cwd=tmp_path, env=env, text=True,
+                         capture_output=True, preexec_fn=limit, timeout=240,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("reglab-train: error: ") and line.endswith("study.db: disk I/O error")
+    assert not (tmp_path / "outputs").exists()

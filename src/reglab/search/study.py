@@ -9,6 +9,7 @@ refuses a command that would mix other settings into it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -83,6 +84,11 @@ def open_storage(url: str, *, heartbeat: bool = False, checked: bool = False) ->
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as exc:  # a driver missing, a server that does not answer
+        if url.startswith("sqlite") and type(exc).__name__ == "OperationalError":
+            # The file system refused the database file (full, read-only, a size limit):
+            # a fault, said as one for the path, not a bad setting.
+            reason = str(getattr(exc, "orig", exc)) or type(exc).__name__
+            raise OSError(errno.EIO, reason, url.split(":///", 1)[-1]) from None
         raise ConfigError(f"hydra.sweeper.storage: cannot open {shown(url)}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 

@@ -158,12 +158,13 @@ class StudyLoop:
                               "name another hydra.sweep.dir")
 
     def open(self) -> None:
-        """Open (or start) the study; a refused command removes the dirs it made."""
+        """Open (or start) the study; a refused or failed command removes the dirs it
+        made."""
         made = next((p for p in reversed([self.sweep_dir, *self.sweep_dir.parents])
                      if not p.exists()), None)
         try:
             self._open()
-        except ConfigError:
+        except (ConfigError, OSError):  # a bad setting, or a file system that refused
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)  # nothing in it was there before
             raise
