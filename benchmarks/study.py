@@ -112,7 +112,7 @@ def resume(root: Path, trials: int = 30, kill_after: int = 10) -> dict[str, Any]
             "second_command_s": round(seconds, 1)}
 
 
-def overhead(root: Path, trials: int = 20, reps: int = 3,
+def overhead(root: Path, trials: int = 20, reps: int = 5,
              before: Path | None = None) -> dict[str, Any]:
     """Wall time of a study of 1-epoch jobs minus the jobs' own fit seconds, per trial;
     with ``before`` (the bin dir of a venv holding main before this sweeper, with
@@ -206,6 +206,7 @@ def main() -> None:
                         choices=[[], "pruning", "resume", "overhead", "parallel"])
     parser.add_argument("--trials", type=int, default=40, help="trials of the pruning study")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of a pruning trial")
+    parser.add_argument("--reps", type=int, default=5, help="runs of each overhead study")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     parser.add_argument("--before", type=Path, default=None,
                         help="bin dir of a venv with main before reglab's sweeper (its "
@@ -221,7 +222,7 @@ def main() -> None:
             if name == "pruning":
                 results[name] = pruning(root, args.trials, args.epochs)
             elif name == "overhead":
-                results[name] = overhead(root, before=args.before)
+                results[name] = overhead(root, reps=args.reps, before=args.before)
             else:
                 results[name] = globals()[name](root)
             print(json.dumps(results[name], indent=1), flush=True)

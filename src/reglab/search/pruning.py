@@ -47,6 +47,7 @@ class TrialPruning(pl.Callback):
         self.write_seconds = float(write_seconds)
         self.pruned_at: int | None = None
         self._db: Any = None  # the study's storage, and this trial's id there
+        self._live: Any = None  # the sweep's own study, when it runs in this process
         self._trial_id = -1
         self._copy: Any = None  # the in-memory study and storage, this trial's id there
         self._memory: Any = None
@@ -62,7 +63,11 @@ class TrialPruning(pl.Callback):
         from reglab.search import study as studies
 
         studies.quiet_optuna()
-        self._db = studies.open_storage(self.storage, checked=True)
+        shared = studies.live_study(self.storage, self.study_name)
+        if shared is not None:  # the basic launcher: the sweep's open study, its cache warm
+            self._db, self._live = shared
+        else:
+            self._db = studies.open_storage(self.storage, checked=True)
         study_id = self._db.get_study_id_from_name(self.study_name)
         self._trial_id = self._db.get_trial_id_from_study_id_trial_number(study_id, self.number)
         self._writer = threading.Thread(target=self._write, name="reglab-trial-values",
@@ -105,7 +110,7 @@ class TrialPruning(pl.Callback):
         import optuna
 
         self._flush()
-        real = optuna.load_study(study_name=self.study_name, storage=self._db)
+        real = self._live or optuna.load_study(study_name=self.study_name, storage=self._db)
         memory = optuna.storages.InMemoryStorage()
         copy = optuna.create_study(storage=memory, study_name=self.study_name,
                                    directions=real.directions, pruner=self.pruner)

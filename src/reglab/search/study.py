@@ -16,6 +16,8 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,29 @@ def open_storage(url: str, *, heartbeat: bool = False, checked: bool = False) ->
             raise OSError(errno.EIO, reason, url.split(":///", 1)[-1]) from None
         raise ConfigError(f"hydra.sweeper.storage: cannot open {shown(url)}: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+
+
+#: (storage URL, study name) → (storage, study) a sweep in this process holds open while it
+#: runs: a trial's job launched in this same process (Hydra's basic launcher) reports to
+#: them rather than opening the database again and reading every trial afresh.
+_LIVE: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+@contextmanager
+def live(url: str, storage: Any, study: Any) -> Iterator[None]:
+    """``storage`` and ``study`` shared with this process's jobs while the block runs
+    (never after: a later command may name the same URL for another file)."""
+    key = (url, study.study_name)
+    _LIVE[key] = (storage, study)
+    try:
+        yield
+    finally:
+        _LIVE.pop(key, None)
+
+
+def live_study(url: str, name: str) -> tuple[Any, Any] | None:
+    """The storage and study a sweep in this process has open, or None."""
+    return _LIVE.get((url, name))
 
 
 def quiet_optuna() -> None:

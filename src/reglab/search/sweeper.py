@@ -363,16 +363,8 @@ class StudyLoop:
             beat = threading.Thread(target=self._heartbeats, daemon=True)
             beat.start()
         try:
-            if self.slots == 1:
-                self._worker()
-            else:
-                workers = [threading.Thread(target=self._worker, daemon=True)
-                           for _ in range(self.slots)]
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    while w.is_alive():
-                        w.join(timeout=0.5)
+            with studies.live(self.url, self.storage, self.study):
+                self._trials()
         except BaseException:
             self.stop.set()
             raise
@@ -381,6 +373,18 @@ class StudyLoop:
             if beat is not None:
                 beat.join(timeout=5)
         return self.results
+
+    def _trials(self) -> None:
+        if self.slots == 1:
+            self._worker()
+        else:
+            workers = [threading.Thread(target=self._worker, daemon=True)
+                       for _ in range(self.slots)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                while w.is_alive():
+                    w.join(timeout=0.5)
 
 
 def run_study(sweeper: Any, arguments: list[str]) -> list[Any]:

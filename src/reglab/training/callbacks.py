@@ -281,8 +281,9 @@ class FitPlots(pl.Callback):
                    if w is not None and hasattr(w, "add_image")]
         model, closed = pl_module.model, getattr(pl_module, "closed_form", None)
 
-        def publish(tag: str, fig: Any, step: int, filename: str | None = None) -> None:
-            image = plots.to_array(fig)
+        def publish(tag: str, fig: Any, step: int, filename: str | None = None,
+                    image: Any = None) -> None:
+            image = plots.to_array(fig) if image is None else image
             for writer in writers:
                 writer.add_image(tag, image, step, dataformats="HWC")
             if filename:
@@ -295,11 +296,11 @@ class FitPlots(pl.Callback):
             final_title = final_title or f"epoch {trainer.current_epoch} (final)"
             drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
             if drawn is not None:
-                animation, images = drawn
+                animation, images, last = drawn
                 for (_, step, _), image in zip(self._states, images, strict=True):
                     for writer in writers:
                         writer.add_image("plots/fit", image, step, dataformats="HWC")
-                publish("plots/fit", animation.fig, trainer.global_step, "fit.png")
+                publish("plots/fit", animation.fig, trainer.global_step, "fit.png", last)
         else:
             fig = figures.pred_vs_actual(model, datamodule)
             if fig is not None:

@@ -46,9 +46,10 @@ def _in_data_units(model: nn.Module, scaling: Any) -> nn.Module:
 
 def fit_frames(model: nn.Module, states: list[tuple[str, dict[str, Any]]], datamodule: Any,
                closed_form: Any = None, final_title: str = ""
-               ) -> tuple[Any, list[np.ndarray]] | None:
-    """For one-input data: the final fit (a ``run_plots.FitAnimation`` showing ``model``) and
-    one image per (title, model state), all on the same axes; None for several inputs."""
+               ) -> tuple[Any, list[np.ndarray], np.ndarray] | None:
+    """For one-input data: the final fit (a ``run_plots.FitAnimation`` showing ``model``),
+    one image per (title, model state) and the final fit's image, all on the same axes;
+    None for several inputs."""
     import copy
 
     from reglab.reporting.figures import run_plots as plots
@@ -74,8 +75,8 @@ def fit_frames(model: nn.Module, states: list[tuple[str, dict[str, Any]]], datam
                                    optimum, final, xlabel=data.feature_names[0],
                                    ylabel=data.target_names[0])
     images = [animation.frame(c, title) for (title, _), c in zip(states, curves, strict=True)]
-    animation.frame(final, final_title)  # leave the figure showing the trained model
-    return animation, images
+    last = animation.frame(final, final_title)  # the figure left showing the trained model
+    return animation, images, last
 
 
 def pred_vs_actual(model: nn.Module, datamodule: Any) -> Any:

@@ -5,6 +5,7 @@ so nothing on the command line's fast paths pays for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -42,7 +43,10 @@ def fit(x: np.ndarray, y: np.ndarray, grid: np.ndarray, curve: np.ndarray,
 
 class FitAnimation:
     """One figure whose model curve is redrawn frame by frame: far cheaper than a new
-    figure per frame, and every frame shares the axes, so the curve visibly moves."""
+    figure per frame, and every frame shares the axes, so the curve visibly moves.
+
+    The first frame drawn lays the figure out; the layout is then kept, so every later
+    frame is one render and no more."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, grid: np.ndarray,
                  optimum: np.ndarray | None, final: np.ndarray, xlabel: str = "x",
@@ -55,14 +59,16 @@ class FitAnimation:
         hi = float(max(v.max() for v in shown))
         pad = 0.15 * (hi - lo) if hi > lo else max(1.0, abs(hi)) * 0.1
         ax.set_ylim(lo - pad, hi + pad)
-        ax.set_title("epoch 000000 (final)")  # room for the longest title the frames use
-        to_array(self.fig)  # lay the figure out once ...
-        self.fig.set_layout_engine("none")  # ... then keep it: frames only redraw
+        self._laid_out = False
 
     def frame(self, curve: np.ndarray, title: str) -> np.ndarray:
         self.line.set_ydata(curve)
-        self.fig.axes[0].set_title(title)
-        return to_array(self.fig)
+        self.fig.axes[0].set_title(title)  # one line whatever its length: same layout
+        image = to_array(self.fig)
+        if not self._laid_out:
+            self.fig.set_layout_engine("none")
+            self._laid_out = True
+        return image
 
 
 def pred_vs_actual(actual: np.ndarray, pred: np.ndarray, title: str = "",
@@ -111,7 +117,7 @@ def landscape(path: np.ndarray, optimum: Sequence[float], loss_at: object,
         levels = np.geomspace(floor, float(z.max()), 25)
         cs = ax.contourf(w, b, np.maximum(z, floor), levels=levels, cmap="viridis",
                          norm=matplotlib.colors.LogNorm())
-        fig.colorbar(cs, ax=ax, label="loss (log scale)")
+        fig.colorbar(cs, ax=ax, label="loss (log scale)", **_log_ticks(floor, float(z.max())))
         ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", ms=3, lw=1,
                 label="optimizer path")
         ax.plot(path[:1, 0], path[:1, 1], "o", color="white", ms=6, label="start")
@@ -120,6 +126,16 @@ def landscape(path: np.ndarray, optimum: Sequence[float], loss_at: object,
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     return fig
+
+
+def _log_ticks(lo: float, hi: float) -> dict[str, object]:
+    """Colour-bar ticks for a log scale: the powers of ten inside [lo, hi] when there are
+    two or more, else three round values spread over it, each printed briefly."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)]
+    ticks = decades if len(decades) >= 2 else [float(f"{v:.2g}") for v in np.geomspace(lo, hi, 3)]
+    return {"ticks": FixedLocator(ticks), "format": FuncFormatter(lambda v, _: f"{v:.3g}")}
 
 
 def to_array(fig: Figure) -> np.ndarray:
