@@ -41,12 +41,64 @@ def run_train(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command the way a user would, capturing its output."""
+            env: dict[str, str] | None = None,
+            fork: bool | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command the way a user would, capturing its output.
+
+    reglab's own commands run forked from a server that has imported torch and Lightning
+    once (:mod:`forked_cli`): a process of their own all the same. ``fork=False``, any
+    other program, a ``ddp`` trainer (Lightning re-runs ``sys.argv`` for each rank) or
+    ``REGLAB_TEST_FORK=0`` give a fresh interpreter instead."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full_env, stdin=subprocess.DEVNULL)
+    target = _console_target(args[0])
+    if (fork is False or target is None or os.environ.get("REGLAB_TEST_FORK") == "0"
+            or (fork is None and any("ddp" in str(a) for a in args))):
+        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=full_env, stdin=subprocess.DEVNULL)
+    import tempfile
+
+    import forked_cli
+
+    with tempfile.TemporaryDirectory(prefix="reglab-cli-") as tmp:
+        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        proc = forked_cli.start(_fork_server(), target, [str(a) for a in args], str(cwd),
+                                full_env, out, err)
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            raise subprocess.TimeoutExpired(args, timeout)
+        texts = [Path(p).read_text() if os.path.exists(p) else "" for p in (out, err)]
+        return subprocess.CompletedProcess(args, proc.exitcode, texts[0], texts[1])
+
+
+_SERVER: list[Any] = []
+
+
+def _fork_server() -> Any:
+    """The multiprocessing context whose fork server has imported what commands need
+    (started once per test process, on first use)."""
+    if not _SERVER:
+        import multiprocessing
+
+        import forked_cli
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(forked_cli.PRELOAD)
+        _SERVER.append(ctx)
+    return _SERVER[0]
+
+
+def _console_target(program: str) -> str | None:
+    """``module:function`` of a reglab console script given by its path, else None."""
+    from importlib.metadata import entry_points
+
+    name = Path(str(program)).name
+    if not name.startswith("reglab-"):
+        return None
+    found = [ep.value for ep in entry_points(group="console_scripts") if ep.name == name]
+    return found[0] if found else None
 
 
 def script(name: str) -> str:

@@ -3,6 +3,7 @@ the optimum solved from the data as read, and defaults that fit the user's own d
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -217,6 +218,14 @@ def test_train_records_the_report_statsmodels_gives(run_train, tmp_path: Path, b
     acc.Reload()
     text = acc.Tensors("least_squares/report/text_summary")[-1].tensor_proto.string_val[0]
     assert b"| term | coef |" in text and names[-1].encode() in text
+    # ... rendered by TensorBoard as a table with every column (P>|t| is one header).
+    with warnings.catch_warnings():  # TensorBoard's vendored html5lib is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tensorboard.plugin_util import markdown_to_safe_html
+
+    html = markdown_to_safe_html(text.decode())
+    assert html.startswith("<table>") and html.count("<th>") == 7
+    assert "<th>P&gt;|t|</th>" in html
 
 
 def test_weight_decay_reports_the_ridge_optimum_training_reaches(run_train):

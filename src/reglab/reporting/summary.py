@@ -46,9 +46,11 @@ def report_table(report: dict[str, Any], markdown: bool = False,
         stats += (f"   rank {report['rank']} of {len(report['coef'])} (singular values "
                   f"under {report['rank_tolerance']:.2g}× the largest, of the centred "
                   "unit-norm columns, count as zero)")
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if markdown:  # a "|" inside a cell (P>|t|) would end it: escaped, as Markdown allows
+        def row(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        lines = [row(head), "|" + "---|" * len(head), *(row(r) for r in rows)]
         return [*lines, "", stats]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
