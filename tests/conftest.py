@@ -56,21 +56,72 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240,
             or (fork is None and any("ddp" in str(a) for a in args))):
         return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               env=full_env, stdin=subprocess.DEVNULL)
-    import tempfile
+    started = Started(args, target, cwd, full_env)
+    try:
+        out, err = started.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        started.communicate()
+        raise
+    return subprocess.CompletedProcess(args, started.returncode, out, err)
 
-    import forked_cli
 
-    with tempfile.TemporaryDirectory(prefix="reglab-cli-") as tmp:
-        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-        proc = forked_cli.start(_fork_server(), target, [str(a) for a in args], str(cwd),
-                                full_env, out, err)
-        proc.join(timeout)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-            raise subprocess.TimeoutExpired(args, timeout)
-        texts = [Path(p).read_text() if os.path.exists(p) else "" for p in (out, err)]
-        return subprocess.CompletedProcess(args, proc.exitcode, texts[0], texts[1])
+def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Started:
+    """A reglab command started in the background, forked as :func:`run_cli` runs it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    target = _console_target(args[0])
+    assert target is not None, f"{args[0]} is not a reglab command"
+    return Started(args, target, cwd, full_env)
+
+
+class Started:
+    """A forked reglab command: the part of ``subprocess.Popen`` the tests use, its
+    stdout and stderr in files (``output()`` reads them as they grow)."""
+
+    def __init__(self, args: list[str], target: str, cwd: Path, env: dict[str, str]) -> None:
+        import tempfile
+
+        import forked_cli
+
+        self.args = args
+        self._tmp = tempfile.TemporaryDirectory(prefix="reglab-cli-")
+        self._out = os.path.join(self._tmp.name, "out")
+        self._err = os.path.join(self._tmp.name, "err")
+        self._proc = forked_cli.start(_fork_server(), target, [str(a) for a in args],
+                                      str(cwd), env, self._out, self._err)
+        self.pid: int = self._proc.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self._proc.is_alive():
+            self.returncode = self._proc.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._proc.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        return int(self.returncode or 0)
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def output(self) -> tuple[str, str]:
+        return tuple(Path(p).read_text() if os.path.exists(p) else ""  # type: ignore[return-value]
+                     for p in (self._out, self._err))
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        texts = self.output()
+        self._tmp.cleanup()
+        return texts
 
 
 _SERVER: list[Any] = []

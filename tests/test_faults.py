@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, script
+from conftest import Started, run_cli, script, start_cli
 
 # Long enough that a signal sent half a second after the first checkpoint lands mid-fit.
 LONG = ["experiment=noisy_line", "trainer.max_epochs=20000", "logger=none",
         "callbacks.last_checkpoint.every_seconds=0", "callbacks.progress_bar=null"]
 
 
-def _trained_checkpoint(tmp_path: Path, proc: subprocess.Popen,
+def _trained_checkpoint(tmp_path: Path, proc: subprocess.Popen | Started,
                         timeout: float = 120) -> Path:
     """The run dir, once its ``last.ckpt`` records at least one finished epoch: the fit
     is under way and has checkpointed, whatever the machine's speed. Checkpoints are
@@ -40,9 +40,8 @@ def _trained_checkpoint(tmp_path: Path, proc: subprocess.Popen,
     raise AssertionError("no checkpoint of a finished epoch appeared")
 
 
-def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    proc = subprocess.Popen([script("reglab-train"), *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(tmp_path: Path, *args: str) -> tuple[Started, Path]:
+    proc = start_cli([script("reglab-train"), *args], tmp_path)
     return proc, _trained_checkpoint(tmp_path, proc)
 
 
@@ -72,21 +71,21 @@ def test_a_second_ctrl_c_stops_at_once_and_says_so(tmp_path: Path):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, run_train):
-    args = [*LONG[:1], "trainer.max_epochs=1000", *LONG[2:]]
+    args = [*LONG[:1], "trainer.max_epochs=300", *LONG[2:]]
     proc, run_dir = _start(tmp_path, *args)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not (run_dir / "metrics.json").exists()
     # A kill mid-write may leave a .part file behind, never a truncated last.ckpt.
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert 0 < saved["epoch"] < 1000  # it really stopped part-way
+    assert 0 < saved["epoch"] < 300  # it really stopped part-way
 
     out = run_cli([script("reglab-train"), f"resume={run_dir}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert resumed["status"] == "completed" and resumed["epochs"] == 1000
+    assert resumed["status"] == "completed" and resumed["epochs"] == 300
 
-    straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=1000", "logger=none")
+    straight, _ = run_train("experiment=noisy_line", "trainer.max_epochs=300", "logger=none")
     assert resumed["params"] == straight["params"]  # bit for bit
 
 

@@ -12,7 +12,7 @@ FAST = ["trainer.max_epochs=2", "trainer=cpu"]
     ["model=mlp", "model.hidden=[8,4]", "model.activation=tanh"],
     ["model=linear", "model.bias=false"],
     ["optimizer=adam"], ["optimizer=adamw"], ["optimizer=sgd", "optimizer.momentum=0.9"],
-    ["optimizer=lbfgs"],
+    ["optimizer=lbfgs", "data.batch_size=250"],
     ["loss=l1"], ["loss=huber"], ["loss=mse", "loss.reduction=sum"],
     ["logger=csv"], ["logger=none"], ["callbacks=none"],
 ])

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, script
+from conftest import run_cli, script, start_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -341,19 +341,16 @@ def test_a_sweep_into_a_sweeps_dir_is_refused(tmp_path: Path):
 def test_a_second_command_in_a_busy_run_dir_is_refused_and_a_stale_lock_taken_over(
         tmp_path: Path):
     import signal
-    import subprocess
     import time
 
-    busy = subprocess.Popen(
+    busy = start_cli(
         [script("reglab-train"), "experiment=noisy_line", "trainer.max_epochs=100000",
-         "callbacks.last_checkpoint.every_seconds=0", "hydra.run.dir=busy"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL)
+         "callbacks.last_checkpoint.every_seconds=0", "hydra.run.dir=busy"], tmp_path)
     lock, last = tmp_path / "busy" / ".reglab.lock", tmp_path / "busy/checkpoints/last.ckpt"
     try:
         deadline = time.monotonic() + 120
         while not (last.is_file() and lock.is_file()) and time.monotonic() < deadline:
-            assert busy.poll() is None, busy.stderr.read()
+            assert busy.poll() is None, busy.output()
             time.sleep(0.2)
         assert lock.read_text().strip() == str(busy.pid)
         for args in (["resume=busy"], ["hydra.run.dir=busy", "ckpt_path=last"]):

@@ -15,9 +15,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import run_cli, script
+from conftest import run_cli, script, start_cli
 
 from reglab.errors import ConfigError
 from reglab.search import space as spaces
@@ -42,13 +43,21 @@ def _study(sweep: Path) -> optuna.Study:
     return optuna.load_study(study_name=found["study_name"], storage=found["storage"])
 
 
-def _wait_for_a_running_trial(root: Path, timeout: float = 30.0) -> None:
-    """Until the study under ``root`` holds a RUNNING trial (its next job has started)."""
+def _wait_for_a_running_trial(root: Path, timeout: float = 240.0, complete: int = 0,
+                              proc: Any = None) -> None:
+    """Until the study under ``root`` holds a RUNNING trial (its next job has started)
+    after ``complete`` complete ones."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for found in root.glob("outputs/*/studies/*/study.json"):
-            if any(t.state.name == "RUNNING" for t in _study(found.parent).trials):
+            try:
+                states = [t.state.name for t in _study(found.parent).trials]
+            except Exception:  # the study is still being created
+                continue
+            if "RUNNING" in states and states.count("COMPLETE") == complete:
                 return
+            assert states.count("COMPLETE") <= complete, f"missed it: {states}"
+        assert proc is None or proc.poll() is None, proc.output()
         time.sleep(0.05)
     raise AssertionError("no trial started running")
 
@@ -127,18 +136,10 @@ def test_pruned_failed_and_complete_trials_keep_optunas_states(tmp_path: Path, l
 def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tmp_path: Path):
     args = [script("reglab-train"), "hparams_search=optuna", *SMALL, "trainer.max_epochs=25",
             "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in first.stdout:  # killed while its second trial runs
-        seen.append(line)
-        if sum("] trial " in s for s in seen) == 1:
-            _wait_for_a_running_trial(tmp_path)
-            first.send_signal(signal.SIGKILL)
-            break
-    first.wait()
-    first.stdout.close()
+    first = start_cli(args, tmp_path)
+    _wait_for_a_running_trial(tmp_path, complete=1, proc=first)  # its 2nd trial runs
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "were left running by a sweep that stopped" in again.stdout + again.stderr

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli, script
+from conftest import compose_config, run_cli, script, start_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from reglab.reporting import sweep_report
@@ -138,15 +138,10 @@ def test_run_dirs_started_together_differ(tmp_path: Path):
 
 @pytest.mark.slow
 def test_two_parallel_sweeps_started_at_once_never_share_files(tmp_path: Path):
-    import os
-    import subprocess
 
     args = [script("reglab-train"), "-m", *SMALL, "optimizer.lr=0.01,0.05",
             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "callbacks.plots=null"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-             for _ in range(2)]
+    procs = [start_cli(args, tmp_path) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
