@@ -129,6 +129,7 @@ def test_yaml_files_train_resume_evaluate_predict(project: Path, importable: Non
     resume = [w.replace("<stamp>", run_dir.name) for w in resume]
     out = _run(resume, project, env)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "Warning" not in out.stdout + out.stderr, out.stderr[-3000:]  # nothing to act on
     assert _only(project / "outputs" / "cubic" / "runs") == run_dir
     m = _metrics(run_dir)
     assert m["status"] == "completed" and m["epochs"] == 30 and m["steps"] == 60

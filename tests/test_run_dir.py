@@ -82,11 +82,16 @@ def test_checkpoints_and_model_pt_predict_like_the_run(run_train):
 
 
 def test_resume_from_last_checkpoint(run_train):
+    import warnings
+
     first, run_dir = run_train("experiment=noisy_line", "trainer.max_epochs=5")
     assert first["epochs"] == 5
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resumed, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8",
-                           f"ckpt_path={ckpt}")
+    with warnings.catch_warnings(record=True) as said:  # a new run from the checkpoint:
+        warnings.simplefilter("always")  # its own dir, nothing for the user to act on
+        resumed, _ = run_train("experiment=noisy_line", "trainer.max_epochs=8",
+                               f"ckpt_path={ckpt}")
+    assert not [str(w.message) for w in said if "dirpath" in str(w.message)]
     assert resumed["epochs"] == 8
     assert resumed["steps"] == first["steps"] * 8 // 5
     # The record covers the whole run, the epochs before the resume included.

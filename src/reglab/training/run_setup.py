@@ -150,7 +150,9 @@ def quiet_lightning(continuing: bool = False) -> Iterator[None]:
     - torch's deprecated ``LeafSpec``, which Lightning 2.6's own pytree helper still
       builds: nothing reglab calls can avoid it;
     - with ``continuing`` (a ``ckpt_path`` given), the checkpoint dir not being empty:
-      continuing a run in its own dir is what was asked for.
+      continuing a run in its own dir is what was asked for; and ``ModelCheckpoint``'s
+      "dirpath has changed": a new run from another run's checkpoint keeps its own best
+      checkpoints in its own dir (the summary names it), not the old run's.
     """
     _drop_lightning_tips()
     with warnings.catch_warnings():
@@ -161,6 +163,7 @@ def quiet_lightning(continuing: bool = False) -> Iterator[None]:
         if continuing:
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and "
                                     "is not empty")
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
         yield
 
 

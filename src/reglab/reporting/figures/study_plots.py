@@ -98,8 +98,11 @@ def plot_trial_curves(path: Path, trials: list[dict[str, Any]]) -> bool:
     if positive:
         ax.set_yscale("log")
     finals = [t["value"] for t in drawn if t["state"] == "COMPLETE" and _finite(t["value"])]
-    if finals and positive:  # a diverging trial's 1e37 must not flatten the others
-        ax.set_ylim(top=max(finals) * 1e3)
+    reported = [v for t in drawn for v in t["intermediate"].values() if _finite(v)]
+    if finals and reported and positive:
+        # Up to the highest value reported, but a diverging trial's 1e37 must not flatten
+        # the others: at most 1000 times the worst complete trial's value.
+        ax.set_ylim(top=min(max(reported), max(finals) * 1e3) * 1.5)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         n = sum(t["state"] == state for t in drawn)
         if n:
