@@ -115,6 +115,10 @@ def _anchored(override: str, launch_dir: str | None) -> str:
     """A saved ``key=relative/path`` made absolute against the run's launch dir, so a
     resume from another directory reads the same file the run read."""
     key, _, value = override.partition("=")
+    if launch_dir and key.lstrip("+~") == "hydra.sweeper.storage" and value:
+        from reglab.search.study import absolute
+
+        return f"{key}={absolute(value, launch_dir)}"  # a study file named from there
     if not launch_dir or not _is_path_key(key) or not value or "${" in value or \
             value[0] in "[{'\"" or Path(value).expanduser().is_absolute():
         return override

@@ -42,6 +42,22 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
 
 
+def absolute(url: str, base: str | Path | None = None) -> str:
+    """``url`` with a file it names relative to the launch dir (``sqlite:///study.db``, a
+    journal ``studies/noisy.log``) made absolute, against ``base`` (default: here): the
+    jobs (``hydra.job.chdir``), the sweep report and a later ``resume=`` may run
+    elsewhere, and must reach this file."""
+    root = Path(base) if base is not None else Path.cwd()
+    if "://" not in url:
+        return str(root / url) if url and not Path(url).is_absolute() else url
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path, mark, query = url[len(prefix):].partition("?")
+        if path and not path.startswith(("/", ":memory:", "file:")):
+            return f"{prefix}{root / path}{mark}{query}"
+    return url
+
+
 def shown(url: str) -> str:
     """A storage URL with its password hidden, to print and to write into study.json."""
     from sqlalchemy.engine import make_url

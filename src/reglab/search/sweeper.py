@@ -130,7 +130,8 @@ class StudyLoop:
         self.retries = int(settings.get("retries", 1) or 0)
         self.slots = _slots(settings, self.launcher)
         self.sweep_dir = _sweep_dir(cfg, self.name).absolute()
-        self.url = str(settings.get("storage") or studies.default_storage(self.sweep_dir))
+        self.url = studies.absolute(str(settings.get("storage")
+                                        or studies.default_storage(self.sweep_dir)))
         with open_dict(cfg):  # the launcher and the sweep report read the study's dir
             cfg.hydra.sweep.dir = str(self.sweep_dir)
         self.sampler_cfg, self.pruner_cfg = settings.get("sampler"), settings.get("pruner")
