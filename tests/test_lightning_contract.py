@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import pytorch_lightning as pl
@@ -198,8 +198,48 @@ def test_log_every_n_steps_writes_at_lightnings_steps(run_train, tmp_path):
     ours = steps(run_dir / "csv" / "metrics.csv", "train/loss")
     theirs = steps(tmp_path / "refcsv" / "metrics.csv", "train/loss")
     assert ours == theirs and len(ours) == EPOCHS * 8 // 5
-    # train/loss_epoch every epoch, as Lightning logs epoch-level metrics.
-    assert len(steps(run_dir / "csv" / "metrics.csv", "train/loss_epoch")) == EPOCHS
+    # train/loss_epoch every epoch, at the step Lightning writes epoch-level metrics.
+    ours = steps(run_dir / "csv" / "metrics.csv", "train/loss_epoch")
+    assert ours == steps(tmp_path / "refcsv" / "metrics.csv", "train/loss_epoch")
+    assert len(ours) == EPOCHS
+    assert_same(m, ref)
+
+
+class Watcher(pl.Callback):
+    """A user's own callback reading ``callback_metrics`` after every step and at every
+    epoch's end (defined here, outside reglab, as a user's would be)."""
+
+    made: ClassVar[list[Watcher]] = []
+
+    def __init__(self) -> None:
+        self.steps: list[float | None] = []
+        self.epochs: list[float | None] = []
+        Watcher.made.append(self)
+
+    @staticmethod
+    def _read(trainer: pl.Trainer, key: str) -> float | None:
+        value = trainer.callback_metrics.get(key)
+        return None if value is None else float(value)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(self._read(trainer, "train/loss"))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(self._read(trainer, "train/loss_epoch"))
+
+
+def test_a_users_callback_reads_what_a_stock_module_logs(run_train, tmp_path):
+    """train/loss after every step (not only at logging steps) and, in a callback's
+    on_train_epoch_end, the current epoch's train/loss_epoch (not the one before)."""
+    Watcher.made.clear()
+    m, _ = run_train(*BASE, "+callbacks.watch._target_=test_lightning_contract.Watcher")
+    (ours,) = Watcher.made
+    theirs = Watcher()
+    ref, _ = reference(tmp_path, callbacks=[theirs])
+    assert len(ours.steps) == len(theirs.steps) == EPOCHS * 8
+    assert None not in ours.steps and None not in ours.epochs
+    assert ours.steps == pytest.approx(theirs.steps, rel=1e-6)
+    assert ours.epochs == pytest.approx(theirs.epochs, rel=1e-6)
     assert_same(m, ref)
 
 
@@ -209,13 +249,29 @@ def _cb(name: str, target: str, **kwargs: Any) -> list[str]:
             *(f"+callbacks.{name}.{k}={v}" for k, v in kwargs.items())]
 
 
-@pytest.mark.parametrize("monitor", ["val/loss", "train/loss_epoch"])
+@pytest.mark.parametrize("monitor", ["val/loss", "train/loss_epoch", "train/loss"])
 def test_early_stopping_stops_at_the_same_epoch(run_train, tmp_path, monitor):
     m, _ = run_train(*BASE, "trainer.max_epochs=200", *_cb(
         "es", "pytorch_lightning.callbacks.EarlyStopping", monitor=monitor, patience=2,
         min_delta=0.01))
     ref, trainer = reference(tmp_path, max_epochs=200, callbacks=[
         pl.callbacks.EarlyStopping(monitor=monitor, patience=2, min_delta=0.01)])
+    assert m["epochs"] == trainer.current_epoch < 200
+    assert_same(m, ref)
+
+
+def test_early_stopping_on_the_step_loss_with_fewer_steps_than_the_logging_interval(
+        run_train, tmp_path):
+    """``log_every_n_steps`` paces the loggers only: train/loss is in callback_metrics
+    after every step, so a monitor on it works whatever the interval."""
+    extra = ["data=uniform_line", "trainer.log_every_n_steps=50"]
+    m, _ = run_train(*BASE, *extra, "trainer.max_epochs=200", *_cb(
+        "es", "pytorch_lightning.callbacks.EarlyStopping", monitor="train/loss", patience=2,
+        min_delta=0.01))
+    assert m["status"] == "completed", m.get("error")
+    ref, trainer = reference(tmp_path, *extra, max_epochs=200, log_every_n_steps=50,
+                             callbacks=[pl.callbacks.EarlyStopping(
+                                 monitor="train/loss", patience=2, min_delta=0.01)])
     assert m["epochs"] == trainer.current_epoch < 200
     assert_same(m, ref)
 

@@ -81,6 +81,7 @@ class RegressionModule(pl.LightningModule):
         #: A part-done epoch's sums read from the checkpoint a resume started from.
         self._carried: dict[str, Any] | None = None
         self._log_every = 1
+        self._every_step = True  # train/loss to callback_metrics at every step
         self._lr_each_step = False
         self._lr_own = True
         self._on_host = True
@@ -185,6 +186,7 @@ class RegressionModule(pl.LightningModule):
         """
         trainer = self.trainer
         self._log_every = max(1, int(trainer.log_every_n_steps))
+        self._every_step = train_loss_watched(trainer)
         self._lr_each_step = any(getattr(c, "interval", None) == "step"
                                  for c in trainer.lr_scheduler_configs)
         # One owner per tag: with Lightning's LearningRateMonitor added, lr-* are its.
@@ -226,7 +228,10 @@ class RegressionModule(pl.LightningModule):
         step = self.trainer.global_step
         # Lightning writes step scalars after the steps where (step + 1) is a multiple of
         # log_every_n_steps; ``self.log`` costs about half a millisecond a call, more than
-        # a small model's whole step, so train/loss is handed over at those steps only.
+        # a small model's whole step. So where nothing but the loggers can read train/loss
+        # (see train_loss_watched) it is handed over at those steps only; a callback or
+        # monitor that could read callback_metrics finds it there after every step, as a
+        # stock module's self.log(on_step=True) puts it (benchmarks/NOTES.md).
         due = (step + 1) % self._log_every == 0
         # A CPU scalar reads for free; on an accelerator only at logging steps.
         if (self._on_host or due) and not torch.isfinite(loss):
@@ -235,15 +240,23 @@ class RegressionModule(pl.LightningModule):
             if not isinstance(self.optimizers().optimizer, torch.optim.LBFGS):
                 return None  # Lightning skips the step: the weights stay finite
         rows = x.shape[0]
-        if due:
+        if due or self._every_step:
             self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=rows)
-            if self._lr_each_step and self._lr_own:  # a scheduler stepping every step
-                self._write(self._lr_scalars(), step)
+        if due and self._lr_each_step and self._lr_own:  # a scheduler stepping every step
+            self._write(self._lr_scalars(), step)
         # The epoch's row-weighted sum stays on the device: no sync per step.
         self._epoch_sum = loss.detach() * rows + self._epoch_sum
         self._epoch_rows += rows
         self._epoch_batches += 1
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The epoch's last batch closes it: ``train/loss_epoch`` is the current epoch's
+        before any callback's ``on_train_epoch_end``, as a stock module's
+        ``self.log(on_epoch=True)`` is (Lightning runs callbacks' epoch-end hooks before
+        the module's). An epoch cut short (max_steps, a stop) is closed there instead."""
+        if self.trainer.is_last_batch:
+            self.close_epoch()
 
     def on_train_epoch_start(self) -> None:
         trainer = self.trainer
@@ -303,7 +316,8 @@ class RegressionModule(pl.LightningModule):
                 return
             value = float(mean)  # one host sync per epoch
             self.history["train_loss"].append([epoch, value])
-            self._write({"train/loss_epoch": value, "epoch": float(epoch)}, step)
+            # At the step Lightning writes epoch-level metrics: the epoch's last step.
+            self._write({"train/loss_epoch": value, "epoch": float(epoch)}, max(step - 1, 0))
 
     def _write_params(self, step: int) -> None:
         if step != self._params_step:
@@ -384,3 +398,21 @@ def _takes(factory: Any, name: str) -> bool:
 
 def _bound(factory: Any, name: str) -> Any:
     return (getattr(factory, "keywords", None) or {}).get(name)
+
+
+#: Stock callbacks that read no metric but the one they monitor (if any).
+_STOCK = ("pytorch_lightning.callbacks.", "lightning.pytorch.callbacks.")
+
+
+def train_loss_watched(trainer: pl.Trainer) -> bool:
+    """Whether anything but the loggers may read ``train/loss`` from ``callback_metrics``
+    between logging steps: a callback that is neither reglab's own nor a stock one
+    (stock ones read only their ``monitor``), a stock one monitoring ``train/loss``, or a
+    scheduler monitoring it."""
+    for callback in trainer.callbacks:
+        module = type(callback).__module__ + "."
+        if module.startswith("reglab."):
+            continue
+        if not module.startswith(_STOCK) or getattr(callback, "monitor", None) == "train/loss":
+            return True
+    return any(getattr(c, "monitor", None) == "train/loss" for c in trainer.lr_scheduler_configs)
