@@ -48,8 +48,9 @@ def absolute(url: str, base: str | Path | None = None) -> str:
     jobs (``hydra.job.chdir``), the sweep report and a later ``resume=`` may run
     elsewhere, and must reach this file."""
     root = Path(base) if base is not None else Path.cwd()
-    if "://" not in url:
-        return str(root / url) if url and not Path(url).is_absolute() else url
+    if "://" not in url:  # a journal file; anything else is refused as it was given
+        journal = url.endswith((".log", ".journal")) and not Path(url).is_absolute()
+        return str(root / url) if journal else url
     prefix = "sqlite:///"
     if url.startswith(prefix):
         path, mark, query = url[len(prefix):].partition("?")
