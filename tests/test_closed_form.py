@@ -105,6 +105,19 @@ def test_sgd_gap_is_recorded_and_logged(run_train):
     acc.Reload()
     ref = acc.Scalars("train/loss_closed_form")
     assert len(ref) == 2 and ref[0].value == pytest.approx(closed["train_loss"], rel=1e-6)
+    # CUSTOM SCALARS: one chart drawing train/loss_epoch of the run and of a run of its
+    # own holding the optimum, so TensorBoard gives the two lines two colours and names.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    raw = acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0]
+    (chart,) = layout_pb2.Layout.FromString(raw).category[0].chart
+    assert list(chart.multiline.tag) == ["^train/loss_epoch$"]
+    beside = EventAccumulator(str(run_dir / "tensorboard" / "least_squares_optimum"))
+    beside.Reload()
+    line = beside.Scalars("train/loss_epoch")
+    assert [e.step for e in line] == [0, metrics["steps"] - 1]
+    assert all(e.value == pytest.approx(closed["train_loss"], rel=1e-6) for e in line)
+    assert acc.Scalars("train/loss_epoch")[-1].step == metrics["steps"] - 1  # same end
 
 
 def extreme_columns(n: int = 80) -> tuple[np.ndarray, np.ndarray]:

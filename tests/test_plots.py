@@ -114,6 +114,10 @@ def test_real_tensorboard_serves_scalars_images_and_hparams(line_run: Path):
         for tag in ("train/loss", "train/loss_epoch", "val/loss", "train/loss_closed_form",
                     "params/weight_0", "params/bias"):
             assert tag in tags, tag
+        # The optimum as a run of its own: another colour, named, on the loss's chart.
+        assert "train/loss_epoch" in scalars["tensorboard/least_squares_optimum"]
+        layout = json.loads(get(f"{base}/data/plugin/custom_scalars/layout"))
+        assert layout["category"][0]["chart"][0]["multiline"]["tag"] == ["^train/loss_epoch$"]
         image_tags = json.loads(get(f"{base}/data/plugin/images/tags"))["tensorboard"]
         assert {"plots/fit", "plots/landscape"} <= set(image_tags)
         frames = json.loads(get(f"{base}/data/plugin/images/images?run=tensorboard"

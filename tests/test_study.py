@@ -55,12 +55,17 @@ def _wait_for_a_running_trial(root: Path, timeout: float = 240.0, complete: int 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for found in root.glob("outputs/*/studies/*/study.db"):
-            try:  # read straight from Optuna's table: a poll must cost next to nothing
+            try:  # read straight from Optuna's tables: a poll must cost next to nothing
                 with contextlib.closing(sqlite3.connect(found, timeout=5)) as db:
-                    states = [r[0] for r in db.execute("SELECT state FROM trials")]
+                    rows = list(db.execute(
+                        "SELECT state, EXISTS (SELECT 1 FROM trial_user_attributes a WHERE "
+                        "a.trial_id = t.trial_id AND a.key = 'reglab_owner') FROM trials t"))
             except sqlite3.Error:  # the study is still being created
                 continue
-            if "RUNNING" in states and states.count("COMPLETE") == complete:
+            states = [state for state, _ in rows]
+            # Running, and marked as this sweep's (a trial killed before its owner is
+            # recorded waits out a grace period: test_an_ownerless_running_trial_...).
+            if ("RUNNING", 1) in rows and states.count("COMPLETE") == complete:
                 return
             assert states.count("COMPLETE") <= complete, f"missed it: {states}"
         assert proc is None or proc.poll() is None, proc.output()
@@ -195,6 +200,31 @@ def test_a_killed_study_continues_where_it_stopped_and_the_dashboard_reads_it(tm
                    cwd=elsewhere)
     assert more.returncode == 0, more.stderr[-2000:]
     assert len(_study(sweep).trials) == 4 and not (elsewhere / "outputs").exists()
+
+
+def test_an_ownerless_running_trial_is_stale_after_the_grace_period(tmp_path: Path):
+    """A sweep killed between asking for a trial and recording whose it is leaves a
+    RUNNING trial naming no owner: failed (and queued again) once it is older than a
+    live sweep could take to record it, never while it may still be recorded."""
+    import datetime as dt
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    from reglab.search import study as studies
+
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    now = dt.datetime.now()
+    for number, age in enumerate((2, studies.ASK_GRACE_SECONDS + 5)):
+        study.add_trial(FrozenTrial(
+            number=number, state=TrialState.RUNNING, value=None,
+            datetime_start=now - dt.timedelta(seconds=age), datetime_complete=None,
+            params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs={},
+            system_attrs={}, intermediate_values={}, trial_id=number))
+    failed, queued = studies.fail_stale(study, storage, retries=1, room=5)
+    assert failed == [1] and queued == [1]
+    assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL", "WAITING"]
 
 
 @pytest.mark.parametrize("storage, made", [

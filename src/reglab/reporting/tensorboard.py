@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from reglab.reporting.summary import report_table
 
+#: The run beside a run's own that holds the least-squares optimum as ``train/loss_epoch``:
+#: TensorBoard colours and names lines by run, so the two read apart on one chart.
+OPTIMUM_RUN = "least_squares_optimum"
+
 
 def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
                 reference_layout: bool = False, report: dict[str, Any] | None = None,
-                per_target: dict[str, Any] | None = None) -> None:
+                per_target: dict[str, Any] | None = None,
+                optimum: tuple[float, int] | None = None) -> None:
     """Fill TensorBoard's HPARAMS tab with this run's hyper-parameters.
 
     The tab shows, for each metric tag named here, the last value of that scalar series
@@ -30,8 +36,10 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
     # (the lr of optimizer=exact) reads "none".
     clean = {k: (("full" if k == "batch_size" else "none") if v is None else v)
              for k, v in hp.items()}
-    layout = {"reglab": {"train loss vs least-squares optimum": [
-        "Multiline", ["train/loss_epoch", "train/loss_closed_form"]]}}
+    # With the optimum's own run, one regex draws both runs' train/loss_epoch: two colours,
+    # each named by its run. Without it (a sweep's jobs), the two tags of the one run.
+    tags = ["^train/loss_epoch$"] if optimum else ["train/loss_epoch", "train/loss_closed_form"]
+    layout = {"reglab": {"train loss vs least-squares optimum": ["Multiline", tags]}}
     tables = {}
     if report:  # TensorBoard's TEXT tab renders markdown tables
         tables["least_squares/report"] = report
@@ -49,6 +57,21 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
                     report_table(table, markdown=True, limit=None))))
         finally:
             writer.close()
+        if optimum is not None:
+            _optimum_run(os.path.join(log_dir, OPTIMUM_RUN), *optimum)
+
+
+def _optimum_run(log_dir: str, value: float, last_step: int) -> None:
+    """A flat ``train/loss_epoch`` line at the optimum, from step 0 to the run's last."""
+    from torch.utils.tensorboard.summary import scalar
+    from torch.utils.tensorboard.writer import FileWriter
+
+    writer = FileWriter(log_dir)
+    try:
+        for step in sorted({0, max(last_step, 0)}):
+            writer.add_summary(scalar("train/loss_epoch", value), step)
+    finally:
+        writer.close()
 
 
 def log_run(loggers: list[Any], metrics: dict[str, Any],
@@ -61,8 +84,20 @@ def log_run(loggers: list[Any], metrics: dict[str, Any],
     if metrics.get("test"):
         tags += ["test/mse", "test/r2"]
     closed = closed or {}
+    optimum = None
+    if closed.get("train_loss") is not None and not _sweep_job():
+        optimum = (float(closed["train_loss"]), int(metrics.get("steps") or 1) - 1)
     log_hparams(loggers, metrics["hparams"], tags, reference_layout="train_loss" in closed,
-                report=closed.get("report"), per_target=closed.get("per_target"))
+                report=closed.get("report"), per_target=closed.get("per_target"),
+                optimum=optimum)
+
+
+def _sweep_job() -> bool:
+    """A sweep's job: its TensorBoard view already holds one run per job, and an optimum
+    run beside each would double them (its chart keeps the two tags of its own run)."""
+    from reglab.training.run_setup import is_multirun
+
+    return is_multirun()
 
 
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:

@@ -32,6 +32,9 @@ STUDY_FILE = "study.json"
 #: another machine is given before it is called stale (seconds).
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+#: A running trial that names no owner this long after it started was left by a sweep
+#: killed between asking for it and recording whose it is.
+ASK_GRACE_SECONDS = 30
 #: User attributes reglab keeps on a study and its trials.
 OWNER = "reglab_owner"
 RETRY_OF = "reglab_retry_of"
@@ -219,15 +222,24 @@ def fail_stale(study: Any, storage: Any, *, retries: int = 1, room: int = 0
     machine, once its heartbeat is older than the grace period (RDB storages). Returns
     the numbers of the trials failed, and of those queued again.
     """
+    import datetime as dt
+
     import optuna
     from optuna.trial import TrialState
 
     here = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
+    now = dt.datetime.now()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = trial.user_attrs.get(OWNER) or {}
-        if who.get("host") != here or _alive(who):
+        who = trial.user_attrs.get(OWNER)
+        if who is None:
+            # Asked for, then killed before it could say whose it is (a live sweep says
+            # so milliseconds after asking): stale once older than the grace period.
+            started = trial.datetime_start
+            if started is None or (now - started).total_seconds() < ASK_GRACE_SECONDS:
+                continue
+        elif who.get("host") != here or _alive(who):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if storage.set_trial_state_values(trial_id, TrialState.FAIL):
