@@ -36,16 +36,18 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
     # (the lr of optimizer=exact) reads "none".
     clean = {k: (("full" if k == "batch_size" else "none") if v is None else v)
              for k, v in hp.items()}
-    # With the optimum's own run, one regex draws both runs' train/loss_epoch: two colours,
-    # each named by its run. Without it (a sweep's jobs), the two tags of the one run.
-    tags = ["^train/loss_epoch$"] if optimum else ["train/loss_epoch", "train/loss_closed_form"]
-    layout = {"reglab": {"train loss vs least-squares optimum": ["Multiline", tags]}}
     tables = {}
     if report:  # TensorBoard's TEXT tab renders markdown tables
         tables["least_squares/report"] = report
     tables.update({f"least_squares/report/{name}": own["report"]
                    for name, own in (per_target or {}).items()})
     for log_dir in _tensorboard_dirs(loggers):
+        beside = optimum is not None and not _in_a_sweep(log_dir)
+        # With the optimum's own run, one regex draws both runs' train/loss_epoch: two
+        # colours, each named by its run. Without it (a sweep's jobs), the two tags.
+        tags = ["^train/loss_epoch$"] if beside else ["train/loss_epoch",
+                                                       "train/loss_closed_form"]
+        layout = {"reglab": {"train loss vs least-squares optimum": ["Multiline", tags]}}
         writer = FileWriter(log_dir)
         try:
             for summary in hparams(clean, dict.fromkeys(metric_tags, 0.0)):
@@ -57,7 +59,7 @@ def log_hparams(loggers: list[Any], hp: dict[str, Any], metric_tags: list[str],
                     report_table(table, markdown=True, limit=None))))
         finally:
             writer.close()
-        if optimum is not None:
+        if beside and optimum is not None:
             _optimum_run(os.path.join(log_dir, OPTIMUM_RUN), *optimum)
 
 
@@ -85,19 +87,19 @@ def log_run(loggers: list[Any], metrics: dict[str, Any],
         tags += ["test/mse", "test/r2"]
     closed = closed or {}
     optimum = None
-    if closed.get("train_loss") is not None and not _sweep_job():
+    if closed.get("train_loss") is not None:
         optimum = (float(closed["train_loss"]), int(metrics.get("steps") or 1) - 1)
     log_hparams(loggers, metrics["hparams"], tags, reference_layout="train_loss" in closed,
                 report=closed.get("report"), per_target=closed.get("per_target"),
                 optimum=optimum)
 
 
-def _sweep_job() -> bool:
-    """A sweep's job: its TensorBoard view already holds one run per job, and an optimum
-    run beside each would double them (its chart keeps the two tags of its own run)."""
-    from reglab.training.run_setup import is_multirun
+def _in_a_sweep(log_dir: str) -> bool:
+    """A sweep's job (run by the sweep, or resumed alone later): its sweep's TensorBoard
+    view holds one run per job, and an optimum run beside each would double them."""
+    from pathlib import Path
 
-    return is_multirun()
+    return any((p / "multirun.yaml").is_file() for p in list(Path(log_dir).parents)[:4])
 
 
 def _tensorboard_dirs(loggers: list[Any]) -> list[str]:
