@@ -53,9 +53,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str],
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from reglab.run_files import write_whole  # beside artifacts: imported when used
+
+    write_whole(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

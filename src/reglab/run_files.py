@@ -147,20 +147,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     clean = _finite(data, "", found)
     if found and isinstance(clean, dict):
         clean["non_finite"] = found
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(clean, indent=2, allow_nan=False) + "\n"
+    write_whole(path, lambda tmp: tmp.write_text(text))
 
 
 def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
-    """``write(tmp)`` into a temporary name beside ``path`` (same suffix, so a picture's
-    format is still read from it), then renamed over ``path``: two processes writing the
-    same report (sweeps sharing a study) never leave half of one."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    """``write(tmp)`` into a temporary name beside ``path``, then renamed over ``path``: a
+    reader never sees half a file, and two processes writing the same file (sweeps
+    sharing a study) never leave half of one. The temporary name matches ``.*.tmp-*``
+    (a run dir's own names) and keeps the suffix, so a picture's format is read from it;
+    it is removed whatever happens."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+                         f"{path.suffix}")
     try:
         result = write(tmp)
         if tmp.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reglab import errors
 from reglab.config import checks
+from reglab.run_files import write_whole
 
 
 def _check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
@@ -120,17 +120,14 @@ def _write_csv(input_path: Path, output_path: Path, columns: list[str],
     if len(rows) != len(preds):  # cannot happen for a file that read cleanly
         raise errors.DataError(f"{input_path}: {len(rows)} rows but {len(preds)} predictions")
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:  # a full disk, a signal: no half-written file left
         with tmp.open("w", newline="") as handle:
             writer = csv.writer(handle, delimiter=delimiter)
             writer.writerow([*header, *columns])
             for row, pred in zip(rows, preds, strict=True):
                 writer.writerow([*row, *(repr(p) for p in pred)])
-        os.replace(tmp, output_path)
-    except BaseException:  # a full disk, a signal: no half-written file left behind
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_whole(output_path, write)
     return columns
 
 
