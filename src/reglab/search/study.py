@@ -32,6 +32,8 @@ STUDY_FILE = "study.json"
 #: another machine is given before it is called stale (seconds).
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+#: A storage setting ending so names an Optuna journal file (else it must be a URL).
+JOURNAL_SUFFIXES = (".log", ".journal")
 #: A running trial that names no owner this long after it started was left by a sweep
 #: killed between asking for it and recording whose it is.
 ASK_GRACE_SECONDS = 30
@@ -52,7 +54,7 @@ def absolute(url: str, base: str | Path | None = None) -> str:
     elsewhere, and must reach this file."""
     root = Path(base) if base is not None else Path.cwd()
     if "://" not in url:  # a journal file; anything else is refused as it was given
-        journal = url.endswith((".log", ".journal")) and not Path(url).is_absolute()
+        journal = url.endswith(JOURNAL_SUFFIXES) and not Path(url).is_absolute()
         return str(root / url) if journal else url
     prefix = "sqlite:///"
     if url.startswith(prefix):
@@ -82,7 +84,7 @@ def open_storage(url: str, *, heartbeat: bool = False, checked: bool = False) ->
     import optuna
 
     if "://" not in url:
-        if not url.endswith((".log", ".journal")):
+        if not url.endswith(JOURNAL_SUFFIXES):
             raise ConfigError(f"hydra.sweeper.storage: {url!r} is neither a database URL "
                               "(sqlite:///study.db, postgresql://…) nor a journal file "
                               "(*.log)")
