@@ -139,7 +139,7 @@ def stock_lightning_tiny(out: Path) -> float:
 
 
 #: Lightning's own learning-rate callback, added to the line job: what the module's
-#: ``lr-<Optimizer>`` scalars stand in for.
+#: ``train/lr-<Optimizer>`` scalars stand in for.
 LR_MONITOR = ["+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor"]
 
 

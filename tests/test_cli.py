@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, script
+from conftest import run_cli, script
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
 
@@ -131,60 +131,6 @@ def test_eval_and_predict_help_and_errors_stay_light(tmp_path: Path):
                 assert f"{command}:" in out.stdout
             else:
                 assert "EXIT 2" in out.stdout and "no such file" in out.stderr
-
-
-def test_every_test_the_readme_fault_table_names_exists():
-    """The README's fault table names, for each kind of bad input or fault, the test that
-    shows what reglab does; a renamed or deleted test must not leave a row unchecked."""
-    import ast
-
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Errors, faults and resuming"):]
-    section = section[:section.index("\n## ")]
-    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
-    assert len(rows) >= 15
-    for row in rows:
-        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row.split(" | ")[-1])
-        assert named, f"a fault-table row names no test: {row[:80]}"
-        for file, name in named:
-            tree = ast.parse((REPO / "tests" / file).read_text())
-            defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-            assert name in defined, f"README names {file}::{name}, which does not exist"
-
-
-def test_every_readme_training_command_composes_as_written(tmp_path: Path):
-    """Each `reglab-train` line of the README's code blocks, composed with Hydra's API as
-    the command would compose it: a key that needs a leading `+` (or a typo) fails here.
-    Lines that need a file or run dir of the reader's own are skipped."""
-    import shlex
-
-    from reglab.cli.common import experiment_argv
-    from reglab.config.compose import compose
-
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = []
-    for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.startswith("reglab-train ") and not line.startswith("reglab-train:"):
-                lines.append(line.split("  #")[0].strip())
-    assert len(lines) >= 25
-    personal = ("<", "$", "resume=", "houses.csv", "mymodels", "data=cubic", "data=csv",
-                "~data")
-    checked = 0
-    for line in lines:
-        if any(p in line for p in personal):
-            continue
-        # A search space (choice, interval, ...) is the sweeper's to sample: left out.
-        args = [a for a in shlex.split(line)[1:] if a not in ("-m", "--multirun")
-                and not re.search(r"=(choice|interval|tag|range|glob)\(", a)]
-        # A sweep's comma lists compose one job at a time: take each key's first value.
-        args = [a if "=" not in a or "[" in a or "," not in a
-                else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0]
-                for a in args]
-        compose(experiment_argv(["reglab-train", *args])[1:], tmp_path / "run")
-        checked += 1
-    assert checked >= 20
 
 
 def test_no_progress_bar_where_there_is_no_terminal(tmp_path: Path):

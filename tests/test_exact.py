@@ -239,15 +239,22 @@ def test_own_model_that_is_not_linear_is_refused_at_run_time(tmp_path):
 
 @pytest.mark.slow
 def test_poly_select_sweep_picks_degree_3_and_draws_the_validation_curve(tmp_path):
-    """The README's model-selection sweep: degree 3 has the lowest 5-fold validation
-    loss of 1..12, degree 12 overfits, and the sweep report draws and stars it."""
+    """docs/experiments/poly_select.md's sweep, as written: degree 3 has the lowest 5-fold
+    validation loss of 1..12, degree 12 overfits, the sweep report draws and stars it, and
+    the summary the page shows is the one printed."""
     import csv
+    import shlex
 
-    sweep = tmp_path / "sweep"
-    out = run_cli([script("reglab-train"), "-m", "experiment=poly_select",
-                   "model.degree=1,2,3,4,5,6,7,8,9,10,11,12", f"hydra.sweep.dir={sweep}"],
-                  cwd=tmp_path, timeout=400)
+    from docs_blocks import block, matches
+
+    command, shown = block("docs/experiments/poly_select.md", 1), block(
+        "docs/experiments/poly_select.md", 2)
+    argv = shlex.split(command.text)
+    assert "hydra.sweep.dir=sweeps/degree" in argv
+    sweep = tmp_path / "sweeps" / "degree"
+    out = run_cli([script(argv[0]), *argv[1:]], cwd=tmp_path, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert matches(shown.text, out.stdout + out.stderr) is None, out.stdout[-3000:]
     rows = {int(r["model.degree"]): r for r in csv.DictReader(
         (sweep / "sweep_summary.csv").read_text().splitlines())}
     cv = {d: float(r["cv_val_loss"]) for d, r in rows.items()}

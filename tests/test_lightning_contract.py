@@ -371,7 +371,7 @@ def test_scheduler_rate_reaches_tensorboard(run_train):
                            "scheduler.scheduler.gamma=0.5", "callbacks.plots=null")
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
-    rates = [round(e.value, 6) for e in acc.Scalars("lr-SGD")]
+    rates = [round(e.value, 6) for e in acc.Scalars("train/lr-SGD")]
     # Halved every 2 epochs: each rate in turn, down to the one after the last epoch.
     assert sorted(set(rates), reverse=True) == [0.01, 0.005, 0.0025, 0.00125]
     assert rates == sorted(rates, reverse=True)

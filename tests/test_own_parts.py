@@ -1,7 +1,7 @@
-"""Bring your own parts: the README's worked example, run the way a user runs it.
+"""Bring your own parts: the docs' worked example, run the way a user runs it.
 
-The package, the conf files, the commands and the Python snippet are all read from the
-README's "Bring your own parts" section, so the example there is the one tested here: a
+The package, the conf files, the commands and the Python snippet are all read from
+docs/own-parts.md, so the example there is the one tested here: a
 model, a data module, a loss, an optimizer, a callback and a logger that are not reglab's
 train, checkpoint, resume, evaluate and predict through reglab's own commands.
 """
@@ -23,9 +23,7 @@ from omegaconf import OmegaConf
 
 
 def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Bring your own parts\n")
-    return text[start:text.index("\n## ", start + 1)]
+    return (REPO / "docs" / "own-parts.md").read_text()
 
 
 def _blocks(lang: str) -> list[str]:
@@ -34,7 +32,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _files() -> dict[str, str]:
-    """The README's files: fenced blocks whose first line is ``# <path>``."""
+    """The page's files: fenced blocks whose first line is ``# <path>``."""
     out = {}
     for lang in ("python", "yaml"):
         for body in _blocks(lang):
@@ -45,7 +43,7 @@ def _files() -> dict[str, str]:
 
 
 def _commands(block: str, project: Path) -> tuple[dict[str, str], list[list[str]]]:
-    """A README bash block as (exported environment, commands), ``$PWD`` = ``project``."""
+    """A bash block of the page as (exported environment, commands), ``$PWD`` = ``project``."""
     env: dict[str, str] = {}
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
@@ -236,7 +234,7 @@ def test_python_api(project: Path, importable: None, monkeypatch: pytest.MonkeyP
     (code,) = [b for b in _blocks("python") if not b.startswith("# ")]
     monkeypatch.chdir(project)
     namespace: dict = {}
-    exec(compile(code, "README.md (Bring your own parts)", "exec"), namespace)
+    exec(compile(code, "docs/own-parts.md", "exec"), namespace)
 
     metrics, run_dir = namespace["metrics"], project / "outputs" / "api" / "cubic"
     # The user's model on reglab's data: its losses are recomputed on whole splits.

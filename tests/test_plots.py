@@ -4,6 +4,7 @@ server that serves the run's scalars, images and HPARAMS."""
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -91,6 +92,11 @@ def get(url: str, data: bytes | None = None) -> bytes:
 
 
 def test_real_tensorboard_serves_scalars_images_and_hparams(line_run: Path):
+    """docs/tensorboard.md's command, on a run: every tag and tab the page shows."""
+    from docs_blocks import block
+
+    documented = shlex.split(block("docs/tensorboard.md", 0).text, comments=True)
+    assert documented[:2] == ["tensorboard", "--logdir"], documented
     port = free_port()
     exe = script("tensorboard")
     cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "tensorboard.main"]
@@ -112,7 +118,7 @@ def test_real_tensorboard_serves_scalars_images_and_hparams(line_run: Path):
             time.sleep(0.5)
         tags = scalars["tensorboard"]
         for tag in ("train/loss", "train/loss_epoch", "val/loss", "train/loss_closed_form",
-                    "params/weight_0", "params/bias"):
+                    "weights/weight_0", "weights/bias", "train/lr-SGD", "x-axis/epoch"):
             assert tag in tags, tag
         # The optimum as a run of its own: another colour, named, on the loss's chart.
         assert "train/loss_epoch" in scalars["tensorboard/least_squares_optimum"]

@@ -24,17 +24,20 @@ def test_tensorboard_scalars_and_hparams(run_train):
                            "trainer.log_every_n_steps=10")
     acc = _events(run_dir)
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/loss_epoch", "val/loss", "params/weight_0",
-            "params/bias", "lr-SGD"} <= tags
+    assert {"train/loss", "train/loss_epoch", "val/loss", "weights/weight_0",
+            "weights/bias", "train/lr-SGD", "x-axis/epoch"} <= tags
+    # SCALARS sorts its groups by name and opens the first two: the losses.
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(tags)))
+    assert groups[:2] == ["train", "val"], groups
     loss = [e.value for e in acc.Scalars("train/loss")]
     # Lightning's pacing: after steps 9, 19, ..., 199 (x = the steps taken before them).
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(9, 200, 10))
     assert loss[-1] < loss[0]
     # train/loss_epoch for every epoch; the parameters for the epochs holding a logging
     # step, the last included.
-    assert sorted({int(e.value) for e in acc.Scalars("epoch")}) == list(range(200))
+    assert sorted({int(e.value) for e in acc.Scalars("x-axis/epoch")}) == list(range(200))
     assert len(acc.Scalars("train/loss_epoch")) == 200
-    bias = acc.Scalars("params/bias")
+    bias = acc.Scalars("weights/bias")
     assert len(bias) == 20 and abs(bias[-1].value - m["params"]["bias"]) < 1e-6
     # The HPARAMS tab: hyper-parameters with real metrics, not a placeholder hp_metric.
     assert "hp_metric" not in tags

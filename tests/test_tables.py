@@ -267,33 +267,6 @@ def test_weight_decay_with_several_targets_sums_the_penalty_over_every_row(run_t
 
 
 @pytest.mark.slow
-def test_readme_your_own_table_section_runs_end_to_end(tmp_path: Path):
-    """The README's commands, as written, in a fresh directory: train, eval, predict."""
-    import os
-    import re
-    import sys
-
-    from conftest import REPO, run_cli
-
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Your own table"):]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    bin_dir = str(Path(sys.executable).parent)
-    done = run_cli(["bash", "-e", "-c", block], tmp_path, timeout=400,
-                   env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "least squares on the training split" in done.stdout
-    assert re.search(r"\n\s+area\s+1[45]\d\d\.", done.stdout)  # price per m², ≈ 1500
-    predicted = (tmp_path / "predicted.csv").read_text().splitlines()
-    assert predicted[0] == "id,area,rooms,price,price_predicted" and len(predicted) == 6
-    import json
-
-    metrics = json.loads((tmp_path / "runs" / "houses" / "metrics.json").read_text())
-    assert metrics["hparams"]["experiment"] == "houses" and metrics["epochs"] == 10
-    assert metrics["closed_form"]["report"]["r2"] > 0.99
-
-
-@pytest.mark.slow
 def test_several_targets_train_report_evaluate_and_predict(tmp_path: Path):
     """data.source.target=[u,v]: two outputs, each solved, reported and predicted."""
     import csv

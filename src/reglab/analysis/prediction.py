@@ -105,8 +105,19 @@ def unique_columns(columns: list[str], taken: list[str]) -> list[str]:
     return out
 
 
+def _shortest(out: Any, dtype: Any) -> list[list[str]]:
+    """Each prediction as the shortest text that reads back as the same number in the
+    model's own precision: a float32 model's 0.1 is ``0.1``, not float64's expansion of
+    it (``0.10000000149011612``), and a float64 model keeps all its digits."""
+    import numpy as np
+    import torch
+
+    kind = np.float64 if dtype == torch.float64 else np.float32
+    return [[str(kind(v)) for v in row] for row in out.detach().double().cpu().numpy()]
+
+
 def _write_csv(input_path: Path, output_path: Path, columns: list[str],
-               preds: list[list[float]], delimiter: str) -> list[str]:
+               preds: list[list[str]], delimiter: str) -> list[str]:
     """The input's rows, every column kept, with one prediction column per target; the
     names of those columns, made unique against the input's header."""
     from reglab.data.tables import read_rows
@@ -125,7 +136,7 @@ def _write_csv(input_path: Path, output_path: Path, columns: list[str],
             writer = csv.writer(handle, delimiter=delimiter)
             writer.writerow([*header, *columns])
             for row, pred in zip(rows, preds, strict=True):
-                writer.writerow([*row, *(repr(p) for p in pred)])
+                writer.writerow([*row, *pred])
 
     write_whole(output_path, write)
     return columns
@@ -184,14 +195,16 @@ def predict(cfg: DictConfig) -> list[Any]:
         targets = [f"y{j}" for j in range(out.shape[1])] if out.shape[1] > 1 else ["y"]
     columns = [f"{t}_predicted" for t in targets]
     rows = out.tolist()
+    held = next(trained.model.parameters(), out).dtype
+    shown = _shortest(out, held)
     if cfg.output_path is not None:
-        columns = _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, rows,
+        columns = _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, shown,
                              delimiter)
         print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
     else:
         columns = unique_columns(columns, names)
         print(",".join([*names, *columns]))
-        for row, pred in zip(x.tolist(), rows, strict=True):
-            print(",".join([*(f"{v:g}" for v in row), *(f"{p:.8g}" for p in pred)]))
+        for row, pred in zip(x.tolist(), shown, strict=True):
+            print(",".join([*(f"{v:g}" for v in row), *pred]))
     # One target: a list of numbers; several: a list of rows.
     return [r[0] for r in rows] if len(columns) == 1 else rows

@@ -100,7 +100,9 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
     # Scalars chart read these tags.
     scalars = {"train/loss_epoch": float(closed["train_loss"]),
                "train/loss_closed_form": float(closed["train_loss"]), "epoch": 0.0}
-    scalars.update({f"params/{k}": v for k, v in module.model.param_scalars().items()})
+    from reglab.training.module import PARAMS_GROUP
+
+    scalars.update({f"{PARAMS_GROUP}/{k}": v for k, v in module.model.param_scalars().items()})
     if cv is not None:
         scalars.update({"cv/val_loss": cv["val_loss_mean"], "cv/val_loss_std": cv["val_loss_std"],
                         "cv/train_loss": cv["train_loss_mean"]})

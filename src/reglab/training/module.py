@@ -17,6 +17,10 @@ from torch import nn
 from reglab.analysis.metrics import RegressionSums
 from reglab.data.scaling import Scaling
 
+#: TensorBoard's group for a linear model's weights and bias: after ``train`` and ``val``
+#: in the SCALARS tab, which sorts groups by name and opens the first two.
+PARAMS_GROUP = "weights"
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -325,14 +329,15 @@ class RegressionModule(pl.LightningModule):
             self._params_step = step
 
     def _lr_scalars(self) -> dict[str, float]:
-        """``lr-<Optimizer>`` (``/pg<i>`` per parameter group), named as Lightning's
-        ``LearningRateMonitor`` names them; written by the module because that callback
-        costs about half a millisecond every epoch, more than a small model's epoch."""
+        """``train/lr-<Optimizer>`` (``/pg<i>`` per parameter group): Lightning's
+        ``LearningRateMonitor`` names under ``train/``, so TensorBoard files them after the
+        losses; written by the module because that callback costs about half a
+        millisecond every epoch, more than a small model's epoch."""
         out: dict[str, float] = {}
         if not self._lr_own:
             return out
         for i, opt in enumerate(self.trainer.optimizers):
-            name = f"lr-{type(opt).__name__}" + ("" if i == 0 else f"-{i}")
+            name = f"train/lr-{type(opt).__name__}" + ("" if i == 0 else f"-{i}")
             groups = opt.param_groups
             for j, group in enumerate(groups):
                 out[name if len(groups) == 1 else f"{name}/pg{j + 1}"] = float(group["lr"])
@@ -343,7 +348,7 @@ class RegressionModule(pl.LightningModule):
         if scalars is None:
             return {}
         # w and b converging, as the seed documents print them.
-        return {f"params/{k}": v for k, v in scalars().items()}
+        return {f"{PARAMS_GROUP}/{k}": v for k, v in scalars().items()}
 
     # -- validation and test ------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
