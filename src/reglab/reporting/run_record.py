@@ -237,6 +237,7 @@ def _fit_numbers(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
             bias = best["bias"] if isinstance(best["bias"], list) else [best["bias"] or 0.0]
             optimum += penalty * (sum(w * w for row in best["weight"] for w in row)
                                   + sum(b * b for b in bias))
+            closed = {**closed, "objective_value": optimum}
         closed = {**closed, "optimality_gap": optimality_gap(trained, optimum)}
     return {
         "status": status,

@@ -125,9 +125,14 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
         # says nothing: only the absolute gap is printed then.
         meaningful = gap["relative"] is not None and gap["relative"] < 1e6
         rel = f" ({gap['relative']:.3g} relative)" if meaningful else ""
-        what = "least-squares" if closed.get("objective") == "least squares" else "ridge"
-        lines.append(f"  {what} optimum: train loss {_fmt(closed['train_loss'])}; "
-                     f"this fit is {gap['absolute']:.3g} above it{rel}")
+        if closed.get("objective_value") is not None:
+            # The gap is on what training minimises, loss + penalty: name that, not the
+            # optimum's bare loss, so the line holds one quantity.
+            lines.append(f"  ridge optimum: loss + penalty {_fmt(closed['objective_value'])}; "
+                         f"this fit's is {gap['absolute']:.3g} above it{rel}")
+        else:
+            lines.append(f"  least-squares optimum: train loss {_fmt(closed['train_loss'])}; "
+                         f"this fit is {gap['absolute']:.3g} above it{rel}")
     if closed.get("why_no_optimum"):
         lines.append(f"  no optimum to compare with: {closed['why_no_optimum']}")
     reports = ({"": closed["report"]} if closed.get("report") else
