@@ -64,6 +64,13 @@ def run(target: str, argv: list[str], cwd: str, env: dict[str, str], out: str,
     _finish(code)
 
 
+def python_c() -> None:
+    """``python -c <code>``: the code run as ``__main__`` (``sys.argv`` = ``["-c", …]``)."""
+    code = sys.argv[2]
+    sys.argv = ["-c", *sys.argv[3:]]
+    exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+
+
 def _finish(code: int) -> None:
     """The interpreter's own way out: non-daemon threads joined, atexit handlers run,
     streams flushed; then the process ends with ``code``."""

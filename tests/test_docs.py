@@ -124,7 +124,8 @@ def _run_block(b: Block, sandbox: Path, env: dict[str, str]) -> tuple[int, str]:
     bin_dir = str(Path(sys.executable).parent)
     path = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     if b.lang == "python":
-        done = run_cli([sys.executable, "-c", b.text], cwd=sandbox, env={**env, **path})
+        done = run_cli([sys.executable, "-c", b.text], cwd=sandbox, env={**env, **path},
+                       fork=True)
         return done.returncode, done.stdout + done.stderr
     exported, steps = commands(b.text)
     env.update({k: v.replace("$PWD", str(sandbox)) for k, v in exported.items()})

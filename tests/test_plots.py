@@ -3,6 +3,7 @@ server that serves the run's scalars, images and HPARAMS."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import socket
@@ -58,6 +59,18 @@ def test_one_input_run_gets_fit_frames_and_a_landscape(line_run: Path):
     assert len(steps["plots/fit"]) == 10  # callbacks.plots.frames, start and end included
     assert steps["plots/fit"] == sorted(steps["plots/fit"])
     assert steps["plots/landscape"] == [200]
+
+
+@pytest.mark.parametrize("limit", ["+trainer.max_time=00:00:00:02", "+trainer.max_steps=400"])
+def test_a_fit_of_no_known_length_still_gets_its_frames(run_train, limit):
+    """max_epochs=-1 with max_time or max_steps: `frames` images spread over the fit (a
+    frame every epoch drew thousands and wrote a 126 MB event file)."""
+    m, run_dir = run_train("trainer.max_epochs=-1", limit, "callbacks.last_checkpoint=null")
+    steps = images(run_dir)["plots/fit"]
+    assert m["epochs"] > 100 and len(steps) == 10, (m["epochs"], steps)
+    assert steps[0] == 0 and steps[-1] == m["steps"] and steps == sorted(steps)
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    assert max(gaps[:-1]) <= 2 * min(gaps[:-1])  # spread evenly, not bunched at the start
 
 
 def test_several_inputs_get_predicted_vs_actual(run_train):

@@ -243,6 +243,12 @@ class FitPlots(pl.Callback):
             self._path.append(self._param_vector(pl_module.model))
         if done % self._every == 0:
             self._states.append((done, trainer.global_step, self._state(pl_module)))
+            if len(self._states) > 2 * self.frames:
+                # A fit of no known length (max_epochs=-1 with max_time or max_steps):
+                # every other copy dropped and the interval doubled, so the copies stay
+                # evenly spread and bounded whatever the number of epochs.
+                self._states = self._states[::2]
+                self._every *= 2
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.draw(trainer, pl_module)
@@ -292,6 +298,11 @@ class FitPlots(pl.Callback):
         if datamodule.data.num_features == 1:
             if self._states and self._states[-1][1] == trainer.global_step:
                 self._states.pop()  # the final state is drawn below, from the model itself
+            keep = self.frames - 1
+            if len(self._states) > keep:  # an open-ended fit kept up to twice as many
+                last = len(self._states) - 1
+                picked = sorted({round(i * last / max(1, keep - 1)) for i in range(keep)})
+                self._states = [self._states[i] for i in picked] if keep else []
             frames = [(f"epoch {epoch}", state) for epoch, _, state in self._states]
             final_title = final_title or f"epoch {trainer.current_epoch} (final)"
             drawn = figures.fit_frames(model, frames, datamodule, closed, final_title)
