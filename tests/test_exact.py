@@ -60,6 +60,24 @@ def test_exact_fit_equals_lstsq_and_statsmodels(run_train, tmp_path):
     assert metrics["train_loss"] == pytest.approx(ols.ssr / len(y), rel=1e-10)
 
 
+def test_exact_keeps_the_model_in_float64_unless_a_precision_is_named(run_train, tmp_path):
+    """optimizer=exact with the trainer group's 32-true: the model is float64 (a float32
+    model rounded the solve to 7 digits); trainer.precision named on the command line
+    wins, as any Trainer setting does."""
+    from reglab.reporting.summary import summary_lines
+
+    _table(tmp_path / "t.csv")
+    metrics, run_dir = run_train(*_csv_args(tmp_path / "t.csv"))
+    assert metrics["run"]["config"]["trainer"]["precision"] == "64-true"
+    assert next(load_model(run_dir / "model.pt").parameters()).dtype == torch.float64
+    assert metrics["params"] == metrics["closed_form"]["params"]  # every digit kept
+    assert "solved exactly in float64" in summary_lines(metrics, run_dir)[0]
+    named, named_dir = run_train(*_csv_args(tmp_path / "t.csv"), "trainer.precision=32-true")
+    assert named["run"]["config"]["trainer"]["precision"] == "32-true"
+    assert next(load_model(named_dir / "model.pt").parameters()).dtype == torch.float32
+    assert "solved exactly, no gradient" in summary_lines(named, named_dir)[0]
+
+
 def test_exact_fit_keeps_seven_digits_on_a_degree_10_design(run_train):
     """poly_ill: x in [−9, −3], degree 10, condition number ~1e15 in data units."""
     metrics, run_dir = run_train("experiment=poly_ill", "optimizer=exact")

@@ -407,6 +407,11 @@ def test_lr_find_preset_prints_records_and_uses_the_suggestion(run_train, tmp_pa
 @pytest.mark.parametrize(("args", "message"), [
     (["++trainer.strategy=ddp_spawn", "++trainer.devices=2"], "trainer.strategy: ddp_spawn"),
     (["+trainer.gradient_clip_algorithm=bogus"], "trainer: `gradient_clip_algorithm` bogus"),
+    # L-BFGS's line search runs a different number of all-reduces on each rank: it hung.
+    (["experiment=d2l_lbfgs", "trainer=ddp_cpu"], "optimizer: L-BFGS cannot train "
+     "data-parallel"),
+    (["optimizer=lbfgs", "trainer.devices=2", "trainer.accelerator=cpu"],
+     "optimizer: L-BFGS cannot train data-parallel"),
     # Refused by Lightning only once fit starts: the same one line.
     (["+trainer.overfit_batches=0.25"], "reglab-train: error: trainer: You requested to "
      "check 0.25 of the `train_dataloader`"),
@@ -556,3 +561,15 @@ def test_load_from_checkpoint_arguments_win_for_a_module_built_in_python(tmp_pat
         tmp_path / "m.ckpt", model=LinearRegression(1),
         optimizer=partial(torch.optim.Adam, lr=0.1), loss=nn.MSELoss())
     assert again.model.params() == module.model.params()
+
+
+def test_an_lr_find_suggestion_its_own_curve_does_not_support_is_not_used():
+    """Lightning suggests the steepest fall; where the loss had not yet begun to fall
+    there (noisy_line: 9.1e-6, a fit 500x above the optimum), reglab keeps the rate."""
+    from reglab.training.lr_finder import unsupported
+
+    lrs = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    losses = [10.0, 10.0, 9.9, 5.0, 1.0, 20.0]
+    assert "fallen 1% of the way" in unsupported(lrs, losses, 1e-4)
+    assert unsupported(lrs, losses, 1e-3) is None  # half-way down: a fair suggestion
+    assert unsupported(lrs[:2], losses[:2], 1e-5) is None  # too few points to judge

@@ -69,6 +69,25 @@ def test_csv_reads_float64_exactly_and_keeps_text_columns_out(tmp_path: Path):
     assert names == ["b", "a"] and x.tolist() == [[1.0, 0.1], [3.0, 2.0]]
 
 
+def test_integer_columns_of_any_width_read_as_float64_rounds_them(tmp_path: Path):
+    """Parquet int64 past 2**53 and uint64 up to 2**64 - 1 (pyarrow's safe cast refused
+    them: a traceback) read as the nearest float64, as the same digits in a CSV do."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    big, top = 2**53 + 1, 2**64 - 1
+    table = pa.table({"a": pa.array([big, -big, 3], pa.int64()),
+                      "b": pa.array([top, 0, 7], pa.uint64()),
+                      "c": pa.array([1, 2, 3], pa.int8()),
+                      "y": pa.array([1, 2, 3], pa.uint16())})
+    pq.write_table(table, tmp_path / "wide.parquet")
+    data = read_table(str(tmp_path / "wide.parquet"), target="y")
+    assert data.x.tolist() == [[float(big), 1.0 * top, 1.0], [-float(big), 0.0, 2.0],
+                               [3.0, 7.0, 3.0]]
+    _write(tmp_path / "wide.csv", f"a,b,c,y\n{big},{top},1,1\n{-big},0,2,2\n3,7,3,3\n")
+    assert read_table(str(tmp_path / "wide.csv"), target="y").x.tolist() == data.x.tolist()
+
+
 def test_parquet_bad_cells_are_named_by_row(tmp_path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq

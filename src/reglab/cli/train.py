@@ -64,6 +64,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     from reglab.training import exact as exact_fit
 
     cfg = copy.deepcopy(cfg)  # the run fills in its dir, seed and checkpoint: not the caller's
+    exact_fit.choose_precision(cfg)  # optimizer=exact: float64 unless named otherwise
     run_dir = run_setup.run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = run_setup.hydra_choices()
@@ -236,14 +237,10 @@ def _check_sweep_can_run_data_parallel(cfg: DictConfig) -> None:
     rerun a whole local sweep; on SLURM the scheduler starts the ranks instead."""
     from hydra.core.hydra_config import HydraConfig
 
-    trainer = cfg.get("trainer") or {}
-    strategy = trainer.get("strategy")
-    name = str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy)
-    devices = trainer.get("devices")
-    parallel = "ddp" in name.lower() or (isinstance(devices, int) and (devices > 1 or
-                                                                        devices == -1))
+    from reglab.config.checks import data_parallel
+
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    if parallel and "SlurmLauncher" not in launcher:
+    if data_parallel(cfg.get("trainer")) and "SlurmLauncher" not in launcher:
         raise errors.ConfigError(
             "trainer: data-parallel training (several devices or a ddp strategy) cannot run "
             "inside a local sweep; sweep with hydra/launcher=slurm (tasks_per_node = "

@@ -378,10 +378,30 @@ def check_argv(args: list[str]) -> None:
             raise ConfigError(f"task_name: expected {_TASK_NAME}, got {value!r}")
 
 
+def data_parallel(trainer: Any) -> bool:
+    """Whether a ``trainer`` config trains in several processes (a ddp strategy, several
+    devices or several nodes)."""
+    trainer = trainer or {}
+    strategy = trainer.get("strategy")
+    name = str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy)
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes")
+    return ("ddp" in name.lower() or (isinstance(devices, int) and (devices > 1 or devices == -1))
+            or (isinstance(nodes, int) and nodes > 1))
+
+
 def _check_strategy(cfg: DictConfig) -> None:
     """Strategies that start their workers by spawning or forking run the fit in other
-    processes: the model this process saves would be the untrained one."""
+    processes: the model this process saves would be the untrained one. L-BFGS cannot run
+    data-parallel: each rank's line search evaluates the loss as often as its own numbers
+    call for, every evaluation is an all-reduce, and ranks out of step wait forever."""
     trainer = cfg.get("trainer") or {}
+    optimizer = str((cfg.get("optimizer") or {}).get("_target_", ""))
+    if optimizer.endswith("LBFGS") and data_parallel(trainer):
+        raise ConfigError(
+            "optimizer: L-BFGS cannot train data-parallel: its line search on each rank "
+            "takes as many loss evaluations as that rank's numbers call for, and ranks out "
+            "of step wait for each other forever; train it in one process (trainer=cpu, "
+            "trainer=gpu or trainer=default)")
     strategy = trainer.get("strategy")
     if isinstance(strategy, DictConfig):
         name = f"{strategy.get('_target_', '')} start_method={strategy.get('start_method')}"

@@ -132,7 +132,9 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
             raise DataError(f"{where(row)}: {column[row].as_py()[:40]!r} is not a number")
         column, written = pc.cast(text, pa.float64()), text
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        column = pc.cast(column, pa.float64())
+        # Integers past 2**53 (int64, uint64) and wide decimals round to the nearest float64,
+        # as the same digits in a CSV do: pyarrow's safe cast would refuse them instead.
+        column = pc.cast(column, pa.float64(), safe=False)
     else:  # booleans, dates, nested values: nothing a regression should take as a number
         raise DataError(f"{where(0)}: {str(column[0].as_py())[:40]!r} is not a number "
                         f"(the column holds {kind})")

@@ -76,7 +76,9 @@ def sweep_job_lines(lines: list[str], run_dir: Path) -> list[str]:
 def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     """A few lines a person reads at the end of a run."""
     exact = metrics.get("method") == "exact"
-    how = ("solved exactly, no gradient steps (optimizer=exact)" if exact else
+    trainer = (((metrics.get("run") or {}).get("config") or {}).get("trainer") or {})
+    in64 = " in float64" if str(trainer.get("precision", "")).startswith("64") else ""
+    how = (f"solved exactly{in64}, no gradient steps (optimizer=exact)" if exact else
            f"{metrics['epochs']} epochs, {metrics['steps']} steps")
     lines = [
         f"reglab: {metrics['hparams']['experiment']} {metrics['status']} in "

@@ -43,6 +43,32 @@ class ExactLeastSquares:
         self.defaults = {"weight_decay": self.weight_decay}
 
 
+def choose_precision(cfg: Any) -> bool:
+    """``optimizer=exact`` keeps the model in float64 unless ``trainer.precision`` was named
+    on the command line: the solve is float64, and a float32 model would round its answer
+    to 7 digits (on NIST's Filip, every digit of the coefficients in data units). Sets
+    ``trainer.precision=64-true`` in ``cfg`` and returns True when it chose."""
+    from omegaconf import open_dict
+
+    target = str((cfg.get("optimizer") or {}).get("_target_", ""))
+    trainer = cfg.get("trainer")
+    if not target.endswith(".ExactLeastSquares") or trainer is None:
+        return False
+    if str(trainer.get("precision")) != "32-true":
+        return False  # bf16, 16, 64 or null: someone chose
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not composed by Hydra: nothing was named
+        task = []
+    if any(str(o).lstrip("+~").split("=")[0] == "trainer.precision" for o in task):
+        return False
+    with open_dict(trainer):
+        trainer.precision = "64-true"
+    return True
+
+
 def is_exact(optimizer: Any) -> bool:
     """Whether the built ``optimizer`` (or its factory's result) asks for the exact fit."""
     return isinstance(optimizer, ExactLeastSquares)

@@ -2,13 +2,17 @@
 
 ``Tuner.lr_find`` trains for a short range test from the model's initial weights, then
 restores them; the suggested rate is printed, recorded in ``metrics.json`` and, unless
-``tuner.lr_find.update_lr=false``, used by the fit that follows.
+``tuner.lr_find.update_lr=false``, used by the fit that follows. Lightning suggests the rate
+where the loss falls fastest; on a noisy curve that can be a rate at which it had hardly
+started to fall (9e-6 on ``noisy_line``, whose fit then ends 500x above the optimum), so a
+suggestion the curve itself does not support is reported and not used.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any
 
 log = logging.getLogger("reglab")
@@ -24,19 +28,44 @@ def find_lr(trainer: Any, module: Any, datamodule: Any, options: Any) -> dict[st
                                     **options)
     module.reset_records()  # the range test's losses (and overflows) are not the fit's
     suggestion = None if finder is None else finder.suggestion()
+    results = {} if finder is None else finder.results
+    lrs = [float(v) for v in results.get("lr", [])]
+    losses = [float(v) for v in results.get("loss", [])]
+    doubt = None if suggestion is None else unsupported(lrs, losses, float(suggestion))
     applied = False
-    if suggestion is not None and update:
+    if suggestion is not None and update and doubt is None:
         factory = module.optimizer_factory
         module.optimizer_factory = functools.partial(
             factory.func, *factory.args, **{**factory.keywords, "lr": float(suggestion)})
         applied = True
-    line = ("lr_find: no suggestion (too few points)" if suggestion is None else
-            f"lr_find: suggested learning rate {suggestion:.4g}"
-            + (" (used for this fit)" if applied else ""))
+    if suggestion is None:
+        line = "lr_find: no suggestion (too few points)"
+    elif doubt is not None:
+        kept = module.optimizer_factory.keywords.get("lr")
+        line = (f"lr_find: suggested learning rate {suggestion:.4g}, not used: {doubt}; "
+                f"this fit keeps optimizer.lr={kept}")
+    else:
+        line = (f"lr_find: suggested learning rate {suggestion:.4g}"
+                + (" (used for this fit)" if applied else ""))
     print(line, flush=True)
     log.info(line)
-    results = {} if finder is None else finder.results
     return {"suggestion": None if suggestion is None else float(suggestion),
-            "applied": applied,
-            "lrs": [float(v) for v in results.get("lr", [])],
-            "losses": [float(v) for v in results.get("loss", [])]}
+            "applied": applied, **({"not_used_because": doubt} if doubt else {}),
+            "lrs": lrs, "losses": losses}
+
+
+def unsupported(lrs: list[float], losses: list[float], suggestion: float) -> str | None:
+    """Why the range test's own curve does not support ``suggestion``: at that rate the
+    loss had come less than a tenth of the way from where it started to its lowest."""
+    curve = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True)
+             if lr > 0 and math.isfinite(loss)]
+    if len(curve) < 3:
+        return None
+    start = curve[0][1]
+    best_lr, best = min(curve, key=lambda point: point[1])
+    at = min(curve, key=lambda point: abs(math.log(point[0] / suggestion)))[1]
+    if start - best <= 0 or start - at >= 0.1 * (start - best):
+        return None
+    share = max(0.0, (start - at) / (start - best))
+    return (f"the range test's loss had fallen {share:.0%} of the way to its lowest there "
+            f"({at:.4g}; lowest {best:.4g} at {best_lr:.3g})")
