@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from reglab.data.dataset import Dataset
+from reglab.errors import DataError
 
 #: Rows per block when drawing large synthetic sets (a multiple of 16).
 _BLOCK = 1 << 16
@@ -20,9 +21,46 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+#: Bytes a run holds per float64 cell of its data at its peak: the table, its splits and
+#: the copy training casts (2.8x measured at 10**6 rows, benchmarks/results.md).
+_PEAK_COPIES = 3
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: the smaller of the kernel's MemAvailable and
+    the address-space limit (``ulimit -v``), or None where neither can be read."""
+    import resource
+
+    limits = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits) if limits else None
+
+
+def _fits(num_samples: int, columns: int, key: str = "num_samples") -> None:
+    """Refuse, in one line, a generated table this machine cannot hold, before any of it
+    is allocated (2e9 rows would otherwise end in the kernel's OOM killer or a MemoryError
+    traceback minutes later)."""
+    if num_samples < 1:
+        raise ValueError(f"{key} must be at least 1, got {num_samples}")
+    need = num_samples * columns * 8 * _PEAK_COPIES
+    have = available_memory()
+    if have is not None and need > have:
+        raise DataError(f"data.source.{key}: {num_samples:,} rows of {columns} float64 "
+                        f"columns need about {need / 2**30:.1f} GB (the table, its splits and "
+                        f"the copy training makes); {have / 2**30:.1f} GB is available")
+
+
 def _grid(start: float, stop: float, num: int) -> torch.Tensor:
-    if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
+    _fits(num, 2, "num")
     return torch.linspace(start, stop, num, dtype=torch.float64).unsqueeze(1)
 
 
@@ -51,8 +89,7 @@ def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: floa
     set: blocks are whole multiples of the generator's 16-value batch), so no temporary
     the size of the set is made besides the set itself.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    _fits(num_samples, len(weight) + 1)
     g = _generator(seed)
     w = torch.tensor(list(weight), dtype=torch.float64).unsqueeze(1)
     x = torch.empty(num_samples, w.shape[0], dtype=torch.float64)
@@ -71,8 +108,7 @@ def linear(weight: Sequence[float] = (2.0, -3.4), bias: float = 4.2, noise: floa
 def uniform_line(a: float = 2.0, b: float = 6.0, low: float = 0.0, high: float = 5.0,
                  noise: float = 0.3, num_samples: int = 150, seed: int = 0) -> Dataset:
     """y = a·x + b + N(0, noise²) with x ~ U[low, high)."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    _fits(num_samples, 2)
     g = _generator(seed)
     x = low + (high - low) * torch.rand(num_samples, 1, generator=g, dtype=torch.float64)
     y = a * x + b + noise * torch.randn(num_samples, 1, generator=g, dtype=torch.float64)
@@ -103,10 +139,9 @@ def polynomial(coefficients: Sequence[float] = (1.0, -2.0, 0.0, 1.0), low: float
     """y = c₀ + c₁x + c₂x² + … + N(0, noise²) with x ~ U[low, high): a known degree, so a
     model-selection sweep can be checked against the truth. Random x (not a grid) puts
     few rows near the ends, where a too-flexible polynomial swings."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if not coefficients:
         raise ValueError("coefficients: expected at least one (the constant term)")
+    _fits(num_samples, 2)
     g = _generator(seed)
     x = low + (high - low) * torch.rand(num_samples, 1, generator=g, dtype=torch.float64)
     clean = sum(float(c) * x ** k for k, c in enumerate(coefficients))
