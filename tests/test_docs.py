@@ -89,6 +89,7 @@ def test_every_page_the_fault_table_names_exists():
             assert name in defined, f"docs/errors.md names {file}::{name}, which does not exist"
 
 
+@pytest.mark.slow
 def test_every_compose_line_composes_as_written(tmp_path: Path):
     """The commands this machine cannot run (GPU, SLURM, many nodes, long sweeps), composed
     with Hydra's API as the command composes them: a key that needs a leading `+`, an
@@ -145,6 +146,7 @@ def _run_block(b: Block, sandbox: Path, env: dict[str, str]) -> tuple[int, str]:
     return status, printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", _run_pages())
 def test_the_pages_commands_run_as_written(page: str, tmp_path: Path):
     """A page's run blocks in order in one fresh directory, as a reader would type them;

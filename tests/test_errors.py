@@ -163,6 +163,7 @@ def test_a_rejected_command_leaves_existing_folders_as_they_were(tmp_path: Path)
     assert out.returncode == 0, out.stderr[-2000:]  # and a later resume still works
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(has_cuda(), reason="trainer=gpu runs where there is a GPU")
 def test_gpu_trainer_without_a_gpu_says_what_to_use(tmp_path: Path):
     out = run_cli([script("reglab-train"), "trainer=gpu"], cwd=tmp_path, timeout=120)

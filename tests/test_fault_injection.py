@@ -39,6 +39,7 @@ def test_a_file_size_limit_is_one_line_and_the_record_says_failed(tmp_path: Path
     assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_stdout_on_a_full_device_is_one_line_after_the_run_is_recorded(tmp_path: Path):
     with open("/dev/full", "w") as full:
         out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, stdout=full,
@@ -73,6 +74,7 @@ def _mount(tmp_path: Path, options: str) -> Path:
     return where
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, code, reason", [
     ("ro,size=1m", 2, "Read-only file system"),
     ("size=40k", 1, "No space left on device"),

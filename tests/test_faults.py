@@ -91,9 +91,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, run_tra
 
 @pytest.mark.slow
 def test_ddp_killed_with_kill_9_then_resumed_matches_an_uninterrupted_ddp_run(
-        tmp_path: Path):
+        tmp_path: Path, run_train):
     """Both ranks killed at once (the process group, as a node failure would), then
-    resume=: the data-parallel fit ends where one that was never killed ends."""
+    resume=: the data-parallel fit ends where one that was never killed ends. That
+    uninterrupted run is also held to what trainer=ddp_cpu promises: one run dir, one
+    record, one summary, from rank 0, and the result one process reaches."""
     args = [*LONG[:1], "trainer.max_epochs=60", *LONG[2:], "trainer=ddp_cpu"]
     proc = subprocess.Popen([script("reglab-train"), *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -118,6 +120,25 @@ def test_ddp_killed_with_kill_9_then_resumed_matches_an_uninterrupted_ddp_run(
     assert out.returncode == 0, out.stderr[-3000:]
     straight = json.loads((straight_dir / "metrics.json").read_text())
     assert resumed["params"] == straight["params"]  # bit for bit
+
+    # One run dir: rank 1 ran in rank 0's, not in one of its own.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["outputs", "straight"]
+    assert list((tmp_path / "outputs").glob("*/runs/*")) == [run_dir]
+    assert straight["world_size"] == 2
+    assert len(list(straight_dir.rglob("metrics.json"))) == 1
+    assert len(list(straight_dir.rglob("model.pt"))) == 1
+    assert [p.name for p in (straight_dir / "checkpoints").iterdir()
+            if p.name.startswith("last")] == ["last.ckpt"]
+    assert out.stdout.count("reglab: noisy_line completed") == 1  # one summary, rank 0's
+    # Global batches of data.batch_size rows across the ranks: one process's steps and,
+    # to float rounding, its result.
+    single, _ = run_train("experiment=noisy_line", "trainer.max_epochs=60", "logger=none",
+                          "callbacks=none")
+    assert straight["steps"] == single["steps"]
+    for got, want in zip(straight["params"]["weight"][0], single["params"]["weight"][0],
+                         strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert straight["params"]["bias"] == pytest.approx(single["params"]["bias"], abs=1e-4)
 
 
 def _malicious_checkpoint(path: Path, marker: Path) -> None:

@@ -227,6 +227,7 @@ def test_an_ownerless_running_trial_is_stale_after_the_grace_period(tmp_path: Pa
     assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL", "WAITING"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage, made", [
     ("sqlite:///study.db", "study.db"),  # relative: to the launch dir, as SQLAlchemy reads it
     ("journals/noisy.log", "journals/noisy.log"),  # an Optuna journal file

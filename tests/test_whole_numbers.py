@@ -34,6 +34,7 @@ _KEYS = sorted([*checks._WHOLE_NUMBERS,
 _VALUES = ["true", "false", "-2", "-1", "0", "1", "2", "3", "1.5", "'x'", "null", "1e3"]
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.generate])
 @given(key=st.sampled_from(_KEYS), value=st.sampled_from(_VALUES))
@@ -88,6 +89,7 @@ _FLAGS = sorted(k for k in checks._BOOLEANS if k != "allow_changed_data")
 _FLAG_VALUES = ["true", "false", "0", "1", "2", "yes", "'no'", "null", "warn", "0.5"]
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.generate])
 @given(key=st.sampled_from(_FLAGS), value=st.sampled_from(_FLAG_VALUES))
