@@ -61,7 +61,7 @@ def test_one_input_run_gets_fit_frames_and_a_landscape(line_run: Path):
     assert steps["plots/landscape"] == [200]
 
 
-@pytest.mark.parametrize("limit", ["+trainer.max_time=00:00:00:02", "+trainer.max_steps=400"])
+@pytest.mark.parametrize("limit", ["+trainer.max_time=00:00:00:01", "+trainer.max_steps=400"])
 def test_a_fit_of_no_known_length_still_gets_its_frames(run_train, limit):
     """max_epochs=-1 with max_time or max_steps: `frames` images spread over the fit (a
     frame every epoch drew thousands and wrote a 126 MB event file)."""

@@ -266,6 +266,7 @@ def test_weight_decay_reports_the_ridge_optimum_training_reaches(run_train):
     assert closed["report"]["coef"][0]["name"] == "const"
 
 
+@pytest.mark.slow
 def test_weight_decay_with_several_targets_sums_the_penalty_over_every_row(run_train,
                                                                          tmp_path: Path):
     rng = np.random.default_rng(5)
