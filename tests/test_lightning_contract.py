@@ -206,14 +206,18 @@ def test_log_every_n_steps_writes_at_lightnings_steps(run_train, tmp_path):
 
 
 class Watcher(pl.Callback):
-    """A user's own callback reading ``callback_metrics`` after every step and at every
-    epoch's end (defined here, outside reglab, as a user's would be)."""
+    """A user's own callback reading ``callback_metrics`` after every step, at every
+    epoch's end and at every hook around validation and the fit (defined here, outside
+    reglab, as a user's would be)."""
 
     made: ClassVar[list[Watcher]] = []
+    KEYS = ("train/loss", "train/loss_epoch", "val/loss")
 
     def __init__(self) -> None:
         self.steps: list[float | None] = []
         self.epochs: list[float | None] = []
+        #: (hook, (train/loss, train/loss_epoch, val/loss)) in the order the hooks ran.
+        self.hooks: list[tuple[str, tuple[float | None, ...]]] = []
         Watcher.made.append(self)
 
     @staticmethod
@@ -221,11 +225,33 @@ class Watcher(pl.Callback):
         value = trainer.callback_metrics.get(key)
         return None if value is None else float(value)
 
+    def _note(self, hook: str, trainer: pl.Trainer) -> None:
+        self.hooks.append((hook, tuple(self._read(trainer, k) for k in self.KEYS)))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps.append(self._read(trainer, "train/loss"))
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.epochs.append(self._read(trainer, "train/loss_epoch"))
+        self._note("train_epoch_end", trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._note("train_epoch_start", trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._note("validation_start", trainer)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._note("validation_epoch_end", trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._note("validation_end", trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._note("train_end", trainer)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._note("fit_end", trainer)
 
 
 def test_a_users_callback_reads_what_a_stock_module_logs(run_train, tmp_path):
@@ -240,6 +266,13 @@ def test_a_users_callback_reads_what_a_stock_module_logs(run_train, tmp_path):
     assert None not in ours.steps and None not in ours.epochs
     assert ours.steps == pytest.approx(theirs.steps, rel=1e-6)
     assert ours.epochs == pytest.approx(theirs.epochs, rel=1e-6)
+    # Every hook around validation and the fit: the same hooks in the same order, each
+    # seeing the same three values (or the same absence) as under the stock module.
+    assert [h for h, _ in ours.hooks] == [h for h, _ in theirs.hooks]
+    for (hook, got), (_, want) in zip(ours.hooks, theirs.hooks, strict=True):
+        assert [v is None for v in got] == [v is None for v in want], (hook, got, want)
+        assert [v for v in got if v is not None] == pytest.approx(
+            [v for v in want if v is not None], rel=1e-6), (hook, got, want)
     assert_same(m, ref)
 
 
