@@ -92,3 +92,40 @@ def test_a_read_only_or_full_file_system_is_one_line(tmp_path: Path, options: st
         assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
     finally:
         subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_eval_predict_and_sweep_report_on_a_read_only_file_system_are_one_line(
+        tmp_path: Path):
+    """The other three commands meet a read-only file system the way reglab-train does:
+    one line naming the path and the OS's reason, and what was there left as it was."""
+    where = _mount(tmp_path, "size=64m")
+    try:
+        sweep = where / "sweep"
+        made = subprocess.run([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
+                               "logger=none", "callbacks.plots=null",
+                               f"hydra.sweep.dir={sweep}"], cwd=tmp_path, text=True,
+                              capture_output=True, stdin=subprocess.DEVNULL, timeout=240)
+        assert made.returncode == 0, made.stderr[-2000:]
+        (where / "new.csv").write_text("x\n1.5\n")
+        before = {p: p.read_bytes() for p in where.rglob("*") if p.is_file()}
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        model = sweep / "0" / "model.pt"
+        commands = [
+            [script("reglab-sweep-report"), str(sweep)],
+            [script("reglab-eval"), f"ckpt_path={model}", "split=all",
+             f"hydra.run.dir={where / 'eval'}"],
+            [script("reglab-predict"), f"ckpt_path={model}", f"input_path={where / 'new.csv'}",
+             f"output_path={where / 'pred.csv'}"],
+        ]
+        for command in commands:
+            out = subprocess.run(command, cwd=tmp_path, text=True, capture_output=True,
+                                 stdin=subprocess.DEVNULL, timeout=240)
+            assert out.returncode in (1, 2), (command[0], out.stderr[-2000:])
+            assert "Traceback" not in out.stderr, out.stderr[-2000:]
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].endswith(": Read-only file system"), lines
+            assert ".tmp-" not in lines[0]  # the file asked for, not a temporary name
+        assert {p: p.read_bytes() for p in where.rglob("*") if p.is_file()} == before
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)

@@ -164,6 +164,10 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
         if tmp.exists():
             os.replace(tmp, path)
         return result
+    except OSError as exc:  # named by the file the user asked for, not the temporary one
+        if exc.filename is not None and str(exc.filename) == str(tmp):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

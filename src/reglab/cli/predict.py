@@ -32,6 +32,8 @@ def main() -> None:
             sys.exit(0)
         except errors.ReglabError as exc:
             common.fail("reglab-predict", exc)
+        except OSError as exc:  # here, not past Hydra, which would add a line of its own
+            common.fault("reglab-predict", exc)
 
     common.run_hydra_app("reglab-predict", job)
 
