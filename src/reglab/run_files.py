@@ -169,7 +169,8 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):  # a read-only file system refuses even a missing one's unlink
+            tmp.unlink(missing_ok=True)
 
 
 def _finite(value: Any, key: str, found: list[str]) -> Any:

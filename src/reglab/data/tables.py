@@ -42,7 +42,8 @@ def _columns(path: Path, header: list[str], features: Sequence[str] | None,
         raise DataError(f"{path}: duplicate column {dup!r} in the header")
     wanted = list(features) if features is not None else [c for c in header
                                                           if c not in targets]
-    missing = [c for c in [*wanted, *targets] if c not in header]
+    present = set(header)  # a set: a 10,000-column header is searched 10,000 times
+    missing = [c for c in [*wanted, *targets] if c not in present]
     if missing:
         hint = ""
         if delimiter is not None and len(header) == 1:
@@ -50,7 +51,8 @@ def _columns(path: Path, header: list[str], features: Sequence[str] | None,
                     "set data.source.delimiter")
         raise DataError(f"{path}: no column {', '.join(map(repr, missing))} "
                         f"(the file has: {', '.join(header)}){hint}")
-    both = [c for c in targets if c in wanted]
+    chosen = set(wanted)
+    both = [c for c in targets if c in chosen]
     if both:
         raise DataError(f"{path}: column {both[0]!r} is both a target and a feature")
     if len(set(targets)) != len(targets):
@@ -362,7 +364,8 @@ def _read(file: Path, features: Sequence[str] | None, targets: Sequence[str], de
     header = [h.strip() for h in raw_header]
     names = _columns(file, header, features, targets, delimiter)
     # Only the wanted columns are converted; pyarrow knows them by their raw names.
-    raw = [dict(zip(header, raw_header, strict=True))[n] for n in names]
+    as_written = dict(zip(header, raw_header, strict=True))
+    raw = [as_written[n] for n in names]
     try:
         return names, _assemble(file, _line_count(file), _csv_pieces(file, delimiter, raw, names),
                                 widths(len(names)))
