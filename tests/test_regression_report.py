@@ -269,3 +269,24 @@ def test_the_console_table_prints_t_for_its_size():
               "f_p_value": None, "sigma": 0.0, "condition_number": 11.3, "rank": 2}
     lines = report_table(report)
     assert lines[1].split()[3] == "1.147e+15" and lines[2].split()[3] == "143.326"
+
+
+def test_a_wide_design_keeps_its_standard_errors_but_not_a_huge_covariance():
+    """Past COV_TERMS terms the k×k covariance is left out of the record (10,000 columns
+    made 10⁸ numbers of JSON: the run never ended); its diagonal, the standard errors,
+    stays, equal to the narrow computation's."""
+    from reglab.analysis.ols_report import COV_TERMS
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(600, COV_TERMS + 5)))
+    y = torch.from_numpy(x.numpy()[:, :3].sum(1) + rng.normal(size=600))
+    wide = ols_report(x, y)
+    assert wide["cov"] is None and wide["cov_omitted"].startswith(f"{COV_TERMS + 6:,} terms")
+    design = np.hstack([np.ones((600, 1)), x.numpy()])
+    resid = y.numpy() - design @ np.linalg.lstsq(design, y.numpy(), rcond=None)[0]
+    sigma2 = resid @ resid / (600 - design.shape[1])
+    se = np.sqrt(sigma2 * np.diag(np.linalg.inv(design.T @ design)))
+    np.testing.assert_allclose([r["std_err"] for r in wide["coef"]], se, rtol=1e-8)
+    narrow = ols_report(x[:, :3], y)
+    assert len(narrow["cov"]) == 4 and "cov_omitted" not in narrow
+    json.dumps(wide, allow_nan=False)

@@ -119,6 +119,12 @@ def _design_facts(x: Array, design: Design, bias: bool, chunk: int) -> tuple[flo
     return cond, int(s_own.size > 0 and _rank(s_all, n) == _rank(s_own, n))
 
 
+#: The most terms whose covariance matrix ``metrics.json`` holds (200² = 40,000 numbers).
+#: A 10,000-column table's would be 10⁸ numbers: gigabytes of JSON and an O(k³) product,
+#: minutes for nothing a person reads; its standard errors (the diagonal) are kept.
+COV_TERMS = 200
+
+
 def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str, Any], Any]:
     n = int(x.shape[0])
     if n == 0:
@@ -144,11 +150,13 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
         # of a variance that may pass float64's range.
         factor = sol.covariance_factor() @ prob.jacobian.T
         se = math.sqrt(sigma2_t) * column_norms(factor)
-        with np.errstate(over="ignore"):
-            cov = sigma2_t * (factor.T @ factor)
-    else:
+        cov = None
+        if len(coef) <= COV_TERMS:
+            with np.errstate(over="ignore"):
+                cov = sigma2_t * (factor.T @ factor)
+    else:  # no residual degrees of freedom: no variance to scale anything by
         se = np.full(len(coef), math.nan)
-        cov = np.full((len(coef), len(coef)), math.nan)
+        cov = None
     q = float(stats.t.ppf(1 - ALPHA / 2, df_resid)) if df_resid > 0 else math.nan
 
     table = []
@@ -179,7 +187,10 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
         # below this share of the largest count as zero (norms formed without squaring a
         # raw value, so a column near 1e-300 is never taken for a constant).
         "rank_tolerance": _num(len(sol.weight) * float(np.finfo(np.float64).eps)),
-        "cov": [[_num(v) for v in row] for row in cov],
+        "cov": None if cov is None else [[_num(v) for v in row] for row in cov],
+        **({"cov_omitted": f"{len(coef):,} terms: the {len(coef)}×{len(coef)} matrix is "
+                           f"not recorded (up to {COV_TERMS} terms are); std_err holds "
+                           "its diagonal"} if cov is None and df_resid > 0 else {}),
         "params": {"weight": [sol.weight.tolist()], "bias": sol.bias},
     }, sol
 
