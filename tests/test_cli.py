@@ -35,15 +35,14 @@ def test_help_page_is_hydras_own(tmp_path: Path):
     """--help is Hydra's own page (its path costs well under a second): the app's config
     groups and the composed config, for train, eval and predict; a group option that does
     not exist is one line and exit 2."""
+    pages = {}
     for args in (["--help"], ["experiment=d2l", "--help", "--resolve"],
                  ["-m", "hparams_search=lr_batch", "--help"]):
-        ours = run_cli([script("reglab-train"), *args], cwd=tmp_path)
+        ours = pages[" ".join(args)] = run_cli([script("reglab-train"), *args], cwd=tmp_path)
         assert ours.returncode == 0, ours.stderr
         assert "== Config groups" in ours.stdout and "== Config (" in ours.stdout, args
         assert "hydra/launcher" not in ours.stdout  # the app's groups, not Hydra's own
-    resolved = run_cli([script("reglab-train"), "experiment=d2l", "--help", "--resolve"],
-                       cwd=tmp_path)
-    assert "lr: 0.03" in resolved.stdout
+    assert "lr: 0.03" in pages["experiment=d2l --help --resolve"].stdout
     for command in ("eval", "predict"):
         ours = run_cli([script(f"reglab-{command}"), "--help"], cwd=tmp_path)
         assert ours.returncode == 0 and f"reglab-{command}:" in ours.stdout, command
