@@ -13,6 +13,8 @@ BAD = [
     # Refused before a byte of it is allocated, whatever the machine.
     (["data=linear", "data.source.num_samples=1000000000000"], "data.source.num_samples: "
      "1,000,000,000,000 rows of 3 float64 columns need about 67055.2 GB"),
+    (["data.source.num=1000000000000"], "data.source.num: 1,000,000,000,000 rows of 2 "
+     "float64 columns need about 44703.5 GB"),
     (["optimizer.lr=0"], "optimizer.lr: expected a finite number > 0"),
     (["optimizer.lr=inf"], "optimizer.lr: expected a finite number > 0, got inf"),
     (["optimizer.weight_decay=nan"], "optimizer.weight_decay: expected a finite number >= 0"),

@@ -11,6 +11,7 @@ the parameters they end with (or where they stopped, or the files they wrote).
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -235,23 +236,17 @@ class Watcher(pl.Callback):
         self.epochs.append(self._read(trainer, "train/loss_epoch"))
         self._note("train_epoch_end", trainer)
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._note("train_epoch_start", trainer)
 
-    def on_validation_start(self, trainer, pl_module):
-        self._note("validation_start", trainer)
+def _noting(hook: str) -> Callable[..., None]:
+    def on_hook(self: Watcher, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note(hook, trainer)
+    return on_hook
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._note("validation_epoch_end", trainer)
 
-    def on_validation_end(self, trainer, pl_module):
-        self._note("validation_end", trainer)
-
-    def on_train_end(self, trainer, pl_module):
-        self._note("train_end", trainer)
-
-    def on_fit_end(self, trainer, pl_module):
-        self._note("fit_end", trainer)
+# The hooks around validation and the fit, each noting what callback_metrics holds then.
+for _hook in ("train_epoch_start", "validation_start", "validation_epoch_end",
+              "validation_end", "train_end", "fit_end"):
+    setattr(Watcher, f"on_{_hook}", _noting(_hook))
 
 
 def test_a_users_callback_reads_what_a_stock_module_logs(run_train, tmp_path):
@@ -268,6 +263,9 @@ def test_a_users_callback_reads_what_a_stock_module_logs(run_train, tmp_path):
     assert ours.epochs == pytest.approx(theirs.epochs, rel=1e-6)
     # Every hook around validation and the fit: the same hooks in the same order, each
     # seeing the same three values (or the same absence) as under the stock module.
+    assert {h for h, _ in ours.hooks} == {"train_epoch_start", "train_epoch_end",
+                                          "validation_start", "validation_epoch_end",
+                                          "validation_end", "train_end", "fit_end"}
     assert [h for h, _ in ours.hooks] == [h for h, _ in theirs.hooks]
     for (hook, got), (_, want) in zip(ours.hooks, theirs.hooks, strict=True):
         assert [v is None for v in got] == [v is None for v in want], (hook, got, want)

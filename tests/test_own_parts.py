@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,16 +42,13 @@ def _files() -> dict[str, str]:
 
 
 def _commands(block: str, project: Path) -> tuple[dict[str, str], list[list[str]]]:
-    """A bash block of the page as (exported environment, commands), ``$PWD`` = ``project``."""
-    env: dict[str, str] = {}
-    commands = []
-    for line in block.replace("\\\n", " ").splitlines():
-        words = shlex.split(line.replace("$PWD", str(project)), comments=True)
-        if words and words[0] == "export":
-            env.update(w.split("=", 1) for w in words[1:])
-        elif words:
-            commands.append(words)
-    return env, commands
+    """A bash block of the page as (exported environment, commands), ``$PWD`` = ``project``:
+    the docs' own reader (:func:`docs_blocks.commands`), every step a reglab command."""
+    from docs_blocks import commands
+
+    env, steps = commands(block.replace("$PWD", str(project)))
+    assert all(step.argv for step in steps), block
+    return env, [step.argv for step in steps]
 
 
 def _run(words: list[str], project: Path, env: dict[str, str]) -> CompletedProcess[str]:
