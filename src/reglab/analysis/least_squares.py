@@ -8,11 +8,13 @@ default cutoff, returns coefficients that are wrong in their first digit. This s
    takes the condition number of that design down to about 1e9;
 2. factors the scaled design by QR, a chunk of rows at a time (only a d×d triangle is
    ever held, so it runs in O(chunk·d) memory on millions of rows);
-3. refines the solution with residuals computed in extended precision (corrected
-   semi-normal equations), which recovers the digits lost to rounding.
+3. refines the solution with residuals and gradients in double-double arithmetic
+   (:mod:`reglab.analysis.double_double`), corrections from that float64 factor, until
+   the float64 answer stops moving: it is then the exact solution of the float64 data,
+   rounded. A polynomial's columns (:class:`Powers`) enter the refinement exact too.
 
-Against exact rational arithmetic on that degree-10 design it agrees to about 10
-significant digits per coefficient (see ``tests/test_closed_form.py``).
+On NIST's eleven StRD linear sets every coefficient agrees with exact rational
+arithmetic to 15 or more digits (``tests/test_nist.py``).
 
 The solution keeps the pieces of the pseudo-inverse of R, so that the covariance of the
 estimate (standard errors, :mod:`reglab.analysis.ols_report`) costs no second pass. With
@@ -21,18 +23,29 @@ estimate (standard errors, :mod:`reglab.analysis.ols_report`) costs no second pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from reglab.analysis import double_double as dd
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 
 #: Rows per chunk: bounds the temporary float64 / extended-precision copies.
 CHUNK = 1 << 14
-#: Refine only designs whose scaled condition number could cost digits in float64.
-REFINE_ABOVE = 1e4
+#: Up to this many rows the refinement computes residuals in double-double (cheap there,
+#: and what a few dozen rows need for their last digits: NIST's Norris, Wampler); above
+#: it in float64 with BLAS, whose rounding errors average out over the rows, unless the
+#: design's columns are exact only in double-double (:class:`Powers`).
+EXACT_ROWS = 1 << 16
+#: Above this condition number of the scaled design, the covariance is built from the
+#: exact design (one more pass) rather than from the float64 R, whose relative error
+#: is about cond·1e-16: below it standard errors are right to 11 digits or more.
+COVARIANCE_ABOVE = 1e5
 
 
 @dataclass
@@ -55,6 +68,13 @@ class LeastSquares:
     ridge: float = 0.0
     #: Σ residual² on the rows it was solved on, once someone has summed it (saves a pass).
     train_sse: float | None = None
+    #: What rounding ``weight`` and ``bias`` to float64 left (weight + weight_lo is the
+    #: solution to ~1e-32): a change of units with cancellation keeps its digits.
+    weight_lo: np.ndarray | None = None
+    bias_lo: float = 0.0
+    #: F with Cov(θ) = σ²·FᵀF, from the exact design where the float64 factor would cost
+    #: digits (see :func:`_covariance_rows`); None: built from ``vt`` and ``s``.
+    cov_rows: np.ndarray | None = None
 
     def covariance(self, sigma2: float) -> np.ndarray:
         """Cov(θ) = σ²·(XᵀX)⁺ for θ = (b, w…) (b first when there is one), X = [1, D].
@@ -79,6 +99,8 @@ class LeastSquares:
         if self.ridge:
             raise ValueError("covariance_factor() is the OLS one: a ridge solution is "
                              "biased and its sampling covariance is not σ²(XᵀX)⁺")
+        if self.cov_rows is not None:
+            return self.cov_rows
         if self.vt is None or self.s is None or self.keep is None or self.scale is None:
             raise ValueError("this solution carries no R factor (build it with solve())")
         rows = self.vt[self.keep] / self.s[self.keep][:, None]  # rows of S⁻¹Vᵀ
@@ -102,15 +124,58 @@ class LeastSquares:
 
     def sse(self, x: torch.Tensor, y: torch.Tensor, features: Features | None = None,
             chunk: int = CHUNK) -> float:
-        """Σ residual², in float64 (pairwise sums): relative error ~1e-14 even when the
-        residuals are 1e-3 of the targets, and BLAS speed on millions of rows."""
-        total = 0.0
-        b = float(self.bias or 0.0)
-        for xs, ys in _chunks(x, y, features, chunk):
-            r = ys - xs @ self.weight - b
-            total += float(r @ r)
-        return total
+        """Σ residual². In float64 (BLAS speed on millions of rows) where that is right to
+        ~12 digits; in double-double where it would not be: residuals below 1e-4 of the
+        values they are the difference of (NIST's Wampler2), or a design whose columns
+        float64 would round (:class:`Powers`). There it is the smaller of the sums at
+        ``weight`` and at weight + weight_lo: each is the loss of an actual θ, so the
+        smaller is the nearer the optimum (an exact fit scores 0, not 1e-92)."""
+        if getattr(features, "dd", None) is None:
+            total, scale = 0.0, 0.0
+            b = float(self.bias or 0.0)
+            for xs, ys in _chunks(x, y, features, chunk):
+                fit = xs @ self.weight + b
+                r = ys - fit
+                total += float(r @ r)
+                scale += float(ys @ ys) + float(fit @ fit)
+            if not total < 1e-8 * scale:
+                return total
+        w_lo = self.weight_lo if self.weight_lo is not None else np.zeros_like(self.weight)
+        zero = np.zeros_like(self.weight)
+        b_hi = np.asarray(float(self.bias or 0.0))
+        sums: list[dd.DD] = [(np.zeros(()), np.zeros(())), (np.zeros(()), np.zeros(()))]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for hi, lo, ys in _dd_chunks(x, y, features, chunk):
+                for i, (w, b) in enumerate((((self.weight, zero), (b_hi, np.asarray(0.0))),
+                                            ((self.weight, w_lo),
+                                             (b_hi, np.asarray(self.bias_lo))))):
+                    r, _, e_y = _residuals(hi, lo, ys, w, b)
+                    sq = dd.sum_rows(dd.mul(r, r))
+                    sums[i] = dd.add(sums[i], (np.ldexp(sq[0], 2 * e_y),
+                                               np.ldexp(sq[1], 2 * e_y)))
+        return min(float(t[0] + t[1]) for t in sums)
 
+
+
+class Powers:
+    """x¹ … x^degree of one input column, of (x − mean)/std when those are given: a
+    polynomial model's features. Called on a tensor, as torch computes them; ``dd`` gives
+    the same columns exact to ~1e-32 for the refinement, where rounding each power once
+    would cost an ill-conditioned fit half its digits (NIST's Filip: 7.6 instead of 15)."""
+
+    def __init__(self, degree: int, mean: float | None = None, std: float | None = None):
+        self.degree, self.mean, self.std = int(degree), mean, std
+
+    def _scaled(self, t: Any) -> Any:
+        return t if self.mean is None else (t - self.mean) / self.std
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        z = self._scaled(t.reshape(-1, 1))
+        return z.pow(torch.arange(1, self.degree + 1, dtype=z.dtype, device=z.device))
+
+    def dd(self, x: np.ndarray) -> dd.DD:
+        return dd.powers(self._scaled(np.asarray(x, dtype=np.float64).reshape(-1)),
+                         self.degree)
 
 def _add_norms(state: tuple[np.ndarray, np.ndarray], block: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +219,7 @@ def _chunks(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
 
 
 def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool = True,
-          features: Features | None = None, refine: int = 2, chunk: int = CHUNK,
+          features: Features | None = None, refine: int = 8, chunk: int = CHUNK,
           ridge: float = 0.0) -> LeastSquares:
     """Least squares of ``y`` (n or n×1) on the design ``features(x)`` (default: the
     columns of ``x``), plus an intercept when ``bias``.
@@ -204,23 +269,162 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
 
     cond = float(s[0] / s[keep][-1]) if keep.any() else float("inf")
 
-    # Refinement: r = y − Xw − b in extended precision, then δ = (ZᵀZ)⁺ Zᵀr via R.
-    # A well-conditioned design is already exact to float64 rounding: skip the passes.
-    w_ld, b_ld = w.astype(np.longdouble), np.longdouble(b)
-    for _ in range(refine if cond > REFINE_ABOVE else 0):
-        g = np.zeros(d, dtype=np.longdouble)
-        r_sum = np.longdouble(0)
-        for xs, ys in _chunks(x, y, features, chunk):
-            xl = xs.astype(np.longdouble)
-            r = ys.astype(np.longdouble) - xl @ w_ld - b_ld
-            g += ((xl - mean) / scale).T @ r
-            r_sum += r.sum()
-        delta = vt.T @ (inv ** 2 * (vt @ g.astype(np.float64)))
-        dw, db = unscale(delta, float(r_sum / n) if bias else 0.0)
-        w_ld, b_ld = w_ld + dw, b_ld + (db if bias else 0)
-    return LeastSquares(weight=w_ld.astype(np.float64), bias=float(b_ld) if bias else None,
+    # Large and well-posed: the QR answer is already right to ~1e-13 (error ≈ 1e-16·κ,
+    # κ = cond·(1 + cond·tan θ), tan θ = residual/fit, times the cancellation in the
+    # intercept b = ȳ − meanᵀw): a refinement pass would buy nothing a user could see.
+    fitted = float(np.linalg.norm(r_aug[:d, d]))
+    tan = float(abs(r_aug[d, d])) / fitted if fitted > 0 else math.inf
+    cancel = ((float(np.abs(mean * w).sum()) + abs(y_mean))
+              / max(abs(b), 2.0 ** -20 * y_scale / math.sqrt(n)) if bias else 1.0)
+    if n > EXACT_ROWS and getattr(features, "dd", None) is None and \
+            cond * (1 + cond * tan) * max(cancel, 1.0) < 1000:
+        refine = 0
+    w_dd, b_dd = _refine(x, y, features, chunk, bias, n, mean, scale, vt, s, keep, w, b,
+                         refine, cond)
+    cov_rows = (_covariance_rows(x, y, features, chunk, bias, n, mean, scale, u, s, vt)
+                if cond > COVARIANCE_ABOVE and keep.all() else None)
+    # two_sum keeps hi the rounded value of hi + lo: hi is the float64 answer.
+    return LeastSquares(weight=w_dd[0], bias=float(b_dd[0]) if bias else None,
                         rank=int(keep.sum()), condition=cond, n=n, mean=mean, scale=scale,
-                        vt=vt, s=s, keep=keep)
+                        vt=vt, s=s, keep=keep, weight_lo=w_dd[1],
+                        bias_lo=float(b_dd[1]) if bias else 0.0, cov_rows=cov_rows)
+
+
+def _dd_chunks(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+               features: Features | None, chunk: int
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(design rows hi, lo, targets): the design exact to ~1e-32 where the features can
+    say so (:class:`Powers`), else as float64 has it (lo = 0)."""
+    exact = getattr(features, "dd", None)
+    for i in range(0, int(x.shape[0]), chunk):
+        xs = x[i:i + chunk]
+        if exact is not None:
+            hi, lo = exact(_np(xs))
+        else:
+            if features is not None:
+                xs = features(torch.as_tensor(xs).double())
+            hi = _np(xs)
+            lo = np.zeros_like(hi)
+        yield hi, lo, _np(y[i:i + chunk]).reshape(-1)
+
+
+def _pow2(v: np.ndarray) -> np.ndarray:
+    """Exponents e with v·2^-e within [0.5, 1) in magnitude (0 for zeros)."""
+    return np.frexp(np.where(np.isfinite(v) & (v != 0), v, 1.0))[1]
+
+
+def _residuals(hi: np.ndarray, lo: np.ndarray, ys: np.ndarray, w: dd.DD, b: dd.DD
+               ) -> tuple[dd.DD, dd.DD, int]:
+    """r = y − Dw − b of one chunk in double-double, scaled by 2^-e_y (returned with the
+    design scaled column by column, D' = D·2^-e_x): Dekker's split needs values near 1,
+    and powers of two scale exactly, so columns near 1e±300 lose nothing."""
+    e_x = _pow2(np.abs(hi).max(axis=0)) if len(hi) else np.zeros(hi.shape[1], int)
+    e_y = int(_pow2(np.asarray(np.abs(ys).max() if len(ys) else 0.0)))
+    d_s = (np.ldexp(hi, -e_x), np.ldexp(lo, -e_x))
+    w_s = (np.ldexp(w[0], e_x - e_y), np.ldexp(w[1], e_x - e_y))
+    r = dd.add((np.ldexp(ys, -e_y), np.zeros_like(ys)),
+               (np.full_like(ys, -np.ldexp(float(b[0]), -e_y)),
+                np.full_like(ys, -np.ldexp(float(b[1]), -e_y))))
+    for j in range(hi.shape[1]):
+        r = dd.add(r, dd.neg(dd.mul((d_s[0][:, j], d_s[1][:, j]), (w_s[0][j], w_s[1][j]))))
+    return r, (d_s[0], d_s[1]), e_y
+
+
+def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+            features: Features | None, chunk: int, bias: bool, n: int, mean: np.ndarray,
+            scale: np.ndarray, vt: np.ndarray, s: np.ndarray, keep: np.ndarray,
+            w: np.ndarray, b: float, iterations: int, cond: float) -> tuple[dd.DD, dd.DD]:
+    """Iterative refinement: r = y − Xw − b and Xᵀr in double-double, the correction
+    δ = (RᵀR)⁺Zᵀr from the float64 factor. With R backward stable for the scaled design
+    Z, each step shrinks the error by about cond(Z)·1e-16, and the fixed point solves the
+    normal equations of the exact design to ~cond(Z)·1e-32: the float64 answer is then
+    the exact one rounded (NIST's Filip, Wampler1–5: every coefficient to 15+ digits
+    against rational arithmetic, where one float64 QR gives 7–9). A step that is not
+    finite ends the refinement."""
+    d = len(w)
+    inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    w_dd: dd.DD = (w.copy(), np.zeros(d))
+    b_dd: dd.DD = (np.asarray(float(b) if bias else 0.0), np.asarray(0.0))
+    exact = n <= EXACT_ROWS or getattr(features, "dd", None) is not None
+    for _ in range(iterations):
+        s0: dd.DD = (np.zeros(()), np.zeros(()))
+        sx: dd.DD = (np.zeros(d), np.zeros(d))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for hi, lo, ys in (_dd_chunks(x, y, features, chunk) if exact else
+                               ((xs, None, ys) for xs, ys in _chunks(x, y, features, chunk))):
+                if lo is None:  # float64, BLAS: r's rounding averages out over many rows
+                    r_f = (ys - hi @ w_dd[0] - float(b_dd[0])) - (hi @ w_dd[1] + float(b_dd[1]))
+                    s0 = dd.add(s0, (np.asarray(r_f.sum()), np.asarray(0.0)))
+                    sx = dd.add(sx, (hi.T @ r_f, np.zeros(d)))
+                    continue
+                r, d_s, e_y = _residuals(hi, lo, ys, w_dd, b_dd)
+                e_x = _pow2(np.abs(hi).max(axis=0)) if len(hi) else np.zeros(d, int)
+                t0 = dd.sum_rows(r)
+                s0 = dd.add(s0, (np.ldexp(t0[0], e_y), np.ldexp(t0[1], e_y)))
+                tx = dd.sum_rows(dd.mul(d_s, (r[0][:, None], r[1][:, None])))
+                sx = dd.add(sx, (np.ldexp(tx[0], e_x + e_y), np.ldexp(tx[1], e_x + e_y)))
+            total = float(s0[0] + s0[1])
+            g = (sx[0] + sx[1]) / scale - (total * (mean / scale) if bias else 0.0)
+            delta = vt.T @ (inv ** 2 * (vt @ g))
+            dw = delta / scale
+            db = total / n - float(mean @ dw) if bias else 0.0
+        if not (np.isfinite(dw).all() and np.isfinite(db)):
+            break
+        w_dd = dd.add(w_dd, (dw, np.zeros(d)))
+        b_dd = dd.add(b_dd, (np.asarray(db), np.asarray(0.0)))
+        # The next step would be about cond·1e-16 of this one: stop once that is below
+        # 2^-60 of every coefficient (one pass for a well-conditioned design).
+        shrink = max(cond, 1.0) * 1e-15
+        if np.all(np.abs(dw) * shrink <= 2.0 ** -60 * np.abs(w_dd[0])) and \
+                abs(db) * shrink <= 2.0 ** -60 * abs(float(b_dd[0])):
+            break
+    return w_dd, b_dd
+
+
+def _covariance_rows(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+                     features: Features | None, chunk: int, bias: bool, n: int,
+                     mean: np.ndarray, scale: np.ndarray, u: np.ndarray, s: np.ndarray,
+                     vt: np.ndarray) -> np.ndarray | None:
+    """F with Cov(θ) = σ²FᵀF (θ = (b, w…)), right to ~1e-15 however ill-conditioned the
+    design. The float64 R is a preconditioner P ≈ R⁻¹ (any float64 matrix is exact as
+    itself); A·P, with A = [1, (D − mean)·2^-e] exact in double-double, is nearly
+    orthonormal, so its float64 QR, A·P = Q₂R₂, is accurate to rounding, and
+    (AᵀA)⁻¹ = P·R₂⁻¹·R₂⁻ᵀ·Pᵀ. NIST's Filip: standard errors to 15 digits, not 8."""
+    from scipy.linalg import solve_triangular
+
+    d = len(scale)
+    e = _pow2(scale)
+    k = np.ldexp(scale, -e)  # A's columns are the scaled design's times k
+    p = d + int(bias)
+    pre = np.zeros((p, p))
+    pre[int(bias):, int(bias):] = ((vt.T / s) @ u.T) / k[:, None]
+    if bias:
+        pre[0, 0] = 1.0 / np.sqrt(n)
+    r2 = np.zeros((0, p))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for hi, lo, _ in _dd_chunks(x, y, features, chunk):
+            centred = dd.add((hi, lo), (np.broadcast_to(-mean, hi.shape), np.zeros_like(hi)))
+            cols = [(np.ldexp(centred[0][:, j], -e[j]), np.ldexp(centred[1][:, j], -e[j]))
+                    for j in range(d)]
+            if bias:
+                cols.insert(0, (np.ones(len(hi)), np.zeros(len(hi))))
+            block = np.empty((len(hi), p))
+            for c in range(p):
+                acc: dd.DD = (np.zeros(len(hi)), np.zeros(len(hi)))
+                for j in range(p):
+                    if pre[j, c] != 0:
+                        acc = dd.add(acc, dd.mul(cols[j], (pre[j, c], 0.0)))
+                block[:, c] = acc[0] + acc[1]
+            r2 = np.linalg.qr(np.vstack([r2, block]), mode="r")
+    if r2.shape[0] < p or not np.isfinite(r2).all() or (np.abs(np.diag(r2)) < 0.5).any():
+        return None  # A·P is not near orthonormal: keep the float64 factor's answer
+    g = solve_triangular(r2.T, pre.T, lower=True)  # Cov of (c, v) = σ²·GᵀG
+    t = np.zeros((p, p))  # θ = T·(c, v): w = v·2^-e, b = c − meanᵀw
+    t[int(bias):, int(bias):] = np.diag(np.ldexp(1.0, -e))
+    if bias:
+        t[0, 0] = 1.0
+        t[0, 1:] = -mean * np.ldexp(1.0, -e)
+    return g @ t.T
 
 
 def _means(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,

@@ -34,13 +34,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import stats
 
-from reglab.analysis.least_squares import CHUNK, Features, column_norms, r_factor, solve
+from reglab.analysis import double_double as dd
+from reglab.analysis.least_squares import (
+    CHUNK,
+    Features,
+    Powers,
+    column_norms,
+    r_factor,
+    solve,
+)
 from reglab.data.scaling import Scaling
 
 Array = torch.Tensor | np.ndarray
@@ -62,6 +71,10 @@ class _Problem:
     offset: np.ndarray
     names: list[str]  # one per row of J
     implied_const: bool
+    #: (θ, θ's low parts) -> data-unit coefficients, where J·θ cancels (the constant of a
+    #: standardized fit, a polynomial's change of basis): done in exact or double-double
+    #: arithmetic, so the float64 answer keeps the solver's digits. None: J·θ + offset.
+    to_data_units: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 def _np(t: Array) -> np.ndarray:
@@ -80,10 +93,35 @@ def _as_2d(x: Array) -> Array:
     return x.reshape(-1, 1) if len(x.shape) == 1 else x
 
 
-def _powers(t: torch.Tensor, degree: int) -> torch.Tensor:
-    """x¹…xᵈ of a single column, as
-    :class:`reglab.models.regressors.PolynomialRegression` makes them."""
-    return t.pow(torch.arange(1, degree + 1, dtype=t.dtype, device=t.device))
+def _polynomial_map(jac: list[list[Fraction]], offset: list[Fraction]
+                    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """a = J·θ + offset in rational arithmetic (J exact, θ = hi + lo): a polynomial's
+    change of basis cancels terms thousands of times its result (NIST's Filip, Wampler)."""
+    def apply(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        theta = [Fraction(float(h)) + Fraction(float(v)) for h, v in zip(hi, lo, strict=True)]
+        return np.array([float(sum((j * t for j, t in zip(row, theta, strict=True) if j),
+                                   off)) for row, off in zip(jac, offset, strict=True)])
+
+    return apply
+
+
+def _linear_map(jac: np.ndarray, m: np.ndarray, s: np.ndarray, y_scale: float,
+                y_offset: float, bias: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """J·θ + offset for a standardized linear fit: each slope is one product (float64
+    is exact enough); the constant, y_offset + y_scale·(b − Σ w_k·m_k/s_k), cancels, so
+    it is summed in double-double."""
+    def apply(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        out = jac @ hi
+        w = (hi[int(bias):], lo[int(bias):])
+        terms = dd.div(dd.mul(dd.mul(w, (m, np.zeros_like(m))), (y_scale, 0.0)), s)
+        total = dd.sum_rows((-terms[0], -terms[1]))
+        if bias:
+            total = dd.add(total, dd.mul((hi[0], lo[0]), (y_scale, 0.0)))
+        total = dd.add(total, (np.asarray(y_offset), np.asarray(0.0)))
+        out[0] = float(total[0] + total[1])
+        return out
+
+    return apply
 
 
 def _ones_last(design: Design) -> Callable[[torch.Tensor], np.ndarray]:
@@ -143,7 +181,11 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
     tss = y2 * (float(((yt - yt.mean()) ** 2).sum()) if k_const else float(yt @ yt))
 
     theta = np.concatenate([[sol.bias] if bias else [], sol.weight])
-    coef = prob.jacobian @ theta + prob.offset
+    if prob.to_data_units is not None:
+        lo = np.zeros_like(sol.weight) if sol.weight_lo is None else sol.weight_lo
+        coef = prob.to_data_units(theta, np.concatenate([[sol.bias_lo] if bias else [], lo]))
+    else:
+        coef = prob.jacobian @ theta + prob.offset
     sigma2_t = ssr_t / df_resid if df_resid > 0 else math.nan
     if df_resid > 0:
         # From the factor of the covariance: a standard error is a norm, never the root
@@ -249,10 +291,7 @@ def solve_and_report(x: Array, y: Array, scaling: Scaling | None = None, bias: b
         if int(degree) < 1:
             raise ValueError(f"degree must be >= 1, got {degree!r}")
         d = int(degree)
-
-        def psi(t: torch.Tensor) -> torch.Tensor:
-            return _powers(t, d)
-
+        psi: Design = Powers(d)
         base = (list(names) if names else ["x"])[0]
         terms = [base] + [f"{base}^{j}" for j in range(2, d + 1)]
     elif kind == "linear":
@@ -308,13 +347,47 @@ def solve_and_report(x: Array, y: Array, scaling: Scaling | None = None, bias: b
     def data_design(t: torch.Tensor) -> torch.Tensor:
         return psi(t if centre is None else t - centre.to(t.device, t.dtype))
 
+    to_data: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    features: Features = train_features
+    if kind == "polynomial":
+        # The same columns, with their exact (double-double) values for the solver.
+        features = Powers(d, float(m[0]), float(s[0])) if sc.x_mean is not None else psi
+        to_data = _polynomial_map(*_polynomial_jacobian(d, m[0], s[0], y_scale, y_offset,
+                                                        bias, const_row))
+    elif sc.active:
+        to_data = _linear_map(jac, m, s, y_scale, y_offset, bias) if const_row else None
+
     yv = _np(y).reshape(-1)
-    prob = _Problem(train_features=train_features,
+    prob = _Problem(train_features=features,
                     y_train=(yv - y_offset) / y_scale if sc.y_mean is not None else yv,
                     y_scale=y_scale, data_design=data_design, jacobian=jac, offset=off,
                     names=(["const"] if const_row else []) + terms,
-                    implied_const=const_row and not bias)
+                    implied_const=const_row and not bias, to_data_units=to_data)
     return _report(x, bias, prob, chunk)
+
+
+def _polynomial_jacobian(d: int, m: float, s: float, y_scale: float, y_offset: float,
+                         bias: bool, const_row: bool
+                         ) -> tuple[list[list[Fraction]], list[Fraction]]:
+    """J and the offset of a polynomial's change of units, exact: training column k is
+    ((x − m)/s)^k = s⁻ᵏ Σ_j C(k, j)·x^j·(−m)^(k−j), times y_scale."""
+    first = int(const_row)
+    fm, fs, fy = Fraction(float(m)), Fraction(float(s)), Fraction(float(y_scale))
+    jac = [[Fraction(0)] * (d + int(bias)) for _ in range(first + d)]
+    off = [Fraction(0)] * (first + d)
+    if const_row:
+        off[0] = Fraction(float(y_offset))
+        if bias:
+            jac[0][0] = fy
+    for kk in range(d):
+        col, power = kk + int(bias), kk + 1
+        for j in range(power + 1):
+            v = fy * math.comb(power, j) * (-fm) ** (power - j) / fs ** power
+            if j:
+                jac[first + j - 1][col] = v
+            elif const_row:
+                jac[0][col] = v
+    return jac, off
 
 
 def report_for_model(model: torch.nn.Module, x: Array, y: Array,
