@@ -256,24 +256,29 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
     for xs, ys in _chunks(x, y, features, chunk):
         z = np.hstack([(xs - mean) / scale, ((ys - y_mean) / y_scale)[:, None]])
         r_aug = np.linalg.qr(np.vstack([r_aug, z]), mode="r")
-    r_aug = np.vstack([r_aug, np.zeros((max(0, d + 1 - r_aug.shape[0]), d + 1))])
-    u, s, vt = np.linalg.svd(r_aug[:d, :d])
-    keep = s > s[0] * d * np.finfo(np.float64).eps if s[0] > 0 else np.zeros(d, bool)
+    # R is m×d with m = min(rows, d): a table wider than it is long (10,000 columns, 200
+    # rows) is factored through its rows, O(m²·d), never as a d×d matrix (O(d³)).
+    m = min(r_aug.shape[0], d)
+    u, s, vt = np.linalg.svd(r_aug[:m, :d], full_matrices=False)
+    keep = s > s[0] * d * np.finfo(np.float64).eps if s.size and s[0] > 0 \
+        else np.zeros(s.size, bool)
+    qty = r_aug[:m, d]
+    resid_norm = float(abs(r_aug[d, d])) if r_aug.shape[0] > d else 0.0
     inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
 
     def unscale(b_scaled: np.ndarray, y_offset: float) -> tuple[np.ndarray, float]:
         w = b_scaled / scale
         return w, y_offset - float(mean @ w)
 
-    w, b = unscale(vt.T @ (inv * (u.T @ r_aug[:d, d])) * y_scale, y_mean)
+    w, b = unscale(vt.T @ (inv * (u.T @ qty)) * y_scale, y_mean)
 
     cond = float(s[0] / s[keep][-1]) if keep.any() else float("inf")
 
     # Large and well-posed: the QR answer is already right to ~1e-13 (error ≈ 1e-16·κ,
     # κ = cond·(1 + cond·tan θ), tan θ = residual/fit, times the cancellation in the
     # intercept b = ȳ − meanᵀw): a refinement pass would buy nothing a user could see.
-    fitted = float(np.linalg.norm(r_aug[:d, d]))
-    tan = float(abs(r_aug[d, d])) / fitted if fitted > 0 else math.inf
+    fitted = float(np.linalg.norm(qty))
+    tan = resid_norm / fitted if fitted > 0 else math.inf
     cancel = ((float(np.abs(mean * w).sum()) + abs(y_mean))
               / max(abs(b), 2.0 ** -20 * y_scale / math.sqrt(n)) if bias else 1.0)
     if n > EXACT_ROWS and getattr(features, "dd", None) is None and \
@@ -282,7 +287,7 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
     w_dd, b_dd = _refine(x, y, features, chunk, bias, n, mean, scale, vt, s, keep, w, b,
                          refine, cond)
     cov_rows = (_covariance_rows(x, y, features, chunk, bias, n, mean, scale, u, s, vt)
-                if cond > COVARIANCE_ABOVE and keep.all() else None)
+                if cond > COVARIANCE_ABOVE and keep.all() and m == d else None)
     # two_sum keeps hi the rounded value of hi + lo: hi is the float64 answer.
     return LeastSquares(weight=w_dd[0], bias=float(b_dd[0]) if bias else None,
                         rank=int(keep.sum()), condition=cond, n=n, mean=mean, scale=scale,
@@ -495,14 +500,14 @@ def _solve_ridge(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bia
 
 def r_factor(x: torch.Tensor | np.ndarray, design: Callable[[torch.Tensor], np.ndarray],
              chunk: int = CHUNK) -> np.ndarray:
-    """The p×p triangle R of the unscaled design ``design(x)`` (Householder QR, chunk by
-    chunk): its singular values are those of the design to rounding, without ever
-    holding the design itself (condition numbers and ranks on millions of rows)."""
+    """The m×p triangle R (m = min(rows, p)) of the unscaled design ``design(x)``
+    (Householder QR, chunk by chunk): its singular values are those of the design to
+    rounding (the design's other p − m are 0), without ever holding the design itself
+    (condition numbers and ranks on millions of rows, or on 10,000 columns)."""
     r: np.ndarray | None = None
     for i in range(0, int(x.shape[0]), chunk):
         block = np.asarray(design(torch.as_tensor(x[i:i + chunk]).double()), dtype=np.float64)
         r = np.linalg.qr(block if r is None else np.vstack([r, block]), mode="r")
     if r is None:
         raise ValueError("r_factor needs at least one row")
-    p = r.shape[1]
-    return np.vstack([r, np.zeros((max(0, p - r.shape[0]), p))])[:p]
+    return r[:r.shape[1]]

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import sparse, stats
 
 from reglab.analysis import double_double as dd
 from reglab.analysis.least_squares import (
@@ -67,7 +67,7 @@ class _Problem:
     y_train: np.ndarray  # the target in training units, (n,)
     y_scale: float  # data units = y_scale · training units (+ an offset)
     data_design: Design  # raw rows -> the design whose condition number is reported
-    jacobian: np.ndarray  # data-unit coefficients a = J·θ + offset
+    jacobian: Any  # data-unit coefficients a = J·θ + offset (an array, or sparse)
     offset: np.ndarray
     names: list[str]  # one per row of J
     implied_const: bool
@@ -148,8 +148,14 @@ def _design_facts(x: Array, design: Design, bias: bool, chunk: int) -> tuple[flo
     """
     n = int(x.shape[0])
     r = r_factor(x, _ones_last(design), chunk)
-    s_all = np.linalg.svd(r, compute_uv=False)
-    s_own = np.linalg.svd(r[:-1, :-1], compute_uv=False)
+    p = r.shape[1]
+
+    def singular_values(a: np.ndarray, size: int) -> np.ndarray:  # with the zeros R omits
+        sv = np.linalg.svd(a, compute_uv=False) if a.size else np.zeros(0)
+        return np.concatenate([sv, np.zeros(size - sv.size)])
+
+    s_all = singular_values(r, p)
+    s_own = singular_values(r[:, :-1], p - 1)
     s = s_all if bias else s_own
     cond = float(s[0] / s[-1]) if s.size and s[-1] > 0 else math.inf  # no squares: 1e300 fits
     if bias:
@@ -168,9 +174,11 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
     if n == 0:
         raise ValueError("a regression report needs at least one row")
     sol = solve(x, prob.y_train, bias=bias, features=prob.train_features, chunk=chunk)
-    ssr_t = sol.sse(x, prob.y_train, prob.train_features, chunk)
-    sol.train_sse = ssr_t
     rank = sol.rank + int(bias)
+    # As many free parameters as rows: the optimum interpolates, its loss is exactly 0
+    # (summing the refined residuals would give double-double's rounding, ~1e-58).
+    ssr_t = 0.0 if rank >= n else sol.sse(x, prob.y_train, prob.train_features, chunk)
+    sol.train_sse = ssr_t
     cond, k_const = _design_facts(x, prob.data_design, bias, chunk)
     df_resid = n - rank
     df_model = rank - k_const
@@ -251,7 +259,8 @@ def ols_report(x: Array, y: Array, bias: bool = True, features: Features | None 
         raise ValueError(f"names: {len(names)} given for {d} design columns")
     p = d + int(bias)
     prob = _Problem(train_features=features, y_train=_np(y).reshape(-1), y_scale=1.0,
-                    data_design=design, jacobian=np.eye(p), offset=np.zeros(p),
+                    data_design=design, jacobian=sparse.eye_array(p, format="csr"),
+                    offset=np.zeros(p),
                     names=(["const"] if bias else []) + names, implied_const=False)
     return _report(x, bias, prob, chunk)[0]
 
@@ -315,27 +324,38 @@ def solve_and_report(x: Array, y: Array, scaling: Scaling | None = None, bias: b
     # J: rows (const?, ψ terms), columns θ = (b?, w). Polynomial columns expand
     # ((x − m)/s)^k = s⁻ᵏ Σ_j C(k, j) x^j (−m)^(k−j).
     p, first = d + int(bias), int(const_row)
-    jac = np.zeros((first + d, p))
     off = np.zeros(first + d)
     if const_row:
         off[0] = y_offset
-        if bias:
+    jac: Any
+    if kind == "linear":
+        # Sparse: each slope row holds one entry, the constant row one per column. A dense
+        # J of a 10,000-column table would be 800 MB of zeros.
+        cols = np.arange(d) + int(bias)
+        rows, at, vals = [first + np.arange(d)], [cols], [y_scale / s]
+        if const_row:
+            rows.append(np.zeros(d, int))
+            at.append(cols)
+            vals.append(-y_scale * m / s)
+            if bias:
+                rows.append(np.zeros(1, int))
+                at.append(np.zeros(1, int))
+                vals.append(np.array([y_scale]))
+        jac = sparse.csr_array((np.concatenate(vals), (np.concatenate(rows),
+                                                        np.concatenate(at))),
+                               shape=(first + d, p))
+    else:
+        jac = np.zeros((first + d, p))
+        if const_row and bias:
             jac[0, 0] = y_scale
-    for kk in range(d):
-        col = kk + int(bias)
-        if kind == "linear":
-            jac[first + kk, col] = y_scale / s[kk]
-            if const_row:
-                jac[0, col] = -y_scale * m[kk] / s[kk]
-        else:
-            power = kk + 1
+        for kk in range(d):
+            col, power = kk + int(bias), kk + 1
             for j in range(0, power + 1):
                 v = y_scale * math.comb(power, j) * (-m[0]) ** (power - j) / s[0] ** power
-                if j == 0:
-                    if const_row:
-                        jac[0, col] = v
-                else:
+                if j:
                     jac[first + j - 1, col] = v
+                elif const_row:
+                    jac[0, col] = v
 
     def train_features(t: torch.Tensor) -> torch.Tensor:
         return psi(sc.x(t))
