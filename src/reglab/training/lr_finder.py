@@ -10,9 +10,12 @@ suggestion the curve itself does not support is reported and not used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("reglab")
@@ -24,8 +27,9 @@ def find_lr(trainer: Any, module: Any, datamodule: Any, options: Any) -> dict[st
 
     options = dict(options or {})
     update = bool(options.pop("update_lr", True))
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False,
-                                    **options)
+    with _no_bar_off_a_terminal():
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, update_attr=False,
+                                        **options)
     module.reset_records()  # the range test's losses (and overflows) are not the fit's
     suggestion = None if finder is None else finder.suggestion()
     results = {} if finder is None else finder.results
@@ -69,3 +73,36 @@ def unsupported(lrs: list[float], losses: list[float], suggestion: float) -> str
     share = max(0.0, (start - at) / (start - best))
     return (f"the range test's loss had fallen {share:.0%} of the way to its lowest there "
             f"({at:.4g}; lowest {best:.4g} at {best_lr:.3g})")
+
+
+#: What Lightning's range test titles its tqdm bar (it has no switch for the bar).
+BAR_TITLE = "Finding best initial lr"
+
+
+class _DropBar:
+    """stderr without the range test's bar: off a terminal tqdm writes every update as a
+    line of its own into the log or pipe. Everything else passes through."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._in_bar = False
+
+    def write(self, text: str) -> int:
+        if BAR_TITLE in text or (self._in_bar and not text.strip()):
+            self._in_bar = True  # the bar's update, or the newline that ends it
+            return len(text)
+        self._in_bar = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, isatty, ...
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _no_bar_off_a_terminal() -> Iterator[None]:
+    stream = sys.stderr
+    if stream is None or getattr(stream, "isatty", lambda: False)():
+        yield
+        return
+    with contextlib.redirect_stderr(_DropBar(stream)):  # type: ignore[type-var]
+        yield
