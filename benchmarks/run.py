@@ -138,6 +138,39 @@ def stock_lightning_tiny(out: Path) -> float:
     return time.perf_counter() - start
 
 
+def lean_lightning_tiny(log: bool = True) -> float:
+    """The line job as a lean stock-Lightning script: ``self.log`` of the loss on step and
+    epoch (``log=False``: none), no checkpoint, bar, model summary or logger. The floor
+    issue 27 measures reglab's default fit against (≤ 1.3×)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.model(x), y)
+            if log:
+                self.log("train/loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    x, y = line_tensors()
+    pl.seed_everything(0, verbose=False)
+    start = time.perf_counter()
+    trainer = pl.Trainer(max_epochs=1000, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=11))
+    return time.perf_counter() - start
+
+
 #: Lightning's own learning-rate callback, added to the line job: what the module's
 #: ``train/lr-<Optimizer>`` scalars stand in for.
 LR_MONITOR = ["+callbacks.lr_monitor._target_=pytorch_lightning.callbacks.LearningRateMonitor"]
@@ -147,9 +180,10 @@ def bench_tiny(reps: int, device: str = "cpu") -> dict[str, Any]:
     """reglab and the plain loop alternate, run by run: on a shared machine the load
     drifts between minutes, so each ratio compares runs made seconds apart.
 
-    On the CPU each round also runs reglab with Lightning's ``LearningRateMonitor``
-    added (its cost per epoch, from the paired differences), and the first half of the
-    rounds stock Lightning in this process.
+    On the CPU each round also runs the lean stock-Lightning script (with and without
+    ``self.log``), reglab with Lightning's ``LearningRateMonitor`` added (its cost per
+    epoch, from the paired differences), and the first half of the rounds stock Lightning
+    in this process.
     """
     quiet_lightning()
     run_dir = TMP / "tiny"
@@ -161,11 +195,13 @@ def bench_tiny(reps: int, device: str = "cpu") -> dict[str, Any]:
 
     fit([]), plain_tiny(TMP / "plain", device)  # warm-up
     if on_cpu:
-        fit(LR_MONITOR), stock_lightning_tiny(TMP / "stock")
+        fit(LR_MONITOR), stock_lightning_tiny(TMP / "stock"), lean_lightning_tiny()
     rounds: list[dict[str, float]] = []
     for i in range(reps):
         r = {"reglab": fit([]), "plain": plain_tiny(TMP / "plain", device)}
         if on_cpu:
+            r["lean"] = lean_lightning_tiny()
+            r["lean_no_log"] = lean_lightning_tiny(log=False)
             r["lr_monitor"] = fit(LR_MONITOR)
             if i < max(1, reps // 2):
                 r["stock"] = stock_lightning_tiny(TMP / "stock")
@@ -182,6 +218,9 @@ def bench_tiny(reps: int, device: str = "cpu") -> dict[str, Any]:
         out.update(
             lr_monitor_ms_per_epoch=med(r["lr_monitor"] - r["reglab"] for r in rounds)
             / epochs * 1e3,
+            lean_lightning_s=med(r["lean"] for r in rounds),
+            lean_lightning_no_log_s=med(r["lean_no_log"] for r in rounds),
+            reglab_over_lean=med(r["reglab"] / r["lean"] for r in rounds),
             stock_lightning_s=med(r["stock"] for r in with_stock),
             stock_over_plain=med(r["stock"] / r["plain"] for r in with_stock),
             reglab_over_stock=med(r["reglab"] / r["stock"] for r in with_stock))

@@ -153,3 +153,31 @@ def test_real_tensorboard_serves_scalars_images_and_hparams(line_run: Path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("finalized", [True, False])
+def test_the_tensorboard_logger_writes_every_scalar_it_holds(tmp_path: Path, finalized: bool):
+    """Scalars handed to the event writer in bursts (``burst_seconds``) all reach the
+    event file, in order: at ``finalize``, or when the logger is dropped without it."""
+    import gc
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from reglab.reporting.tensorboard_logger import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="v", burst_seconds=3600)
+    for step in range(2500):
+        logger.log_metrics({"train/loss_epoch": 1.0 / (step + 1), "epoch": step}, step)
+    assert logger._held  # held, not yet written
+    if finalized:
+        logger.finalize("success")
+    else:
+        logger.experiment  # noqa: B018 - the writer exists, as in a run
+        del logger
+        gc.collect()
+    acc = EventAccumulator(str(tmp_path / "tb" / "v"), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss_epoch")
+    assert [e.step for e in losses] == list(range(2500))
+    assert losses[-1].value == pytest.approx(1 / 2500)
+    assert [e.value for e in acc.Scalars("x-axis/epoch")][-1] == 2499
