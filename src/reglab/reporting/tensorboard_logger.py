@@ -69,5 +69,5 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             if self._held:
                 self.write_held()
                 self.experiment.flush()
-        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to do
+        except Exception:  # at interpreter shutdown there is nothing left to do
             pass
