@@ -135,11 +135,25 @@ def _fork_server() -> Any:
     (started once per test process, on first use)."""
     if not _SERVER:
         import multiprocessing
+        from multiprocessing import forkserver
 
         import forked_cli
 
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(forked_cli.PRELOAD)
+        # Python 3.11's fork server ignores the sys.path it is handed (fixed in 3.12), so
+        # the suite's own preloads (forked_cli, forked_warm) are found through
+        # PYTHONPATH, set for the server's start only; commands get their own env.
+        before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).parent), *([before] if before else [])])
+        try:
+            forkserver.ensure_running()
+        finally:
+            if before is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = before
         _SERVER.append(ctx)
     return _SERVER[0]
 

@@ -23,7 +23,7 @@ from typing import Any
 PRELOAD = ["torch", "pytorch_lightning", "hydra", "omegaconf", "matplotlib.figure",
            "matplotlib.backends.backend_agg", "torch.utils.tensorboard", "reglab.cli.train",
            "reglab.cli.eval", "reglab.cli.predict", "reglab.cli.sweep_report",
-           "reglab.training.module", "reglab.data.datamodule", "forked_cli"]
+           "reglab.training.module", "reglab.data.datamodule", "forked_cli", "forked_warm"]
 
 
 def _exit_code(exc: SystemExit) -> int:
