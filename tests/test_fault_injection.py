@@ -129,3 +129,57 @@ def test_eval_predict_and_sweep_report_on_a_read_only_file_system_are_one_line(
         assert {p: p.read_bytes() for p in where.rglob("*") if p.is_file()} == before
     finally:
         subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
+        tmp_path: Path):
+    """A file-size limit (``RLIMIT_FSIZE`` in the child) that stops each command's own
+    writes, and stdout on ``/dev/full``: one line naming the path (or stdout) and the
+    OS's reason, no traceback, and no output file left half-written or claiming more."""
+    sweep = tmp_path / "sweep"
+    made = subprocess.run([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
+                           "logger=none", "callbacks.plots=null", f"hydra.sweep.dir={sweep}"],
+                          cwd=tmp_path, text=True, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=240)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (tmp_path / "new.csv").write_text("x\n" + "".join(f"{i / 7:.6f}\n" for i in range(3000)))
+    model = sweep / "0" / "model.pt"
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+
+    def limit() -> None:  # in the child only: 2 KiB per file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    commands = {
+        "reglab-sweep-report": [str(sweep)],
+        "reglab-eval": [f"ckpt_path={model}", "split=all", "hydra.run.dir=eval"],
+        "reglab-predict": [f"ckpt_path={model}", "input_path=new.csv",
+                           "output_path=pred.csv"],
+    }
+    for name, args in commands.items():
+        out = subprocess.run([script(name), *args], cwd=tmp_path, text=True,
+                             capture_output=True, stdin=subprocess.DEVNULL, timeout=240,
+                             preexec_fn=limit)
+        assert out.returncode in (1, 2), (name, out.stderr[-2000:])
+        lines = out.stderr.strip().splitlines()
+        assert "Traceback" not in out.stderr and len(lines) == 1, (name, lines)
+        assert lines[0].startswith(f"{name}: error: ") and \
+            lines[0].endswith(": File too large"), (name, lines)
+        assert ".tmp-" not in lines[0]
+    assert not (tmp_path / "pred.csv").exists()  # never half of it
+    assert not list(tmp_path.glob("**/.tmp-*")) and not list(tmp_path.glob("**/*.tmp"))
+
+    for name, args in commands.items():
+        if name == "reglab-sweep-report":
+            continue  # writes files, prints a line or two; covered by the limit above
+        args = [a.replace("hydra.run.dir=eval", "hydra.run.dir=eval2") for a in args]
+        with open("/dev/full", "w") as full:
+            out = subprocess.run([script(name), *args], cwd=tmp_path, text=True,
+                                 stdout=full, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, timeout=240)
+        assert out.returncode == 1, (name, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1] == \
+            f"{name}: error: stdout: No space left on device", (name, out.stderr)
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()
+            if p in before} == before

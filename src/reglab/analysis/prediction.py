@@ -200,11 +200,17 @@ def predict(cfg: DictConfig) -> list[Any]:
     if cfg.output_path is not None:
         columns = _write_csv(Path(cfg.input_path), Path(cfg.output_path), columns, shown,
                              delimiter)
-        print(f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}")
+        lines = [f"reglab-predict: {len(rows)} predictions written to {cfg.output_path}"]
     else:
         columns = unique_columns(columns, names)
-        print(",".join([*names, *columns]))
-        for row, pred in zip(x.tolist(), shown, strict=True):
-            print(",".join([*(f"{v:g}" for v in row), *pred]))
+        lines = [",".join([*names, *columns]),
+                 *(",".join([*(f"{v:g}" for v in row), *pred])
+                   for row, pred in zip(x.tolist(), shown, strict=True))]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head -1`): reglab-predict ends quietly
+    except OSError as exc:  # a console that cannot take it names stdout, not "a file"
+        raise OSError(exc.errno, exc.strerror, "stdout") from None
     # One target: a list of numbers; several: a list of rows.
     return [r[0] for r in rows] if len(columns) == 1 else rows

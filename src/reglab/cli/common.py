@@ -67,6 +67,20 @@ def _console_broken() -> bool:
     return False
 
 
+class FaultExit(SystemExit):
+    """Exit 1 for a fault of the machine, told apart from Hydra's own exit 1 (a config it
+    cannot compose), which :func:`run_hydra_app` makes bad input (2)."""
+
+
+def say(text: str) -> None:
+    """Print a command's result; a console that cannot take it (stdout on a full device)
+    is an ``OSError`` naming stdout, which :func:`fault` turns into the command's line."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, "stdout") from None
+
+
 def fault(prog: str, exc: OSError, under: object = None) -> NoReturn:
     """A fault of the machine (disk full, a file-size limit, a read-only folder): one line
     naming the path (else the console, or the folder ``under`` whose files were being
@@ -75,13 +89,13 @@ def fault(prog: str, exc: OSError, under: object = None) -> NoReturn:
 
     if full_error_asked():
         raise exc
-    where = exc.filename or ("the console (stdout)" if _console_broken() else
+    where = exc.filename or ("stdout" if _console_broken() else
                              f"a file under {under}" if under else "a file")
     reason = exc.strerror or type(exc).__name__
     try:
         print(f"{prog}: error: {where}: {reason}", file=sys.stderr, flush=True)
     finally:
-        sys.exit(1)
+        raise FaultExit(1)
 
 
 def experiment_argv(argv: list[str]) -> list[str]:
@@ -111,7 +125,7 @@ def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
     except OSError as exc:  # the run dir cannot be made or written (read-only, full)
         fault(prog, exc)
     except SystemExit as exc:
-        if exc.code == 1:
+        if exc.code == 1 and not isinstance(exc, FaultExit):
             sys.exit(BAD_INPUT)
         raise
 

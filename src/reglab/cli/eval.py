@@ -56,12 +56,12 @@ def main() -> None:
     def job(cfg: DictConfig) -> None:
         try:
             out = evaluate(cfg, data_overrides)
+            common.say(table(out, Path(cfg.paths.run_dir)))
         except errors.ReglabError as exc:
             guard.restore(Path(cfg.paths.run_dir))  # nothing was scored: leave it as it was
             common.fail("reglab-eval", exc)
         except OSError as exc:  # here, not past Hydra, which would add a line of its own
             common.fault("reglab-eval", exc)
-        print(table(out, Path(cfg.paths.run_dir)))
 
     common.run_hydra_app("reglab-eval", job)
 

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="what sweep_curves.png draws the losses against (step: "
                              "optimizer steps, to compare batch sizes)")
     args = parser.parse_args(argv)
-    from reglab.cli.common import fault
+    from reglab.cli.common import fault, say
 
     try:
         from reglab.reporting.sweep_report import write_report
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a read-only or full sweep dir: the report is written whole
         fault("reglab-sweep-report", exc, under=args.sweep_dir)
     try:
-        print(report.markdown)
-        print("wrote " + ", ".join(str(f) for f in report.files))
+        say(report.markdown + "\nwrote " + ", ".join(str(f) for f in report.files))
     except OSError as exc:  # stdout on a full device or a closed pipe
         fault("reglab-sweep-report", exc)
     return 0

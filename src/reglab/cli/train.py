@@ -160,11 +160,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     run_setup.append_to_log_files("\n".join(lines))  # train.log holds the whole summary
     if run_setup.is_multirun():  # a sweep's console: a short paragraph per job
         lines = summary.sweep_job_lines(lines, run_dir)
-    text = "\n".join(lines)
-    try:
-        print(text, flush=True)
-    except OSError as exc:  # the run is recorded; only the console failed
-        raise OSError(exc.errno, exc.strerror, "stdout") from None
+    common.say("\n".join(lines))  # the run is recorded: a console fault is only that
     return metrics
 
 
