@@ -995,6 +995,8 @@ GPU_SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
 #: reference. The rows of the results table, in this order.
 TARGETS: list[tuple[str, str, str, float | None, str]] = [
     ("tiny", "reglab_over_plain", "<=", 4.0, "tiny: reglab fit / plain loop"),
+    ("tiny", "reglab_over_lean", "<=", 1.3,
+     "tiny: reglab's default fit ÷ a lean stock-Lightning script (issue 27)"),
     ("tiny_gpu", "reglab_over_plain", "<=", 4.0, "tiny on the GPU: reglab fit / plain loop"),
     ("process", "reglab_over_handwritten", "<=", 1.8,
      "process: `reglab-train` ÷ hand-written PyTorch script, start to exit"),
