@@ -165,7 +165,9 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
             os.replace(tmp, path)
         return result
     except OSError as exc:  # named by the file the user asked for, not the temporary one
-        if exc.filename is not None and str(exc.filename) == str(tmp):
+        # A failed write() on an open file names no file at all (a size limit, a full
+        # disk): it is this one's.
+        if exc.filename is None or str(exc.filename) == str(tmp):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 #: Exit status for input reglab (or Hydra) rejects.
 BAD_INPUT = 2
@@ -111,10 +111,12 @@ def asks_for_help(argv: list[str]) -> bool:
     return any(a in ("--help", "-h", "--hydra-help") for a in argv[1:])
 
 
-def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
+def run_hydra_app(prog: str, app: Callable[[], object], guard: Any = None) -> None:
     """Run a ``hydra.main`` app; Hydra's own exit 1 (a config it cannot compose) is bad
     input, so it becomes 2, and so is a composition error Hydra lets through as it is
-    (its ``--help`` page does), reported in one line."""
+    (its ``--help`` page does), reported in one line. A fault while Hydra writes its own
+    files (``.hydra/``, the log) names the run dir, which ``guard`` (a
+    :class:`reglab.cli.run_guard.RunDirGuard`) puts back as it was."""
     from reglab.cli.hydra_errors import raise_composition_errors
 
     raise_composition_errors()
@@ -123,7 +125,10 @@ def run_hydra_app(prog: str, app: Callable[[], object]) -> None:
     except composition_errors() as exc:
         composition_failed(prog, exc)
     except OSError as exc:  # the run dir cannot be made or written (read-only, full)
-        fault(prog, exc)
+        run_dir = getattr(guard, "real", None)
+        if run_dir is not None:
+            guard.restore(run_dir)
+        fault(prog, exc, under=run_dir)
     except SystemExit as exc:
         if exc.code == 1 and not isinstance(exc, FaultExit):
             sys.exit(BAD_INPUT)

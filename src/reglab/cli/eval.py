@@ -56,14 +56,20 @@ def main() -> None:
     def job(cfg: DictConfig) -> None:
         try:
             out = evaluate(cfg, data_overrides)
-            common.say(table(out, Path(cfg.paths.run_dir)))
         except errors.ReglabError as exc:
             guard.restore(Path(cfg.paths.run_dir))  # nothing was scored: leave it as it was
             common.fail("reglab-eval", exc)
         except OSError as exc:  # here, not past Hydra, which would add a line of its own
+            # Nothing was recorded (the scores are written whole or not at all): the dir
+            # goes back to how it was, so the same command can run once the disk can.
+            guard.restore(Path(cfg.paths.run_dir))
+            common.fault("reglab-eval", exc)
+        try:
+            common.say(table(out, Path(cfg.paths.run_dir)))
+        except OSError as exc:  # the scores are recorded; only the console failed
             common.fault("reglab-eval", exc)
 
-    common.run_hydra_app("reglab-eval", job)
+    common.run_hydra_app("reglab-eval", job, guard)
 
 
 def console() -> None:
