@@ -206,3 +206,27 @@ def test_standardizing_a_column_near_1e_300_keeps_its_spread():
         mean = sum(col) / len(col)
         var = sum((v - mean) ** 2 for v in col) / len(col)
         assert abs(Fraction(std) ** 2 / var - 1) < Fraction(1, 10**12), j
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_a_column_whose_mean_dwarfs_its_spread_is_refined_to_the_exact_solution(chunk: int):
+    """x = 1.7e12 + N(0, 1) (timestamps in ms): centring after summing cancelled the
+    gradient's digits and the refinement stopped at 6 digits; centred exactly first, it
+    converges to the rational solution."""
+    rng = np.random.default_rng(2)
+    x = 1.7e12 + rng.normal(size=(30, 1))
+    y = 3 * x[:, 0] + rng.normal(size=30)
+    exact = exact_least_squares(np.hstack([np.ones((30, 1)), x]), y)
+    got = solve(x, y, chunk=chunk)
+    for mine, true in zip([got.bias, *got.weight], exact, strict=True):
+        assert abs(Fraction(float(mine)) / true - 1) < Fraction(1, 10**13), (mine, float(true))
+
+
+def test_a_design_with_nothing_to_solve_gives_zeros_without_a_warning():
+    """One row with an intercept, or only constant columns: no singular value is kept, so
+    the refinement has nothing to correct (it multiplied 0 by inf: a RuntimeWarning, which
+    this suite turns into an error)."""
+    got = solve(np.array([[1.0, 2.0, 3.0]]), np.array([4.0]))
+    assert got.rank == 0 and got.weight.tolist() == [0.0, 0.0, 0.0] and got.bias == 4.0
+    flat = solve(np.ones((5, 2)), np.arange(5.0))
+    assert flat.rank == 0 and flat.bias == 2.0

@@ -190,3 +190,29 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
             f"{name}: error: stdout: No space left on device", (name, out.stderr)
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()
             if p in before} == before
+
+
+def test_write_whole_names_the_file_asked_for_and_keeps_a_librarys_own_message(
+        tmp_path: Path):
+    """A write() that fails without a file name (a size limit, a full disk) is named by
+    the file asked for, not the temporary one; an OSError with no errno (a library's
+    complaint, Pillow's "cannot write mode RGBA as JPEG") passes through as it was."""
+    import errno
+
+    from reglab.run_files import write_whole
+
+    def full(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(errno.EFBIG, "File too large")
+
+    with pytest.raises(OSError) as caught:
+        write_whole(tmp_path / "out.csv", full)
+    assert caught.value.filename == str(tmp_path / "out.csv")
+    assert caught.value.strerror == "File too large"
+
+    def library(tmp: Path) -> None:
+        raise OSError("cannot write mode RGBA as JPEG")
+
+    with pytest.raises(OSError, match="cannot write mode RGBA as JPEG"):
+        write_whole(tmp_path / "out.jpg", library)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left, half or whole

@@ -319,3 +319,24 @@ def test_a_wide_design_keeps_its_standard_errors_but_not_a_huge_covariance():
     narrow = ols_report(x[:, :3], y)
     assert len(narrow["cov"]) == 4 and "cov_omitted" not in narrow
     json.dumps(wide, allow_nan=False)
+
+
+def test_a_standardized_report_keeps_columns_near_1e300_and_below_1e_100():
+    """The change of units in double-double scales by powers of two first (a mean near
+    1e300 overflowed Dekker's split: the constant came out null); a polynomial's terms
+    past float64's range are null, not an exception before the fit."""
+    rng = np.random.default_rng(0)
+    x = 1e300 * (3 + rng.normal(size=(40, 2)))
+    y = x @ np.array([1e-300, 2e-300]) + rng.normal(size=40)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    scaled = report_for(xt, yt, Scaling.fit(xt, yt.reshape(-1, 1), True, True))
+    raw = ols_report(xt, yt)
+    assert scaled["coef"][0]["coef"] == pytest.approx(raw["coef"][0]["coef"], rel=1e-12)
+    tiny = torch.from_numpy((rng.normal(size=(40, 1)) + 2) * 1e-100)
+    yt2 = torch.from_numpy(rng.normal(size=40))
+    with np.errstate(all="ignore"):
+        poly = report_for(tiny, yt2, Scaling.fit(tiny, yt2.reshape(-1, 1), True, True),
+                          kind="polynomial", degree=4)
+    coefs = [row["coef"] for row in poly["coef"]]
+    assert coefs[-1] is None and coefs[0] is not None  # x⁴'s coefficient passes 1e308
+    json.dumps(poly, allow_nan=False)

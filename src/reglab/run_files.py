@@ -166,8 +166,9 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
         return result
     except OSError as exc:  # named by the file the user asked for, not the temporary one
         # A failed write() on an open file names no file at all (a size limit, a full
-        # disk): it is this one's.
-        if exc.filename is None or str(exc.filename) == str(tmp):
+        # disk): it is this one's. An OSError without an errno is a library's own
+        # complaint (Pillow's "cannot write mode RGBA as JPEG"): left as it is.
+        if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp)):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     finally:

@@ -91,3 +91,24 @@ def div(a: DD, b: np.ndarray | float) -> DD:
     p, e = two_prod(q1, np.asarray(b, dtype=np.float64))
     r = ((a[0] - p) - e) + a[1]
     return two_sum(q1, r / b)
+
+
+def _exponent(v: np.ndarray | float) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return np.frexp(np.where(np.isfinite(v) & (v != 0), v, 1.0))[1]
+
+
+def mul_scaled(a: DD, b: np.ndarray | float) -> DD:
+    """a · b for any magnitudes (values near 1e±300 too): both brought near 1 by powers
+    of two (exact) first, since Dekker's split overflows above ~1e300."""
+    ea, eb = _exponent(a[0]), _exponent(b)
+    p = mul((np.ldexp(a[0], -ea), np.ldexp(a[1], -ea)),
+            (np.ldexp(np.asarray(b, dtype=np.float64), -eb), np.zeros(np.shape(b))))
+    return np.ldexp(p[0], ea + eb), np.ldexp(p[1], ea + eb)
+
+
+def div_scaled(a: DD, b: np.ndarray | float) -> DD:
+    """a / b for any magnitudes, as :func:`mul_scaled`."""
+    ea, eb = _exponent(a[0]), _exponent(b)
+    q = div((np.ldexp(a[0], -ea), np.ldexp(a[1], -ea)), np.ldexp(np.asarray(b, float), -eb))
+    return np.ldexp(q[0], ea - eb), np.ldexp(q[1], ea - eb)

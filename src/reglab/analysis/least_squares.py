@@ -37,14 +37,14 @@ Features = Callable[[torch.Tensor], torch.Tensor]
 
 #: Rows per chunk: bounds the temporary float64 / extended-precision copies.
 CHUNK = 1 << 14
-#: Up to this many rows the refinement computes residuals in double-double (cheap there,
-#: and what a few dozen rows need for their last digits: NIST's Norris, Wampler); above
-#: it in float64 with BLAS, whose rounding errors average out over the rows, unless the
-#: design's columns are exact only in double-double (:class:`Powers`).
+#: Up to this many rows every problem is refined (cheap there, and what a few dozen rows
+#: need for their last digits: NIST's Norris, Wampler); above it only those whose QR
+#: answer could be off past the 13th digit (see :func:`solve`), or whose columns are exact
+#: only in double-double (:class:`Powers`).
 EXACT_ROWS = 1 << 16
 #: Above this condition number of the scaled design, the covariance is built from the
 #: exact design (one more pass) rather than from the float64 R, whose relative error
-#: is about cond·1e-16: below it standard errors are right to 11 digits or more.
+#: is about cond·1e-16 (more where a column's mean dwarfs its spread).
 COVARIANCE_ABOVE = 1e5
 
 
@@ -285,7 +285,7 @@ def solve(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, bias: bool
             cond * (1 + cond * tan) * max(cancel, 1.0) < 1000:
         refine = 0
     w_dd, b_dd = _refine(x, y, features, chunk, bias, n, mean, scale, vt, s, keep, w, b,
-                         refine, cond)
+                         refine)
     cov_rows = (_covariance_rows(x, y, features, chunk, bias, n, mean, scale, u, s, vt)
                 if cond > COVARIANCE_ABOVE and keep.all() and m == d else None)
     # two_sum keeps hi the rounded value of hi + lo: hi is the float64 answer.
@@ -338,7 +338,7 @@ def _residuals(hi: np.ndarray, lo: np.ndarray, ys: np.ndarray, w: dd.DD, b: dd.D
 def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
             features: Features | None, chunk: int, bias: bool, n: int, mean: np.ndarray,
             scale: np.ndarray, vt: np.ndarray, s: np.ndarray, keep: np.ndarray,
-            w: np.ndarray, b: float, iterations: int, cond: float) -> tuple[dd.DD, dd.DD]:
+            w: np.ndarray, b: float, iterations: int) -> tuple[dd.DD, dd.DD]:
     """Iterative refinement: r = y − Xw − b and Xᵀr in double-double, the correction
     δ = (RᵀR)⁺Zᵀr from the float64 factor. With R backward stable for the scaled design
     Z, each step shrinks the error by about cond(Z)·1e-16, and the fixed point solves the
@@ -350,26 +350,27 @@ def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
     inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
     w_dd: dd.DD = (w.copy(), np.zeros(d))
     b_dd: dd.DD = (np.asarray(float(b) if bias else 0.0), np.asarray(0.0))
-    exact = n <= EXACT_ROWS or getattr(features, "dd", None) is not None
+    if not keep.any():
+        return w_dd, b_dd  # nothing to solve for: no correction can be made
     for _ in range(iterations):
         s0: dd.DD = (np.zeros(()), np.zeros(()))
         sx: dd.DD = (np.zeros(d), np.zeros(d))
         with np.errstate(over="ignore", invalid="ignore"):
-            for hi, lo, ys in (_dd_chunks(x, y, features, chunk) if exact else
-                               ((xs, None, ys) for xs, ys in _chunks(x, y, features, chunk))):
-                if lo is None:  # float64, BLAS: r's rounding averages out over many rows
-                    r_f = (ys - hi @ w_dd[0] - float(b_dd[0])) - (hi @ w_dd[1] + float(b_dd[1]))
-                    s0 = dd.add(s0, (np.asarray(r_f.sum()), np.asarray(0.0)))
-                    sx = dd.add(sx, (hi.T @ r_f, np.zeros(d)))
-                    continue
-                r, d_s, e_y = _residuals(hi, lo, ys, w_dd, b_dd)
-                e_x = _pow2(np.abs(hi).max(axis=0)) if len(hi) else np.zeros(d, int)
+            for hi, lo, ys in _dd_chunks(x, y, features, chunk):
+                r, _, e_y = _residuals(hi, lo, ys, w_dd, b_dd)
                 t0 = dd.sum_rows(r)
                 s0 = dd.add(s0, (np.ldexp(t0[0], e_y), np.ldexp(t0[1], e_y)))
-                tx = dd.sum_rows(dd.mul(d_s, (r[0][:, None], r[1][:, None])))
-                sx = dd.add(sx, (np.ldexp(tx[0], e_x + e_y), np.ldexp(tx[1], e_x + e_y)))
+                # Zᵀr with the columns centred exactly (in double-double) before the
+                # products: centring after summing would cancel away the digits of a
+                # column whose mean is far from its spread (timestamps, offsets of 1e9).
+                centred = dd.add((hi, lo), (np.broadcast_to(-mean, hi.shape),
+                                            np.zeros_like(hi)))
+                e_c = _pow2(np.abs(centred[0]).max(axis=0)) if len(hi) else np.zeros(d, int)
+                c_s = (np.ldexp(centred[0], -e_c), np.ldexp(centred[1], -e_c))
+                tx = dd.sum_rows(dd.mul(c_s, (r[0][:, None], r[1][:, None])))
+                sx = dd.add(sx, (np.ldexp(tx[0], e_c + e_y), np.ldexp(tx[1], e_c + e_y)))
             total = float(s0[0] + s0[1])
-            g = (sx[0] + sx[1]) / scale - (total * (mean / scale) if bias else 0.0)
+            g = (sx[0] + sx[1]) / scale
             delta = vt.T @ (inv ** 2 * (vt @ g))
             dw = delta / scale
             db = total / n - float(mean @ dw) if bias else 0.0
@@ -377,11 +378,11 @@ def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
             break
         w_dd = dd.add(w_dd, (dw, np.zeros(d)))
         b_dd = dd.add(b_dd, (np.asarray(db), np.asarray(0.0)))
-        # The next step would be about cond·1e-16 of this one: stop once that is below
-        # 2^-60 of every coefficient (one pass for a well-conditioned design).
-        shrink = max(cond, 1.0) * 1e-15
-        if np.all(np.abs(dw) * shrink <= 2.0 ** -60 * np.abs(w_dd[0])) and \
-                abs(db) * shrink <= 2.0 ** -60 * abs(float(b_dd[0])):
+        # Until a step no longer moves any coefficient's float64 value (2^-60 of it).
+        # Predicting the next step from cond alone stopped too early where a column's
+        # mean dwarfs its spread: there the intercept couples the steps.
+        if np.all(np.abs(dw) <= 2.0 ** -60 * np.abs(w_dd[0])) and \
+                abs(db) <= 2.0 ** -60 * abs(float(b_dd[0])):
             break
     return w_dd, b_dd
 

@@ -93,14 +93,24 @@ def _as_2d(x: Array) -> Array:
     return x.reshape(-1, 1) if len(x.shape) == 1 else x
 
 
+def _float(v: Fraction) -> float:
+    """A rational as float64; ±inf past its range (the report then says null)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def _polynomial_map(jac: list[list[Fraction]], offset: list[Fraction]
                     ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """a = J·θ + offset in rational arithmetic (J exact, θ = hi + lo): a polynomial's
     change of basis cancels terms thousands of times its result (NIST's Filip, Wampler)."""
     def apply(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+            return np.full(len(jac), math.nan)
         theta = [Fraction(float(h)) + Fraction(float(v)) for h, v in zip(hi, lo, strict=True)]
-        return np.array([float(sum((j * t for j, t in zip(row, theta, strict=True) if j),
-                                   off)) for row, off in zip(jac, offset, strict=True)])
+        return np.array([_float(sum((j * t for j, t in zip(row, theta, strict=True) if j),
+                                    off)) for row, off in zip(jac, offset, strict=True)])
 
     return apply
 
@@ -113,10 +123,12 @@ def _linear_map(jac: np.ndarray, m: np.ndarray, s: np.ndarray, y_scale: float,
     def apply(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         out = jac @ hi
         w = (hi[int(bias):], lo[int(bias):])
-        terms = dd.div(dd.mul(dd.mul(w, (m, np.zeros_like(m))), (y_scale, 0.0)), s)
+        # Scaled by powers of two inside: means or targets near 1e300 stay finite.
+        terms = dd.mul_scaled(dd.div_scaled(dd.mul_scaled(w, m), s), y_scale)
         total = dd.sum_rows((-terms[0], -terms[1]))
         if bias:
-            total = dd.add(total, dd.mul((hi[0], lo[0]), (y_scale, 0.0)))
+            total = dd.add(total, dd.mul_scaled((np.asarray(hi[0]), np.asarray(lo[0])),
+                                                y_scale))
         total = dd.add(total, (np.asarray(y_offset), np.asarray(0.0)))
         out[0] = float(total[0] + total[1])
         return out
@@ -351,7 +363,8 @@ def solve_and_report(x: Array, y: Array, scaling: Scaling | None = None, bias: b
         for kk in range(d):
             col, power = kk + int(bias), kk + 1
             for j in range(0, power + 1):
-                v = y_scale * math.comb(power, j) * (-m[0]) ** (power - j) / s[0] ** power
+                with np.errstate(all="ignore"):  # past float64's range: inf, then null
+                    v = y_scale * math.comb(power, j) * (-m[0]) ** (power - j) / s[0] ** power
                 if j:
                     jac[first + j - 1, col] = v
                 elif const_row:

@@ -402,8 +402,10 @@ def write_report(sweep_dir: str | Path, x_axis: str = "epoch") -> Report:
         try:  # a chart that cannot be drawn must not cost the table
             if write_whole(sweep_dir / name, draw):
                 files.append(sweep_dir / name)
-        except OSError:
-            raise  # the machine's fault (disk full, a size limit): the command's, one line
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the machine's (disk full, a size limit): the command's, one line
+            log.warning("sweep report: %s not drawn: %s: %s", name, type(exc).__name__, exc)
         except Exception as exc:
             log.warning("sweep report: %s not drawn: %s: %s", name, type(exc).__name__, exc)
     return Report(rows=rows, swept=swept, markdown=markdown, files=files)
