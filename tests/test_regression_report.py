@@ -340,3 +340,20 @@ def test_a_standardized_report_keeps_columns_near_1e300_and_below_1e_100():
     coefs = [row["coef"] for row in poly["coef"]]
     assert coefs[-1] is None and coefs[0] is not None  # x⁴'s coefficient passes 1e308
     json.dumps(poly, allow_nan=False)
+
+
+def test_a_target_near_1e200_scaled_to_train_keeps_its_report():
+    """Standardized targets near 1e200: R², F and σ come from training units (the square
+    of y's scale, 1e400, is past float64's range: an OverflowError stopped the run). Only
+    SSR itself is too large to hold, and says so as null."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.normal(size=(50, 2)))
+    y = torch.from_numpy((x.numpy() @ np.array([2.0, -1.0]) + rng.normal(size=50)) * 1e200)
+    scaling = Scaling.fit(x, y.reshape(-1, 1), False, True)
+    got = report_for(x, y, scaling)
+    small = report_for(x, y / 1e200, Scaling.fit(x, (y / 1e200).reshape(-1, 1), False, True))
+    assert got["ssr"] is None
+    assert got["r2"] == pytest.approx(small["r2"], rel=1e-12)
+    assert got["f_statistic"] == pytest.approx(small["f_statistic"], rel=1e-12)
+    assert got["sigma"] == pytest.approx(small["sigma"] * 1e200, rel=1e-12)
+    json.dumps(got, allow_nan=False)

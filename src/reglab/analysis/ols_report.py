@@ -195,10 +195,12 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
     df_resid = n - rank
     df_model = rank - k_const
 
-    y2 = prob.y_scale ** 2
+    # In training units first: R², F and σ need no square of y_scale, which passes
+    # float64's range for targets near 1e200 (only SSR itself is then too large to hold).
+    y2 = prob.y_scale * prob.y_scale  # inf past the range, never an OverflowError
     ssr = y2 * ssr_t
     yt = prob.y_train
-    tss = y2 * (float(((yt - yt.mean()) ** 2).sum()) if k_const else float(yt @ yt))
+    tss_t = float(((yt - yt.mean()) ** 2).sum()) if k_const else float(yt @ yt)
 
     theta = np.concatenate([[sol.bias] if bias else [], sol.weight])
     if prob.to_data_units is not None:
@@ -229,17 +231,18 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
                       "p_value": _num(p), "ci_low": _num(a - q * e),
                       "ci_high": _num(a + q * e)})
 
-    r2 = 1 - ssr / tss if tss > 0 else math.nan
+    r2 = 1 - ssr_t / tss_t if tss_t > 0 else math.nan
     adj = 1 - (n - k_const) / df_resid * (1 - r2) if df_resid > 0 else math.nan
-    f = ((tss - ssr) / df_model) / (ssr / df_resid) if df_model > 0 and df_resid > 0 \
-        and ssr > 0 else math.nan
+    f = ((tss_t - ssr_t) / df_model) / (ssr_t / df_resid) if df_model > 0 and \
+        df_resid > 0 and ssr_t > 0 else math.nan
     f_p = stats.f.sf(f, df_model, df_resid) if math.isfinite(f) else math.nan
-    llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.nan
+    llf = (-n / 2 * (math.log(2 * math.pi) + 2 * math.log(prob.y_scale)
+                     + math.log(ssr_t / n) + 1) if ssr_t > 0 else math.nan)
     return {
         "coef": table,
         "n": n, "df_model": df_model, "df_resid": df_resid, "rank": rank,
         "k_constant": k_const, "implied_const": prob.implied_const,
-        "sigma": _num(math.sqrt(ssr / df_resid)) if df_resid > 0 else None,
+        "sigma": _num(prob.y_scale * math.sqrt(ssr_t / df_resid)) if df_resid > 0 else None,
         "ssr": _num(ssr), "r2": _num(r2), "adjusted_r2": _num(adj),
         "f_statistic": _num(f), "f_p_value": _num(f_p),
         "log_likelihood": _num(llf), "aic": _num(-2 * llf + 2 * rank),
