@@ -41,9 +41,14 @@ def run_train(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240,
-            env: dict[str, str] | None = None,
-            fork: bool | None = None) -> subprocess.CompletedProcess[str]:
+            env: dict[str, str] | None = None, fork: bool | None = None, *,
+            stdout_to: str | None = None,
+            fsize: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command the way a user would, capturing its output.
+
+    ``stdout_to`` sends stdout to that file or device instead (``/dev/full``; the
+    result's stdout is then empty), ``fsize`` limits every file the command writes to
+    that many bytes (``RLIMIT_FSIZE``, as a full disk would).
 
     reglab's own commands run forked from a server that has imported torch and Lightning
     once (:mod:`forked_cli`): a process of their own all the same. ``fork=False``, any
@@ -57,9 +62,22 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240,
         target = "forked_cli:python_c"  # a snippet that imports what the server has
     if (fork is False or target is None or os.environ.get("REGLAB_TEST_FORK") == "0"
             or (fork is None and any("ddp" in str(a) for a in args))):
-        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              env=full_env, stdin=subprocess.DEVNULL)
-    started = Started(args, target, cwd, full_env)
+        def limit() -> None:
+            if fsize is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+        if fsize is not None:  # a .pyc cut short by the limit would break later imports
+            full_env["PYTHONDONTWRITEBYTECODE"] = "1"
+        with open(stdout_to or os.devnull, "w") as sink:
+            done = subprocess.run(args, cwd=cwd, text=True, timeout=timeout, env=full_env,
+                                  stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  stdout=sink if stdout_to else subprocess.PIPE,
+                                  preexec_fn=limit if fsize is not None else None)
+        return subprocess.CompletedProcess(args, done.returncode, done.stdout or "",
+                                           done.stderr)
+    started = Started(args, target, cwd, full_env, stdout_to=stdout_to, fsize=fsize)
     try:
         out, err = started.communicate(timeout)
     except subprocess.TimeoutExpired:
@@ -82,17 +100,19 @@ class Started:
     """A forked reglab command: the part of ``subprocess.Popen`` the tests use, its
     stdout and stderr in files (``output()`` reads them as they grow)."""
 
-    def __init__(self, args: list[str], target: str, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], target: str, cwd: Path, env: dict[str, str],
+                 stdout_to: str | None = None, fsize: int | None = None) -> None:
         import tempfile
 
         import forked_cli
 
         self.args = args
         self._tmp = tempfile.TemporaryDirectory(prefix="reglab-cli-")
-        self._out = os.path.join(self._tmp.name, "out")
+        self._out = stdout_to or os.path.join(self._tmp.name, "out")
+        self._read_out = stdout_to is None  # a device (/dev/full) is not read back
         self._err = os.path.join(self._tmp.name, "err")
         self._proc = forked_cli.start(_fork_server(), target, [str(a) for a in args],
-                                      str(cwd), env, self._out, self._err)
+                                      str(cwd), env, self._out, self._err, fsize)
         self.pid: int = self._proc.pid
         self.returncode: int | None = None
 
@@ -117,8 +137,10 @@ class Started:
         self.send_signal(signal.SIGKILL)
 
     def output(self) -> tuple[str, str]:
-        return tuple(Path(p).read_text() if os.path.exists(p) else ""  # type: ignore[return-value]
-                     for p in (self._out, self._err))
+        def text(path: str, read: bool) -> str:
+            return Path(path).read_text() if read and os.path.exists(path) else ""
+
+        return text(self._out, self._read_out), text(self._err, True)
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)

@@ -6,9 +6,10 @@ Each command is still a process of its own: its own pid, working dir, environmen
 stdin (/dev/null), stdout and stderr (files), exit status and signals; nothing of one
 command reaches the next (every child is forked from the server as it was after its
 imports). What a fresh interpreter would do differently is kept out: commands that start
-other Python processes by re-running ``sys.argv`` (Lightning's DDP launcher), that
-look at what is imported, or that need resource limits run as real subprocesses
-(:func:`conftest.run_cli` decides).
+other Python processes by re-running ``sys.argv`` (Lightning's DDP launcher) or that
+look at what is imported run as real subprocesses (:func:`conftest.run_cli` decides).
+A file-size limit is set in the forked command's process alone, with bytecode writing
+off there (Python's unchecked write of a ``.pyc`` would leave a truncated one).
 """
 
 from __future__ import annotations
@@ -37,9 +38,16 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run(target: str, argv: list[str], cwd: str, env: dict[str, str], out: str,
-        err: str) -> None:
+        err: str, fsize: int | None = None) -> None:
     """In the forked child: become the console script ``target`` (``module:function``)
-    run as ``argv`` in ``cwd`` with ``env``, its output in the files ``out`` and ``err``."""
+    run as ``argv`` in ``cwd`` with ``env``, its output in the files ``out`` and ``err``
+    (``out`` may be a device: ``/dev/full``); ``fsize`` limits the size of every file it
+    writes (``RLIMIT_FSIZE``), as a disk that refuses more would."""
+    if fsize is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        sys.dont_write_bytecode = True  # a .pyc cut short by the limit would break imports
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
                             (1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
@@ -89,8 +97,9 @@ def _finish(code: int) -> None:
 
 
 def start(ctx: Any, target: str, argv: list[str], cwd: str, env: dict[str, str],
-          out: str, err: str) -> Any:
+          out: str, err: str, fsize: int | None = None) -> Any:
     """A started child process running :func:`run`."""
-    proc = ctx.Process(target=run, args=(target, argv, cwd, env, out, err), daemon=False)
+    proc = ctx.Process(target=run, args=(target, argv, cwd, env, out, err, fsize),
+                       daemon=False)
     proc.start()
     return proc

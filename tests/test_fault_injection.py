@@ -8,35 +8,25 @@ traceback, and nothing claims a success it did not have.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import script
+from conftest import run_cli, script
 
 ARGS = ["experiment=noisy_line", "trainer.max_epochs=5", "callbacks.progress_bar=null"]
 
 
-#: For a child under a file-size limit: Python writes its bytecode caches with one
-#: unchecked write(), which such a limit cuts short, and the truncated .pyc would then
-#: break every later import of that module ("marshal data too short").
-NO_BYTECODE = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def _run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([script("reglab-train"), *args], cwd=cwd, text=True,
-                          stdin=subprocess.DEVNULL, timeout=240, **kwargs)
+def _run(args: list[str], cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``reglab-train`` forked from the suite's server (:func:`conftest.run_cli`: a
+    file-size limit with ``fsize=``, stdout elsewhere with ``stdout_to=``)."""
+    return run_cli([script("reglab-train"), *args], cwd, **kwargs)
 
 
 @pytest.mark.slow
 def test_a_file_size_limit_is_one_line_and_the_record_says_failed(tmp_path: Path):
-    def limit() -> None:  # in the child only: 20 KiB per file
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, 20 * 1024))
-
-    out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, capture_output=True,
-               preexec_fn=limit, env=NO_BYTECODE)
+    out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, fsize=20 * 1024)  # 20 KiB a file
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
@@ -48,9 +38,7 @@ def test_a_file_size_limit_is_one_line_and_the_record_says_failed(tmp_path: Path
 
 @pytest.mark.slow
 def test_stdout_on_a_full_device_is_one_line_after_the_run_is_recorded(tmp_path: Path):
-    with open("/dev/full", "w") as full:
-        out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, stdout=full,
-                   stderr=subprocess.PIPE)
+    out = _run([*ARGS, "hydra.run.dir=run"], tmp_path, stdout_to="/dev/full")
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and "Logging error" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == \
@@ -63,7 +51,7 @@ def test_stdout_on_a_full_device_is_one_line_after_the_run_is_recorded(tmp_path:
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path: Path):
     (tmp_path / "taken").write_text("a user's file")
     for run_dir in ("taken", "taken/run"):
-        out = _run([*ARGS, f"hydra.run.dir={run_dir}"], tmp_path, capture_output=True)
+        out = _run([*ARGS, f"hydra.run.dir={run_dir}"], tmp_path)
         assert out.returncode == 2, out.stderr[-2000:]
         assert out.stderr.strip() == ("reglab-train: error: hydra.run.dir: taken is a "
                                       "file, not a folder; name another run dir")
@@ -90,7 +78,7 @@ def test_a_read_only_or_full_file_system_is_one_line(tmp_path: Path, options: st
                                                      code: int, reason: str):
     where = _mount(tmp_path, options)
     try:
-        out = _run([*ARGS, f"hydra.run.dir={where / 'run'}"], tmp_path, capture_output=True)
+        out = _run([*ARGS, f"hydra.run.dir={where / 'run'}"], tmp_path)
         assert out.returncode == code, out.stderr[-2000:]
         assert "Traceback" not in out.stderr and "warn" not in out.stderr
         errors = [line for line in out.stderr.splitlines() if "error:" in line]
@@ -109,10 +97,9 @@ def test_eval_predict_and_sweep_report_on_a_read_only_file_system_are_one_line(
     where = _mount(tmp_path, "size=64m")
     try:
         sweep = where / "sweep"
-        made = subprocess.run([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
-                               "logger=none", "callbacks.plots=null",
-                               f"hydra.sweep.dir={sweep}"], cwd=tmp_path, text=True,
-                              capture_output=True, stdin=subprocess.DEVNULL, timeout=240)
+        made = run_cli([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
+                        "logger=none", "callbacks.plots=null", f"hydra.sweep.dir={sweep}"],
+                       tmp_path)
         assert made.returncode == 0, made.stderr[-2000:]
         (where / "new.csv").write_text("x\n1.5\n")
         before = {p: p.read_bytes() for p in where.rglob("*") if p.is_file()}
@@ -126,8 +113,7 @@ def test_eval_predict_and_sweep_report_on_a_read_only_file_system_are_one_line(
              f"output_path={where / 'pred.csv'}"],
         ]
         for command in commands:
-            out = subprocess.run(command, cwd=tmp_path, text=True, capture_output=True,
-                                 stdin=subprocess.DEVNULL, timeout=240)
+            out = run_cli(command, tmp_path)
             assert out.returncode in (1, 2), (command[0], out.stderr[-2000:])
             assert "Traceback" not in out.stderr, out.stderr[-2000:]
             lines = out.stderr.strip().splitlines()
@@ -141,21 +127,19 @@ def test_eval_predict_and_sweep_report_on_a_read_only_file_system_are_one_line(
 @pytest.mark.slow
 def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
         tmp_path: Path):
-    """A file-size limit (``RLIMIT_FSIZE`` in the child) that stops each command's own
-    writes, and stdout on ``/dev/full``: one line naming the path (or stdout) and the
-    OS's reason, no traceback, and no output file left half-written or claiming more."""
+    """A file-size limit (``RLIMIT_FSIZE`` in the command's process) that stops each
+    command's own writes, and stdout on ``/dev/full``: one line naming the path (or
+    stdout) and the OS's reason, no traceback, and no output file left half-written or
+    claiming more. The commands are forked from the suite's server, the limit set in
+    the command's process alone."""
     sweep = tmp_path / "sweep"
-    made = subprocess.run([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
-                           "logger=none", "callbacks.plots=null", f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path, text=True, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=240)
+    made = run_cli([script("reglab-train"), "-m", *ARGS, "optimizer.lr=0.01,0.02",
+                    "logger=none", "callbacks.plots=null", f"hydra.sweep.dir={sweep}"],
+                   tmp_path)
     assert made.returncode == 0, made.stderr[-2000:]
     (tmp_path / "new.csv").write_text("x\n" + "".join(f"{i / 7:.6f}\n" for i in range(3000)))
     model = sweep / "0" / "model.pt"
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
-
-    def limit() -> None:  # in the child only: 2 KiB per file
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
     commands = {
         "reglab-sweep-report": [str(sweep)],
@@ -164,9 +148,7 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
                            "output_path=pred.csv"],
     }
     for name, args in commands.items():
-        out = subprocess.run([script(name), *args], cwd=tmp_path, text=True,
-                             capture_output=True, stdin=subprocess.DEVNULL, timeout=240,
-                             preexec_fn=limit, env=NO_BYTECODE)
+        out = run_cli([script(name), *args], tmp_path, fsize=2048)  # 2 KiB per file
         assert out.returncode in (1, 2), (name, out.stderr[-2000:])
         lines = out.stderr.strip().splitlines()
         assert "Traceback" not in out.stderr and len(lines) == 1, (name, lines)
@@ -180,10 +162,7 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
     for name, args in commands.items():
         if name == "reglab-sweep-report":
             continue  # writes files, prints a line or two; covered by the limit above
-        with open("/dev/full", "w") as full:
-            out = subprocess.run([script(name), *args], cwd=tmp_path, text=True,
-                                 stdout=full, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, timeout=240)
+        out = run_cli([script(name), *args], tmp_path, stdout_to="/dev/full")
         assert out.returncode == 1, (name, out.stderr[-2000:])
         assert "Traceback" not in out.stderr
         assert out.stderr.strip().splitlines()[-1] == \
