@@ -93,7 +93,9 @@ def div(a: DD, b: np.ndarray | float) -> DD:
     return two_sum(q1, r / b)
 
 
-def _exponent(v: np.ndarray | float) -> np.ndarray:
+def exponent(v: np.ndarray | float) -> np.ndarray:
+    """Exponents e with v·2^-e within [0.5, 1) in magnitude (0 for zeros and non-finite
+    values): the power of two that brings a value near 1, exactly."""
     v = np.asarray(v, dtype=np.float64)
     return np.frexp(np.where(np.isfinite(v) & (v != 0), v, 1.0))[1]
 
@@ -101,7 +103,7 @@ def _exponent(v: np.ndarray | float) -> np.ndarray:
 def mul_scaled(a: DD, b: np.ndarray | float) -> DD:
     """a · b for any magnitudes (values near 1e±300 too): both brought near 1 by powers
     of two (exact) first, since Dekker's split overflows above ~1e300."""
-    ea, eb = _exponent(a[0]), _exponent(b)
+    ea, eb = exponent(a[0]), exponent(b)
     p = mul((np.ldexp(a[0], -ea), np.ldexp(a[1], -ea)),
             (np.ldexp(np.asarray(b, dtype=np.float64), -eb), np.zeros(np.shape(b))))
     return np.ldexp(p[0], ea + eb), np.ldexp(p[1], ea + eb)
@@ -109,6 +111,6 @@ def mul_scaled(a: DD, b: np.ndarray | float) -> DD:
 
 def div_scaled(a: DD, b: np.ndarray | float) -> DD:
     """a / b for any magnitudes, as :func:`mul_scaled`."""
-    ea, eb = _exponent(a[0]), _exponent(b)
+    ea, eb = exponent(a[0]), exponent(b)
     q = div((np.ldexp(a[0], -ea), np.ldexp(a[1], -ea)), np.ldexp(np.asarray(b, float), -eb))
     return np.ldexp(q[0], ea - eb), np.ldexp(q[1], ea - eb)

@@ -149,7 +149,7 @@ class LeastSquares:
                 for i, (w, b) in enumerate((((self.weight, zero), (b_hi, np.asarray(0.0))),
                                             ((self.weight, w_lo),
                                              (b_hi, np.asarray(self.bias_lo))))):
-                    r, _, e_y = _residuals(hi, lo, ys, w, b)
+                    r, e_y = _residuals(hi, lo, ys, w, b)
                     sq = dd.sum_rows(dd.mul(r, r))
                     sums[i] = dd.add(sums[i], (np.ldexp(sq[0], 2 * e_y),
                                                np.ldexp(sq[1], 2 * e_y)))
@@ -313,18 +313,13 @@ def _dd_chunks(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
         yield hi, lo, _np(y[i:i + chunk]).reshape(-1)
 
 
-def _pow2(v: np.ndarray) -> np.ndarray:
-    """Exponents e with v·2^-e within [0.5, 1) in magnitude (0 for zeros)."""
-    return np.frexp(np.where(np.isfinite(v) & (v != 0), v, 1.0))[1]
-
-
 def _residuals(hi: np.ndarray, lo: np.ndarray, ys: np.ndarray, w: dd.DD, b: dd.DD
-               ) -> tuple[dd.DD, dd.DD, int]:
-    """r = y − Dw − b of one chunk in double-double, scaled by 2^-e_y (returned with the
-    design scaled column by column, D' = D·2^-e_x): Dekker's split needs values near 1,
+               ) -> tuple[dd.DD, int]:
+    """r = y − Dw − b of one chunk in double-double, scaled by 2^-e_y (returned with e_y;
+    the design is scaled column by column inside): Dekker's split needs values near 1,
     and powers of two scale exactly, so columns near 1e±300 lose nothing."""
-    e_x = _pow2(np.abs(hi).max(axis=0)) if len(hi) else np.zeros(hi.shape[1], int)
-    e_y = int(_pow2(np.asarray(np.abs(ys).max() if len(ys) else 0.0)))
+    e_x = dd.exponent(np.abs(hi).max(axis=0)) if len(hi) else np.zeros(hi.shape[1], int)
+    e_y = int(dd.exponent(np.asarray(np.abs(ys).max() if len(ys) else 0.0)))
     d_s = (np.ldexp(hi, -e_x), np.ldexp(lo, -e_x))
     w_s = (np.ldexp(w[0], e_x - e_y), np.ldexp(w[1], e_x - e_y))
     r = dd.add((np.ldexp(ys, -e_y), np.zeros_like(ys)),
@@ -332,7 +327,7 @@ def _residuals(hi: np.ndarray, lo: np.ndarray, ys: np.ndarray, w: dd.DD, b: dd.D
                 np.full_like(ys, -np.ldexp(float(b[1]), -e_y))))
     for j in range(hi.shape[1]):
         r = dd.add(r, dd.neg(dd.mul((d_s[0][:, j], d_s[1][:, j]), (w_s[0][j], w_s[1][j]))))
-    return r, (d_s[0], d_s[1]), e_y
+    return r, e_y
 
 
 def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
@@ -357,7 +352,7 @@ def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
         sx: dd.DD = (np.zeros(d), np.zeros(d))
         with np.errstate(over="ignore", invalid="ignore"):
             for hi, lo, ys in _dd_chunks(x, y, features, chunk):
-                r, _, e_y = _residuals(hi, lo, ys, w_dd, b_dd)
+                r, e_y = _residuals(hi, lo, ys, w_dd, b_dd)
                 t0 = dd.sum_rows(r)
                 s0 = dd.add(s0, (np.ldexp(t0[0], e_y), np.ldexp(t0[1], e_y)))
                 # Zᵀr with the columns centred exactly (in double-double) before the
@@ -365,7 +360,7 @@ def _refine(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
                 # column whose mean is far from its spread (timestamps, offsets of 1e9).
                 centred = dd.add((hi, lo), (np.broadcast_to(-mean, hi.shape),
                                             np.zeros_like(hi)))
-                e_c = _pow2(np.abs(centred[0]).max(axis=0)) if len(hi) else np.zeros(d, int)
+                e_c = dd.exponent(np.abs(centred[0]).max(axis=0)) if len(hi) else np.zeros(d, int)
                 c_s = (np.ldexp(centred[0], -e_c), np.ldexp(centred[1], -e_c))
                 tx = dd.sum_rows(dd.mul(c_s, (r[0][:, None], r[1][:, None])))
                 sx = dd.add(sx, (np.ldexp(tx[0], e_c + e_y), np.ldexp(tx[1], e_c + e_y)))
@@ -399,7 +394,7 @@ def _covariance_rows(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
     from scipy.linalg import solve_triangular
 
     d = len(scale)
-    e = _pow2(scale)
+    e = dd.exponent(scale)
     k = np.ldexp(scale, -e)  # A's columns are the scaled design's times k
     p = d + int(bias)
     pre = np.zeros((p, p))
