@@ -26,6 +26,7 @@ BAD = [
      "trainer.check_val_every_n_epoch: expected a whole number >= 1, or null"),
     (["trainer.accelerator=tpu"], "trainer: Requirement 'torch_xla>=1.13' not met"),
     (["trainer.devices=0"], "trainer: `Trainer(devices=0)` value is not a valid input"),
+    (["+logger.tensorboard.bogus=1"], "logger.tensorboard: unexpected keyword argument 'bogus'"),
     (["+optimizer.foo=1"], "optimizer: SGD.__init__() got an unexpected keyword argument 'foo'"),
     (["+loss.bogus=2"], "loss: _Loss.__init__() got an unexpected keyword argument 'bogus'"),
     (["scheduler=step", "+scheduler.scheduler.foo=1"],

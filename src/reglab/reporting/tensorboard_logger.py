@@ -18,6 +18,7 @@ to disk only every ``flush_secs`` (120 s), so a reader of the event file sees th
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,15 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     def __init__(self, *args: Any, burst_seconds: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lightning hands the rest to torch's SummaryWriter only when the fit starts: a
+        # misspelt key would be a traceback mid-run instead of a refusal here.
+        from torch.utils.tensorboard import SummaryWriter
+
+        takes = inspect.signature(SummaryWriter).parameters
+        unknown = sorted(set(getattr(self, "_kwargs", {})) - set(takes))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; TensorBoard's "
+                            f"SummaryWriter takes {', '.join(k for k in takes if k != 'self')}")
         self._burst_seconds = float(burst_seconds)
         self._held: list[tuple[Mapping[str, float], int | None]] = []
         self._since = time.monotonic()
