@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
 
     from reglab.analysis.metrics import adjusted_r2, score
     from reglab.artifacts import read_trained
-    from reglab.config.parts import is_reglab_data
+    from reglab.config.parts import is_reglab_data, is_streamed
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     split, why_split = str(cfg.split), None
     if (unseen := _unseen_file(train_cfg, trained, data_overrides or [])) and not _split_given():
@@ -95,7 +95,13 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     _same_table(train_cfg, trained, data_overrides or [], checks.flag(cfg, "allow_changed_data"),
                 split)
     datamodule = instantiate(train_cfg.data)
-    if is_reglab_data(datamodule):
+    streamed = None
+    if is_streamed(datamodule):  # a unit at a time: the table is never held
+        datamodule.use_scaling(trained.scaling)
+        num_features = datamodule.num_features
+        splits = {}
+        streamed = datamodule
+    elif is_reglab_data(datamodule):
         datamodule.scaling = trained.scaling  # the model's own, never refitted on new data
         num_features = datamodule.prepare().num_features
         splits = datamodule.splits
@@ -117,16 +123,26 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     if width is not None and num_features != width:
         raise errors.DataError(f"data: {num_features} feature columns, but the model "
                                  f"takes {width} ({', '.join(trained.features or [])})")
-    if split == "all":
+    model = trained.model
+    intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
+    if streamed is not None:
+        from reglab.analysis.metrics import RegressionSums
+
+        sums = RegressionSums()
+        for x, y in streamed.raw_rows(split):
+            score(model, x, y, trained.scaling, sums=sums)
+        if sums.n == 0:
+            raise errors.DataError(f"split: the {split} split of {streamed.table.files[0]} "
+                                   "has no rows; try split=all")
+    elif split == "all":
         parts = {id(v): v for v in splits.values()}.values()  # val may be train
         x, y = (torch.cat(t) for t in zip(*parts, strict=True))
     elif split in splits:
         x, y = splits[split]
     else:
         raise errors.DataError(f"split: {missing}")
-    model = trained.model
-    intercept = bool(getattr(model, "init_kwargs", {}).get("bias", True))
-    sums = score(model, x, y, trained.scaling if is_reglab_data(datamodule) else None)
+    if streamed is None:
+        sums = score(model, x, y, trained.scaling if is_reglab_data(datamodule) else None)
     targets = trained.target if isinstance(trained.target, list) else None
     metrics = sums.compute(centered=intercept, names=targets)
     # Regressors per target: a model with k outputs holds k rows of weights.

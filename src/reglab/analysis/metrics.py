@@ -7,7 +7,7 @@ Sums rather than stored predictions keep evaluation O(1) in memory on large data
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -29,6 +29,15 @@ class RegressionSums:
                             yd.pow(2).sum(0)]).cpu()
         self.n += int(yd.shape[0])
         self._sums = sums if self._sums is None else self._sums + sums
+
+    def reduce(self, total: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the sums by ``total`` of them (an all-reduce across ranks that each
+        scored their own rows)."""
+        packed = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64),
+                            self._sums.reshape(-1)])
+        packed = total(packed)
+        self.n = round(float(packed[0]))
+        self._sums = packed[1:].reshape(self._sums.shape)
 
     def compute(self, centered: bool = True, names: list[str] | None = None
                 ) -> dict[str, Any]:
@@ -100,10 +109,11 @@ def predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaling: Any = None,
-          chunk: int = 1 << 16) -> RegressionSums:
+          chunk: int = 1 << 16, sums: RegressionSums | None = None) -> RegressionSums:
     """Sums over a whole split in data units: predictions are taken back to the data's
-    units, so MSE and MAE read as the target does."""
-    sums = RegressionSums()
+    units, so MSE and MAE read as the target does. ``sums``: add to these (a split
+    scored a piece at a time)."""
+    sums = sums if sums is not None else RegressionSums()
     with torch.no_grad():
         for pred, ys in predictions(model, x, y, scaling, chunk):
             pred = pred.double().cpu()

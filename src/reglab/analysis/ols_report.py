@@ -181,6 +181,21 @@ def _design_facts(x: Array, design: Design, bias: bool, chunk: int) -> tuple[flo
 COV_TERMS = 200
 
 
+def coef_table(names: Sequence[str], coef: np.ndarray, se: np.ndarray, df_resid: int
+               ) -> list[dict[str, Any]]:
+    """The coefficient rows: estimate, standard error, t, its two-sided p-value and the
+    (1 − ALPHA) confidence interval from Student's t with ``df_resid`` degrees."""
+    q = float(stats.t.ppf(1 - ALPHA / 2, df_resid)) if df_resid > 0 else math.nan
+    table = []
+    for name, a, e in zip(names, coef, se, strict=True):
+        t = a / e if e > 0 else math.nan
+        p = 2 * stats.t.sf(abs(t), df_resid) if math.isfinite(t) else math.nan
+        table.append({"name": name, "coef": _num(a), "std_err": _num(e), "t": _num(t),
+                      "p_value": _num(p), "ci_low": _num(a - q * e),
+                      "ci_high": _num(a + q * e)})
+    return table
+
+
 def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str, Any], Any]:
     n = int(x.shape[0])
     if n == 0:
@@ -221,15 +236,7 @@ def _report(x: Array, bias: bool, prob: _Problem, chunk: int) -> tuple[dict[str,
     else:  # no residual degrees of freedom: no variance to scale anything by
         se = np.full(len(coef), math.nan)
         cov = None
-    q = float(stats.t.ppf(1 - ALPHA / 2, df_resid)) if df_resid > 0 else math.nan
-
-    table = []
-    for name, a, e in zip(prob.names, coef, se, strict=True):
-        t = a / e if e > 0 else math.nan
-        p = 2 * stats.t.sf(abs(t), df_resid) if math.isfinite(t) else math.nan
-        table.append({"name": name, "coef": _num(a), "std_err": _num(e), "t": _num(t),
-                      "p_value": _num(p), "ci_low": _num(a - q * e),
-                      "ci_high": _num(a + q * e)})
+    table = coef_table(prob.names, coef, se, df_resid)
 
     r2 = 1 - ssr_t / tss_t if tss_t > 0 else math.nan
     adj = 1 - (n - k_const) / df_resid * (1 - r2) if df_resid > 0 else math.nan

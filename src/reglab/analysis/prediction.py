@@ -165,6 +165,13 @@ def predict(cfg: DictConfig) -> list[Any]:
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     width = trained.in_features
+    from reglab.analysis import streamed_prediction
+
+    if cfg.input_path is not None and streamed_prediction.wants_streaming(cfg):
+        count, _ = streamed_prediction.predict(cfg, trained, delimiter)
+        _say([f"reglab-predict: {count} predictions written to {cfg.output_path} "
+              "(streamed a unit at a time)"])
+        return []
     if cfg.x is not None:
         if width is None:  # a model of the user's own that names no width: the rows do
             width = _row_width(cfg.x)
@@ -206,11 +213,15 @@ def predict(cfg: DictConfig) -> list[Any]:
         lines = [",".join([*names, *columns]),
                  *(",".join([*(f"{v:g}" for v in row), *pred])
                    for row, pred in zip(x.tolist(), shown, strict=True))]
+    _say(lines)
+    # One target: a list of numbers; several: a list of rows.
+    return [r[0] for r in rows] if len(columns) == 1 else rows
+
+
+def _say(lines: list[str]) -> None:
     try:
         print("\n".join(lines), flush=True)
     except BrokenPipeError:
         raise  # the reader went away (`| head -1`): reglab-predict ends quietly
     except OSError as exc:  # a console that cannot take it names stdout, not "a file"
         raise OSError(exc.errno, exc.strerror, "stdout") from None
-    # One target: a list of numbers; several: a list of rows.
-    return [r[0] for r in rows] if len(columns) == 1 else rows

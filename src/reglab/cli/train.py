@@ -82,8 +82,15 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         # or, with optimizer=exact, the fit itself.
         exact = exact_fit.is_exact(probe)
         start = time.perf_counter()
-        closed, solution = (optimum.find_optimum(model, module.loss_fn, datamodule, probe)
-                            if parts.is_reglab_data(datamodule) else (None, None))
+        if parts.is_reglab_data(datamodule):
+            closed, solution = optimum.find_optimum(model, module.loss_fn, datamodule, probe)
+        elif exact and parts.is_streamed(datamodule):  # one pass over the table: the fit
+            from reglab.analysis import streamed_fit
+
+            closed, solution = streamed_fit.find_optimum(model, module.loss_fn, datamodule,
+                                                         probe)
+        else:
+            closed, solution = None, None
         if exact and (why := exact_fit.refusal(closed, model, datamodule)):
             raise errors.ConfigError(why)
         folds = getattr(datamodule, "folds", None) if exact else None

@@ -31,7 +31,8 @@ def _task_name(*, _root_: Any) -> str:
     """The default ``task_name``: what was run, read from the data config itself (so it
     resolves the same inside Hydra, through the compose API and from a saved config).
 
-    A table names its file (``data=csv`` with ``houses.csv`` gives ``houses``); reglab's
+    A table names its file (``data=csv`` with ``houses.csv`` gives ``houses``; a streamed
+    table its file, folder or the folder of its glob); reglab's
     data sets their option (``line``, ``diabetes``); a data module of the user's own its
     class. Characters that cannot name a folder become ``_``.
     """
@@ -41,6 +42,11 @@ def _task_name(*, _root_: Any) -> str:
     source = data.get("source") if data is not None else None
     name = "train"
     path = source.get("path") if source is not None else None
+    if source is None and data is not None and "path" in data:  # data=stream: data.path
+        path = None if OmegaConf.is_missing(data, "path") else data.get("path")
+        source = data
+    if isinstance(path, str) and any(c in path for c in "*?["):  # a glob: its folder
+        path = str(Path(path).parent)
     if isinstance(path, str) and path and not OmegaConf.is_missing(source, "path"):
         name = Path(path).stem
     elif source is not None and source.get("_target_"):

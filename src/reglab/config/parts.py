@@ -41,6 +41,13 @@ def is_reglab_data(datamodule: Any) -> bool:
     return isinstance(datamodule, RegressionDataModule)
 
 
+def is_streamed(datamodule: Any) -> bool:
+    """Whether ``datamodule`` is reglab's streamed one (``data=stream``)."""
+    from reglab.data.streamed import StreamedDataModule
+
+    return isinstance(datamodule, StreamedDataModule)
+
+
 def describe_data(datamodule: Any) -> tuple[int, dict[str, Any]]:
     """The number of input columns, and feature / target names where they are known.
 
@@ -165,6 +172,9 @@ def has_test(datamodule: Any) -> bool:
 
     if is_reglab_data(datamodule):
         return datamodule.has_test
+    own = getattr(datamodule, "has_test", None)  # a data module that says so itself
+    if isinstance(own, bool):
+        return own
     return type(datamodule).test_dataloader is not pl.LightningDataModule.test_dataloader
 
 

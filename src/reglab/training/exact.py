@@ -76,9 +76,9 @@ def is_exact(optimizer: Any) -> bool:
 
 def refusal(closed: dict[str, Any] | None, model: Any, datamodule: Any) -> str | None:
     """Why this run cannot be fitted exactly, or None when it can."""
-    from reglab.config.parts import is_reglab_data
+    from reglab.config.parts import is_reglab_data, is_streamed
 
-    if not is_reglab_data(datamodule):
+    if not is_reglab_data(datamodule) and not is_streamed(datamodule):
         return (f"optimizer=exact solves on reglab's own data module (its splits as read); "
                 f"data is {type(datamodule).__qualname__}: use a gradient optimizer")
     if closed is None:

@@ -376,6 +376,11 @@ class RegressionModule(pl.LightningModule):
         self._test_sums.update(self.scaling.y_inverse(self.model(x)), self.scaling.y_inverse(y))
 
     def on_test_epoch_end(self) -> None:
+        trainer = self.trainer
+        if trainer.world_size > 1 and getattr(trainer.datamodule, "divides_evaluation", False):
+            # Each rank tested its own rows: the sums of all of them, alike on every rank.
+            self._test_sums.reduce(lambda t: trainer.strategy.reduce(
+                t.to(self.device), reduce_op="sum").cpu())
         bias = getattr(self.model, "has_bias", None)
         centered = True if bias is None else bool(bias)
         targets = self.data_info.get("target")

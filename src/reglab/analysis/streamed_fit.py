@@ -1,0 +1,264 @@
+"""The least-squares fit and its OLS report from a streamed table, in one pass.
+
+The design is never held: each block of rows is folded into the R factor of
+``[1 | z | y]`` (a tall-skinny QR, TSQR), where ``z`` is the features shifted and scaled
+by the first block's means and spreads (any shift is exact reparametrization; it keeps
+the columns' conditioning close to the standardized design's). ``XᵀX`` is never formed,
+so the condition number is not squared. From R alone follow the coefficients, SSR,
+standard errors, R², F, the likelihood and the condition number; the validation rows get
+an R of their own, which gives their loss for any coefficients. The report has the keys
+and units of :mod:`reglab.analysis.ols_report`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from reglab.data import row_split
+
+#: Rows folded into R per QR: big enough for LAPACK to run at speed.
+FOLD_ROWS = 1 << 16
+
+
+class Tsqr:
+    """The R factor of a tall matrix given a block of rows at a time."""
+
+    def __init__(self, width: int) -> None:
+        self.r = np.zeros((0, width))
+        self.rows = 0
+        self._pending: list[np.ndarray] = []
+        self._held = 0
+
+    def add(self, block: np.ndarray) -> None:
+        if len(block) == 0:
+            return
+        self.rows += len(block)
+        self._pending.append(block)
+        self._held += len(block)
+        if self._held >= FOLD_ROWS:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._pending:
+            self.r = np.linalg.qr(np.vstack([self.r, *self._pending]), mode="r")
+            self._pending, self._held = [], 0
+
+    def merge(self, other_r: np.ndarray, rows: int) -> None:
+        """Another part's rows (its R factor) joined to these."""
+        self._fold()
+        self.r = np.linalg.qr(np.vstack([self.r, other_r]), mode="r")
+        self.rows += rows
+
+    def factor(self) -> np.ndarray:
+        """R, square (zero rows added where fewer rows than columns were seen)."""
+        self._fold()
+        q = self.r.shape[1]
+        if self.r.shape[0] < q:
+            return np.vstack([self.r, np.zeros((q - self.r.shape[0], q))])
+        return self.r
+
+
+class StreamedLeastSquares:
+    """A sink for the data module's census: folds the training (and validation) rows of
+    each block into their R factors."""
+
+    def __init__(self, width: int, bias: bool, val_is_train: bool) -> None:
+        self.d, self.bias, self.val_is_train = width, bias, val_is_train
+        self.p = width + int(bias)
+        self.shift: np.ndarray | None = None  # (x shifts, y shift)
+        self.scale: np.ndarray | None = None
+        self.parts = {row_split.TRAIN: Tsqr(self.p + 1)}
+        if not val_is_train:
+            self.parts[row_split.VAL] = Tsqr(self.p + 1)
+
+    def __call__(self, values: np.ndarray, codes: np.ndarray) -> None:
+        if self.shift is None:
+            self._choose_units(values[codes == row_split.TRAIN])
+        for split, part in self.parts.items():
+            part.add(self.design(values[codes == split]))
+
+    def _choose_units(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        width = rows.shape[1]
+        if self.bias:
+            shift = rows.mean(axis=0)
+            spread = rows.std(axis=0)
+        else:  # no intercept: a shift would change the model
+            shift = np.zeros(width)
+            spread = np.sqrt((rows * rows).mean(axis=0))
+        spread = np.where((spread > 0) & np.isfinite(spread), spread, 1.0)
+        self.shift, self.scale = shift, spread
+
+    def design(self, rows: np.ndarray) -> np.ndarray:
+        """``[1 | z | y']`` for raw rows (``[z | y']`` without a bias)."""
+        if self.shift is None:
+            return np.empty((0, self.p + 1))
+        z = (rows - self.shift) / self.scale
+        if not self.bias:
+            return z
+        return np.hstack([np.ones((len(z), 1)), z])
+
+    # -- the answer -------------------------------------------------------------------------
+    def solve(self) -> dict[str, Any]:
+        """Coefficients (shifted units), SSR, rank and the factor of their covariance."""
+        r = self.parts[row_split.TRAIN].factor()
+        p = self.p
+        r11, rhs, rho = r[:p, :p], r[:p, p], float(r[p, p])
+        norms = np.linalg.norm(r11, axis=0)
+        norms = np.where(norms > 0, norms, 1.0)
+        u, s, vt = np.linalg.svd(r11 / norms)
+        n = self.parts[row_split.TRAIN].rows
+        tol = (s[0] if s.size else 0.0) * max(n, p) * np.finfo(np.float64).eps
+        keep = s > tol
+        c = u.T @ rhs
+        theta = (vt[keep].T @ (c[keep] / s[keep])) / norms
+        ssr = rho * rho + float(np.sum(c[~keep] ** 2))
+        # Cov(θ) = σ²·F·Fᵀ with F the pseudo-inverse factor of R11.
+        factor = (vt[keep].T / s[keep]) / norms[:, None]
+        return {"theta": theta, "ssr": ssr, "rank": int(keep.sum()), "factor": factor,
+                "rows": n}
+
+    def jacobian(self) -> tuple[np.ndarray, np.ndarray]:
+        """(J, offset): data-unit coefficients (const first) = J·θ + offset."""
+        d, c, s = self.d, self.shift[:self.d], self.scale[:self.d]
+        sy, cy = float(self.scale[d]), float(self.shift[d])
+        if not self.bias:
+            return np.diag(sy / s), np.zeros(d)
+        jac = np.zeros((self.p, self.p))
+        jac[0, 0] = sy
+        jac[0, 1:] = -sy * c / s
+        jac[1:, 1:] = np.diag(sy / s)
+        offset = np.zeros(self.p)
+        offset[0] = cy
+        return jac, offset
+
+    def split_sse(self, split: int, theta: np.ndarray) -> tuple[float, int]:
+        """(Σ residual² in data units, rows) of ``split`` for shifted-unit ``theta``."""
+        part = self.parts[split]
+        if part.rows == 0:
+            return math.nan, 0
+        resid = part.factor() @ np.concatenate([theta, [-1.0]])
+        return float(resid @ resid) * float(self.scale[self.d]) ** 2, part.rows
+
+    def condition_number(self) -> float:
+        """Of the data-unit design (with its constant), as statsmodels reports it."""
+        r11 = self.parts[row_split.TRAIN].factor()[:self.p, :self.p]
+        c, s = self.shift[:self.d], self.scale[:self.d]
+        t = np.diag(s) if not self.bias else np.block([[np.ones((1, 1)), c[None, :]],
+                                                       [np.zeros((self.d, 1)), np.diag(s)]])
+        sv = np.linalg.svd(r11 @ t, compute_uv=False)
+        return float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+
+    def report(self, names: list[str], tss: float) -> dict[str, Any]:
+        """The OLS report in data units; ``tss``: the training target's total sum of
+        squares about its mean (about zero without a bias), from the census."""
+        from scipy import stats
+
+        from reglab.analysis.ols_report import coef_table
+
+        sol = self.solve()
+        jac, offset = self.jacobian()
+        coef = jac @ sol["theta"] + offset
+        n, rank = sol["rows"], sol["rank"]
+        k_const = int(self.bias)
+        df_resid, df_model = n - rank, rank - k_const
+        sy = float(self.scale[self.d])
+        ssr = sol["ssr"] * sy * sy
+        sigma2 = ssr / df_resid if df_resid > 0 else math.nan
+        # J carries y's scale already: the covariance takes σ² in the shifted units.
+        sigma2_z = sol["ssr"] / df_resid if df_resid > 0 else math.nan
+        factor = jac @ sol["factor"]
+        se = (math.sqrt(sigma2_z) * np.linalg.norm(factor, axis=1) if df_resid > 0
+              else np.full(len(coef), math.nan))
+        table = coef_table((["const"] if self.bias else []) + list(names), coef, se,
+                           df_resid)
+        r2 = 1 - ssr / tss if tss > 0 else math.nan
+        adj = 1 - (n - k_const) / df_resid * (1 - r2) if df_resid > 0 else math.nan
+        f = ((tss - ssr) / df_model) / (ssr / df_resid) if df_model > 0 and df_resid > 0 \
+            and ssr > 0 else math.nan
+        f_p = stats.f.sf(f, df_model, df_resid) if math.isfinite(f) else math.nan
+        llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.nan
+        cov = sigma2_z * (factor @ factor.T) if df_resid > 0 and len(coef) <= 200 else None
+        return {
+            "coef": table, "n": n, "df_model": df_model, "df_resid": df_resid, "rank": rank,
+            "k_constant": k_const, "implied_const": False,
+            "sigma": _num(math.sqrt(sigma2)) if df_resid > 0 else None,
+            "ssr": _num(ssr), "r2": _num(r2), "adjusted_r2": _num(adj),
+            "f_statistic": _num(f), "f_p_value": _num(f_p), "log_likelihood": _num(llf),
+            "aic": _num(-2 * llf + 2 * rank), "bic": _num(-2 * llf + math.log(n) * rank),
+            "condition_number": _num(self.condition_number()),
+            "rank_tolerance": _num(self.p * float(np.finfo(np.float64).eps)),
+            "cov": None if cov is None else [[_num(v) for v in row] for row in cov],
+            "streamed": "one pass: R factor of [1 | x | y] over the table's blocks (TSQR)",
+        }, sol
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = None
+                 ) -> tuple[dict[str, Any] | None, Any]:
+    """The optimum record (as :func:`reglab.analysis.optimum.find_optimum` gives it) of a
+    linear model with MSE on a streamed table, read in one pass; (None, None) for a model
+    least squares does not fit, a record saying why for what it does not cover."""
+    import torch
+
+    from reglab.analysis.optimum import weight_decay
+    from reglab.models.regressors import LinearRegression, PolynomialRegression
+
+    if not isinstance(model, LinearRegression):
+        return None, None
+    if isinstance(model, PolynomialRegression):
+        return {"skipped": "a streamed table is fitted exactly with model=linear only"}, None
+    if len(datamodule.table.targets) != 1:
+        return {"skipped": "a streamed table is fitted exactly for one target"}, None
+    if not isinstance(loss_fn, torch.nn.MSELoss):
+        return {"skipped": f"loss is {type(loss_fn).__name__}; least squares is the optimum "
+                           "of MSE only"}, None
+    decay, _ = weight_decay(optimizer) if optimizer is not None else (0.0, None)
+    if decay > 0:
+        return {"skipped": "weight_decay > 0 (ridge) is not fitted on a streamed table"}, None
+    sink = StreamedLeastSquares(datamodule.num_features, model.has_bias,
+                                datamodule.val_is_train)
+    census = datamodule.take_census(sink=sink)
+    moments = census.merged()
+    d = datamodule.num_features
+    n = census.total(row_split.TRAIN)
+    tss = float(moments.m2[d]) if model.has_bias else float(
+        moments.m2[d] + n * moments.mean[d] ** 2)
+    report, sol = sink.report(datamodule.feature_names, tss)
+    summed = loss_fn.reduction == "sum"
+    sc = datamodule.scaling
+    y_std = float(sc.y_std) if sc.y_mean is not None else 1.0
+    y_mean = float(sc.y_mean) if sc.y_mean is not None else 0.0
+
+    def loss(sse: float, rows: int) -> float:
+        value = sse / (y_std * y_std)
+        return value if summed else value / rows
+
+    train_loss = loss(float(report["ssr"] or 0.0), n)
+    val = (train_loss if datamodule.val_is_train else
+           loss(*sink.split_sse(row_split.VAL, sol["theta"])))
+    coef = np.array([row["coef"] for row in report["coef"]], dtype=np.float64)
+    beta = coef[1:] if model.has_bias else coef
+    const = float(coef[0]) if model.has_bias else 0.0
+    x_mean = np.array(sc.x_mean) if sc.x_mean is not None else np.zeros(d)
+    x_std = np.array(sc.x_std) if sc.x_std is not None else np.ones(d)
+    weight = beta * x_std / y_std
+    bias = (const + float(beta @ x_mean) - y_mean) / y_std if model.has_bias else None
+    record = {
+        "objective": "least squares",
+        "params": {"weight": [weight.tolist()], "bias": bias},
+        "train_loss": train_loss, "val_loss": val, "test": None,
+        "condition_number": report["condition_number"],
+        "rank": report["rank"] - int(model.has_bias),  # feature columns, as in memory
+        "report": report,
+        "params_data_units": {row["name"]: row["coef"] for row in report["coef"]},
+    }
+    return record, None

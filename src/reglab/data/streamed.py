@@ -1,0 +1,380 @@
+"""A Lightning data module over a table too large to hold: read a unit at a time.
+
+Memory is bounded by one unit (a Parquet row group), one shuffle window and one batch,
+not by the table's rows:
+
+- **Splits** follow from each row's global number and the seed (``row_split``), so no
+  permutation of the table is ever formed and every rank agrees on every row.
+- **Scaling** statistics come from one pass (the *census*) that also counts each unit's
+  rows per split and checks every cell; under data-parallel training each rank reads its
+  own units and the per-unit results are gathered, then merged in unit order, so the
+  statistics are the same bits whatever the number of ranks.
+- **Training order**: epoch ``e`` visits the units in a permutation seeded by
+  ``(seed, e)``; the training rows in that order are cut into ``lanes`` contiguous
+  stretches, each shuffled a window of ``shuffle_rows`` rows at a time. Global batch ``k``
+  is the ``k``-th piece of every lane; under DDP each rank reads only its own lanes, so
+  the rows are read once and by one rank, every rank takes the same number of batches,
+  and a run gives the same batches on any number of ranks that divides ``lanes``.
+  An epoch is ``train rows // batch_size`` full batches: the few rows past the last full
+  batch (different ones each epoch) wait for a later epoch, as with ``drop_last``.
+- **Validation and test** are divided across ranks by rows; the module's sums are
+  reduced across ranks, so the figures are those of one process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from reglab.data import row_split
+from reglab.data.datamodule import TrainBatches, _serve_dtype
+from reglab.data.moments import Moments
+from reglab.data.scaling import Scaling
+from reglab.data.table_stream import Block, TableStream, Unit
+from reglab.errors import DataError
+
+#: A callable the census hands every block to: (values, split codes).
+Sink = Callable[[np.ndarray, np.ndarray], None]
+
+
+class Census:
+    """What one pass learned: each unit's rows per split and its training rows'
+    moments (features then targets)."""
+
+    def __init__(self, counts: np.ndarray, moments: list[Moments]) -> None:
+        self.counts = counts  # (units, 3): train, val, test rows
+        self.moments = moments
+
+    def total(self, split: int) -> int:
+        return int(self.counts[:, split].sum())
+
+    def merged(self) -> Moments:
+        out = self.moments[0]
+        for m in self.moments[1:]:
+            out = out.merge(m)
+        return out
+
+
+class SplitRows:
+    """The rows of one split in a given order of units, addressed by their position in
+    that sequence; only the units overlapping a requested range are read."""
+
+    def __init__(self, dm: StreamedDataModule, split: int, order: np.ndarray) -> None:
+        self.dm, self.split, self.order = dm, split, order
+        counts = dm.census.counts[order, split]
+        self.cum = np.concatenate([[0], np.cumsum(counts)])
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (exclusive) of the sequence, as one float64 block."""
+        parts: list[np.ndarray] = []
+        j = int(np.searchsorted(self.cum, lo, side="right")) - 1
+        while lo < hi and j < len(self.order):
+            base = int(self.cum[j])
+            if base >= hi:
+                break
+            parts.extend(self.dm.split_rows(int(self.order[j]), self.split,
+                                            max(lo - base, 0), hi - base))
+            j += 1
+        if not parts:
+            return np.empty((0, len(self.dm.table.names)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class StreamedBatches:
+    """This rank's training batches: ``num_minibatches`` and ``minibatches(epoch,
+    start)``, the shape :class:`~reglab.data.datamodule.TrainBatches` serves and resumes."""
+
+    def __init__(self, dm: StreamedDataModule, rank: int, world: int, shuffle: bool) -> None:
+        self.dm, self.shuffle = dm, shuffle
+        train = dm.census.total(row_split.TRAIN)
+        lanes = dm.lane_count(world)
+        batch = min(int(dm.batch_size), train)
+        self.num_minibatches = max(1, train // batch)
+        sizes = [batch * (i + 1) // lanes - batch * i // lanes for i in range(lanes)]
+        if min(sizes) < 1:
+            raise DataError(f"data.batch_size: {batch} rows cannot be shared by "
+                            f"{lanes} lanes (data.lanes); every lane needs a row")
+        starts = [self.num_minibatches * (batch * i // lanes) for i in range(lanes)]
+        self.lanes = [(i, starts[i], sizes[i]) for i in range(rank, lanes, world)]
+
+    def minibatches(self, epoch: int, start: int = 0
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dm = self.dm
+        units = len(dm.table.units)
+        order = (np.random.default_rng([dm.seed, int(epoch)]).permutation(units)
+                 if self.shuffle else np.arange(units))
+        rows = SplitRows(dm, row_split.TRAIN, order)
+        lanes = [self._lane(rows, epoch, i, first, size, start)
+                 for i, first, size in self.lanes]
+        for parts in zip(*lanes, strict=True):
+            if len(parts) == 1:
+                yield parts[0]
+            else:
+                yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _lane(self, rows: SplitRows, epoch: int, lane: int, first: int, size: int,
+              start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One lane's batches of ``size`` rows from batch ``start`` on, shuffled a window
+        at a time (windows sit at fixed places in the lane, so a resume finds them)."""
+        dm = self.dm
+        length = self.num_minibatches * size
+        window = max(size, int(dm.shuffle_rows) // size * size)
+        w = start * size // window
+        skip = start * size - w * window
+        for lo in range(w * window, length, window):
+            hi = min(lo + window, length)
+            block = rows.take(first + lo, first + hi)
+            if self.shuffle:
+                perm = np.random.default_rng([dm.seed, int(epoch), lane, lo]).permutation(
+                    len(block))
+                block = block[perm]
+            x, y = dm.convert(block[skip:])
+            skip = 0
+            for i in range(0, int(x.shape[0]), size):
+                yield x[i:i + size], y[i:i + size]
+
+
+class EvalBatches:
+    """This rank's share of a split's rows (a contiguous stretch in unit order), in
+    batches of ``rows``."""
+
+    def __init__(self, dm: StreamedDataModule, split: int, rank: int, world: int,
+                 rows: int) -> None:
+        self.dm, self.rows = dm, int(rows)
+        self.seq = SplitRows(dm, split, np.arange(len(dm.table.units)))
+        total = len(self.seq)
+        self.lo, self.hi = total * rank // world, total * (rank + 1) // world
+
+    def __len__(self) -> int:
+        return math.ceil((self.hi - self.lo) / self.rows)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for lo in range(self.lo, self.hi, self.rows):
+            yield self.dm.convert(self.seq.take(lo, min(lo + self.rows, self.hi)))
+
+
+class StreamedDataModule(pl.LightningDataModule):
+    """Train, validate and test on a table read a unit at a time (see the module's
+    docstring). ``path``: a Parquet or CSV file, a directory of them or a glob.
+
+    ``lanes``: the number of stretches each epoch's training rows are cut into (default:
+    one per rank); fix it to get the same batches on any number of ranks dividing it.
+    ``scaling``: a trained model's own (evaluation), applied instead of fitting one.
+    """
+
+    #: Validation and test rows are divided across ranks, their sums reduced.
+    divides_evaluation = True
+
+    def __init__(self, path: str, target: str | Sequence[str],
+                 features: Sequence[str] | None = None, delimiter: str = ",",
+                 batch_size: int = 4096, shuffle: bool = True, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, seed: int = 0, standardize: bool = True,
+                 standardize_target: bool = False, shuffle_rows: int = 1 << 16,
+                 lanes: int | None = None, eval_batch_rows: int = 1 << 16,
+                 scaling: Scaling | None = None) -> None:
+        super().__init__()
+        for key, value, low in (("batch_size", batch_size, 1), ("shuffle_rows", shuffle_rows, 1),
+                                ("eval_batch_rows", eval_batch_rows, 1),
+                                ("lanes", 1 if lanes is None else lanes, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DataError(f"data.{key}: expected an integer ≥ {low}, got {value!r}")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0 <= value < 1:
+                raise DataError(f"data.{key}: expected a number in [0, 1), got {value!r}")
+        if val_fraction + test_fraction >= 1:
+            raise DataError("data: val_fraction + test_fraction must leave rows to train on")
+        self.table = TableStream(path, target, features, delimiter)
+        self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.seed = int(seed)
+        self.standardize, self.standardize_target = bool(standardize), bool(standardize_target)
+        self.shuffle_rows, self.lanes, self.eval_batch_rows = shuffle_rows, lanes, eval_batch_rows
+        self._scaling_given = scaling is not None
+        #: Filled in place by the census: the module holds this very object.
+        self.scaling = scaling if scaling is not None else Scaling()
+        self.census: Census | None = None
+        self._cache: tuple[int, int, np.ndarray] | None = None
+        self.units_read: list[int] = []  # every unit read, in order (tests count them)
+
+    # -- what reglab asks of any data module ----------------------------------------------
+    @property
+    def num_features(self) -> int:
+        return self.table.width
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.table.feature_names
+
+    @property
+    def target_name(self) -> str | list[str]:
+        t = self.table.targets
+        return t[0] if len(t) == 1 else list(t)
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_fraction > 0 and (self.census is None or
+                                           self.census.total(row_split.TEST) > 0)
+
+    @property
+    def val_is_train(self) -> bool:
+        return self.val_fraction == 0
+
+    def lane_count(self, world: int) -> int:
+        lanes = int(self.lanes or world)
+        if lanes % world:
+            raise DataError(f"data.lanes: {lanes} lanes cannot be shared by {world} ranks; "
+                            "use a multiple of the number of ranks")
+        return lanes
+
+    # -- reading --------------------------------------------------------------------------
+    def codes(self, block: Block) -> np.ndarray:
+        return row_split.split_codes(block.rows, self.seed, self.val_fraction,
+                                     self.test_fraction)
+
+    def split_rows(self, unit: int, split: int, lo: int, hi: int) -> list[np.ndarray]:
+        """Rows ``lo`` to ``hi`` of ``split`` within ``unit`` (the last Parquet row group
+        read is kept, so a unit two windows share is read once)."""
+        if self._cache is not None and self._cache[:2] == (unit, split):
+            return [self._cache[2][lo:hi]]
+        out: list[np.ndarray] = []
+        seen = 0
+        blocks = self._read(self.table.units[unit])
+        for block in blocks:
+            rows = block.values[self.codes(block) == split] if self._splits_used(split) \
+                else block.values
+            if self.table.parquet:
+                self._cache = (unit, split, rows)
+            a, b = max(lo - seen, 0), min(hi - seen, len(rows))
+            if a < b:
+                out.append(rows[a:b])
+            seen += len(rows)
+            if seen >= hi:
+                break
+        return out
+
+    def _splits_used(self, split: int) -> bool:
+        return self.val_fraction > 0 or self.test_fraction > 0 or split != row_split.TRAIN
+
+    def _read(self, unit: Unit) -> Iterator[Block]:
+        self.units_read.append(unit.index)
+        return self.table.read(unit)
+
+    def convert(self, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows as the model sees them: scaled, in the trainer's precision, on its device."""
+        t = self.trainer
+        dtype = _serve_dtype(t)
+        device = t.strategy.root_device if t is not None else torch.device("cpu")
+        raw = torch.from_numpy(block)
+        d = self.table.width
+        x, y = self.scaling.x(raw[:, :d]), self.scaling.y(raw[:, d:])
+        x, y = x.to(device, dtype), y.to(device, dtype)
+        if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
+            raise DataError(f"data: a value is beyond {str(dtype).removeprefix('torch.')}'s "
+                            "range as the model sees it; use data.standardize=true or "
+                            "trainer.precision=64-true")
+        return x, y
+
+    def use_scaling(self, scaling: Scaling) -> None:
+        """A trained model's own scaling, kept instead of fitting one (evaluation)."""
+        self.scaling, self._scaling_given = scaling, True
+
+    def raw_rows(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) of ``split`` (``train``, ``val``, ``test`` or ``all``) in data units and
+        float64, a unit at a time."""
+        code = {"train": row_split.TRAIN, "test": row_split.TEST,
+                "val": row_split.TRAIN if self.val_is_train else row_split.VAL}.get(split)
+        d = self.table.width
+        for unit in self.table.units:
+            for block in self._read(unit):
+                rows = block.values if code is None else block.values[self.codes(block) == code]
+                if len(rows):
+                    t = torch.from_numpy(rows)
+                    yield t[:, :d], t[:, d:]
+
+    # -- the census -----------------------------------------------------------------------
+    def take_census(self, rank: int = 0, world: int = 1, sink: Sink | None = None) -> Census:
+        """One pass over this rank's units (every ``world``-th): rows per split, the
+        training rows' moments, every cell checked; gathered from all ranks when a
+        process group is running. ``sink`` also gets each block (the exact fit)."""
+        width = len(self.table.names)
+        mine: dict[int, tuple[np.ndarray, Moments]] = {}
+        for unit in self.table.units[rank::world]:
+            counts = np.zeros(3, dtype=np.int64)
+            moments = Moments.empty(width)
+            for block in self._read(unit):
+                codes = self.codes(block)
+                counts += np.bincount(codes, minlength=3)[:3]
+                moments = moments.merge(Moments.of(block.values[codes == row_split.TRAIN]))
+                if sink is not None:
+                    sink(block.values, codes)
+            mine[unit.index] = (counts, moments)
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, mine)
+            for part in gathered:
+                mine.update(part)
+        units = len(self.table.units)
+        census = Census(np.stack([mine[i][0] for i in range(units)]),
+                        [mine[i][1] for i in range(units)])
+        if census.total(row_split.TRAIN) == 0:
+            raise DataError(f"data: {self.table.files[0]}: no training rows (the table has "
+                            f"{int(census.counts.sum())} rows)")
+        self.census = census
+        if not self._scaling_given:
+            self._fit_scaling(census.merged())
+        return census
+
+    def _fit_scaling(self, moments: Moments) -> None:
+        d = self.table.width
+        std = moments.std()
+        std = np.where(std > 0, std, 1.0)
+        if self.standardize:
+            self.scaling.x_mean = moments.mean[:d].tolist()
+            self.scaling.x_std = std[:d].tolist()
+        if self.standardize_target:
+            mean, scale = moments.mean[d:].tolist(), std[d:].tolist()
+            self.scaling.y_mean = mean[0] if len(mean) == 1 else mean
+            self.scaling.y_std = scale[0] if len(scale) == 1 else scale
+
+    # -- Lightning hooks ------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.census is None:
+            self.take_census(*self._rank_world())
+        _, world = self._rank_world()
+        for split, name, used in ((row_split.VAL, "val", self.val_fraction > 0),
+                                  (row_split.TEST, "test", self.test_fraction > 0)):
+            if used and self.census.total(split) < world:
+                raise DataError(f"data.{name}_fraction: the {name} split has "
+                                f"{self.census.total(split)} rows, fewer than the {world} "
+                                "ranks sharing it")
+
+    def train_dataloader(self) -> TrainBatches:
+        t = self.trainer
+        rank, world = self._rank_world()
+        shuffle = self.shuffle and not (t is not None and t.overfit_batches)
+        return TrainBatches(StreamedBatches(self, rank, world, shuffle),
+                            lambda: t.current_epoch if t is not None else 0)
+
+    def _eval(self, split: int) -> EvalBatches:
+        rank, world = self._rank_world()
+        return EvalBatches(self, split, rank, world, max(self.eval_batch_rows,
+                                                         self.batch_size))
+
+    def val_dataloader(self) -> EvalBatches:
+        return self._eval(row_split.TRAIN if self.val_is_train else row_split.VAL)
+
+    def test_dataloader(self) -> EvalBatches | list[Any]:
+        return self._eval(row_split.TEST) if self.has_test else []

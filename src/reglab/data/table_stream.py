@@ -1,0 +1,184 @@
+"""A table read a piece at a time: one Parquet file, a directory of them or a glob.
+
+The table is a list of *units*, each read whole when asked: a Parquet row group, or a
+CSV file (streamed a block at a time). Units have fixed places in the table, so every row
+has a global row number (the row's split, its shuffle, its reader under data-parallel
+training all follow from it) and nothing but one unit is held at a time. Cells are
+checked as the in-memory reader checks them and named by file, row group, row (or CSV
+line) and column.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reglab.data import tables
+from reglab.errors import DataError
+
+#: File names a directory's table is made of; others (``_SUCCESS``, ``.crc``) are skipped.
+_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".txt")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of the table read in one go."""
+
+    index: int
+    file: Path
+    group: int | None  # the Parquet row group; None for a CSV file
+    first_row: int  # its first row's place in its file (0-based)
+    start: int  # its first row's global row number
+    rows: int  # rows (for CSV an upper bound: the file's lines)
+
+
+@dataclass
+class Block:
+    """Rows of one unit: ``values`` (rows × (features + targets), float64) and their global
+    row numbers."""
+
+    values: np.ndarray
+    rows: np.ndarray
+
+
+def resolve(path: str | Path, key: str = "data.path") -> list[Path]:
+    """The files a path names: the file itself, every table file under a directory
+    (hive-style subdirectories included) or the files a glob matches, sorted."""
+    text = str(path)
+    if any(c in text for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        what = f"the glob {text!r} matches no file"
+    else:
+        p = Path(text)
+        if p.is_file():
+            return [p]
+        if not p.exists():
+            raise DataError(f"{key}: {p}: no such file or directory")
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
+                       and not any(part.startswith(("_", ".")) for part in
+                                   f.relative_to(p).parts))
+        what = f"{p} holds no .parquet or .csv file"
+    files = [f for f in files if not f.name.startswith(("_", "."))]
+    if not files:
+        raise DataError(f"{key}: {what}")
+    kinds = {tables._is_parquet(f) for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"{key}: {text} mixes Parquet and delimited text files; one table "
+                        "is one format")
+    return files
+
+
+class TableStream:
+    """The units of a table and a reader for each; ``names`` are the feature columns,
+    then the targets."""
+
+    def __init__(self, path: str | Path, target: str | Sequence[str],
+                 features: Sequence[str] | None = None, delimiter: str = ",",
+                 key: str = "data.path") -> None:
+        self.files = resolve(path, key)
+        self.targets = tables._targets(target)
+        self.delimiter = delimiter
+        self.parquet = tables._is_parquet(self.files[0])
+        self._open: dict[Path, Any] = {}
+        units: list[Unit] = []
+        names: list[str] | None = None
+        start = 0
+        for file in self.files:
+            header, groups = self._layout(file)
+            own = tables._columns(file, header, features, self.targets,
+                                  None if self.parquet else delimiter)
+            if names is None:
+                names = own
+            elif own != names:
+                raise DataError(f"{file}: its columns {own} differ from {self.files[0]}'s "
+                                f"{names}; every file of a table has the same columns")
+            first = 0
+            for group, rows in groups:
+                units.append(Unit(len(units), file, group, first, start + first, rows))
+                first += rows
+            start += first
+        self.names: list[str] = names or []
+        self.units = units
+        self.width = len(self.names) - len(self.targets)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.names[:self.width]
+
+    def _layout(self, file: Path) -> tuple[list[str], list[tuple[int | None, int]]]:
+        """(header, [(row group, rows)]) of one file."""
+        if self.parquet:
+            meta = self._parquet(file)
+            return (list(meta.schema_arrow.names),
+                    [(g, meta.metadata.row_group(g).num_rows)
+                     for g in range(meta.num_row_groups)])
+        header = [h.strip() for h in tables._csv_header(file, self.delimiter)]
+        return header, [(None, tables._line_count(file))]
+
+    def _parquet(self, file: Path) -> Any:
+        import pyarrow.parquet as pq
+
+        if file not in self._open:
+            try:
+                self._open[file] = pq.ParquetFile(file)
+            except (OSError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise DataError(f"{file}: not a readable Parquet file ({first})") from None
+        return self._open[file]
+
+    def __getstate__(self) -> dict[str, Any]:  # open files do not travel to workers
+        return {**self.__dict__, "_open": {}}
+
+    def read(self, unit: Unit) -> Iterator[Block]:
+        """The unit's rows, a block at a time, every cell checked."""
+        if self.parquet:
+            yield self._row_group(unit)
+        else:
+            yield from self._csv(unit)
+
+    def _row_group(self, unit: Unit) -> Block:
+        table = self._parquet(unit.file).read_row_group(unit.group, columns=self.names)
+        out = np.empty((table.num_rows, len(self.names)), dtype=np.float64)
+        for j, name in enumerate(self.names):
+            def where(row: int, name: str = name) -> str:
+                return (f"{unit.file}, row group {unit.group}, row "
+                        f"{unit.first_row + row + 1}, column {name!r}")
+
+            out[:, j] = tables._to_float64(table.column(j), where)
+        return Block(out, np.arange(unit.start, unit.start + len(out), dtype=np.int64))
+
+    def _csv(self, unit: Unit) -> Iterator[Block]:
+        raw_header = tables._csv_header(unit.file, self.delimiter)
+        as_written = {h.strip(): h for h in raw_header}
+        raw = [as_written[n] for n in self.names]
+        first = 0
+        pieces: dict[int, list[np.ndarray]] = {}
+        try:
+            for row, _, values in tables._csv_pieces(unit.file, self.delimiter, raw,
+                                                     self.names):
+                pieces.setdefault(row, []).append(values)
+                if len(pieces[row]) == len(self.names):
+                    block = np.column_stack(pieces.pop(row))
+                    rows = np.arange(unit.start + row, unit.start + row + len(block),
+                                     dtype=np.int64)
+                    first = row + len(block)
+                    yield Block(block, rows)
+        except tables._Unclean:
+            self._locate(unit, raw, first)
+
+    def _locate(self, unit: Unit, raw: list[str], first: int) -> None:
+        """A cell the fast reader refused: read the file as text to name it (the error
+        path only)."""
+        table = tables._read_csv_table(unit.file, self.delimiter, raw, as_text=True)
+        table = table.rename_columns([str(c).strip() for c in table.column_names])
+        for name in self.names:
+            def where(row: int, name: str = name) -> str:
+                return tables.cell_location(unit.file, row, name, self.delimiter)
+
+            tables._to_float64(table.column(name), where)
+        raise DataError(f"{unit.file}: cannot read the rows after data row {first}")

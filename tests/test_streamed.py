@@ -1,0 +1,277 @@
+"""data=stream: a table read a unit at a time, its splits, its batches across ranks, the
+exact fit in one pass, and eval / predict over it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run_cli, script
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nist_strd import SETS as NIST
+
+from reglab.analysis.ols_report import report_for
+from reglab.analysis.streamed_fit import StreamedLeastSquares
+from reglab.data import row_split
+from reglab.data.streamed import StreamedBatches, StreamedDataModule
+from reglab.errors import DataError
+
+SIZES = (700, 1100, 500, 900)  # uneven files
+
+
+def _write(folder: Path, sizes=SIZES, group: int = 250, seed: int = 0,
+           bad: tuple[int, int] | None = None) -> Path:
+    """Parquet files of columns id (the global row number), a, b, c and y."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for f, n in enumerate(sizes):
+        x = rng.normal(size=(n, 3)) * [1.0, 10.0, 0.1] + [0.0, 100.0, -5.0]
+        y = x @ [1.5, -0.2, 4.0] + 3 + 0.1 * rng.normal(size=n)
+        if bad is not None and bad[0] == f:
+            y[bad[1]] = np.nan
+        pq.write_table(pa.table({"id": np.arange(start, start + n, dtype=np.float64),
+                                 "a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": y}),
+                       folder / f"part-{f}.parquet", row_group_size=group)
+        start += n
+    return folder
+
+
+def _module(path: Path, **kw) -> StreamedDataModule:
+    args = {"target": "y", "features": ["id", "a"], "standardize": False, "batch_size": 64,
+            "val_fraction": 0.1, "test_fraction": 0.2, "seed": 3, "shuffle_rows": 100, **kw}
+    dm = StreamedDataModule(str(path), **args)
+    dm.take_census()
+    return dm
+
+
+def _epoch(dm: StreamedDataModule, rank: int, world: int, epoch: int
+           ) -> tuple[list[torch.Tensor], set[int]]:
+    """One rank's batches of an epoch (the ids column) and the units it read."""
+    dm._cache, dm.units_read = None, []
+    batches = [x[:, 0].long() for x, _ in
+               StreamedBatches(dm, rank, world, shuffle=True).minibatches(epoch)]
+    return batches, set(dm.units_read)
+
+
+def test_each_training_row_is_read_once_per_epoch_by_one_rank(tmp_path: Path):
+    dm = _module(_write(tmp_path / "t"))
+    ids = np.arange(sum(SIZES))
+    train = set(ids[row_split.split_codes(ids, 3, 0.1, 0.2) == row_split.TRAIN].tolist())
+    assert dm.census.total(row_split.TRAIN) == len(train)
+    units = len(dm.table.units)
+    assert units == 3 + 5 + 2 + 4  # row groups of 250 rows
+    orders = []
+    for epoch in (0, 1):
+        (b0, read0), (b1, read1) = _epoch(dm, 0, 2, epoch), _epoch(dm, 1, 2, epoch)
+        assert len(b0) == len(b1) == len(train) // 64  # every rank, every epoch
+        assert all(len(b) == 32 for b in b0 + b1)  # half of each global batch
+        rows = torch.cat(b0 + b1).tolist()
+        assert len(rows) == len(set(rows)) == len(train) // 64 * 64  # once, by one rank
+        assert set(rows) <= train
+        # Each rank reads its own stretch of row groups: one may be shared at the seam.
+        assert len(read0 & read1) <= 1 and len(read0) + len(read1) <= units + 1
+        assert max(len(read0), len(read1)) <= units // 2 + 2
+        orders.append(rows)
+    assert orders[0] != orders[1]  # a new order each epoch...
+    again = _module(_write(tmp_path / "t"))
+    assert torch.cat(_epoch(again, 0, 2, 1)[0]).tolist() == orders[1][:len(orders[1]) // 2]
+
+
+def test_one_process_with_two_lanes_serves_the_batches_two_ranks_share(tmp_path: Path):
+    dm = _module(_write(tmp_path / "t"), lanes=2)
+    one, _ = _epoch(dm, 0, 1, 0)
+    r0, _ = _epoch(dm, 0, 2, 0)
+    r1, _ = _epoch(dm, 1, 2, 0)
+    assert len(one) == len(r0) == len(r1)
+    for whole, a, b in zip(one, r0, r1, strict=True):
+        assert whole.tolist() == torch.cat([a, b]).tolist()
+
+
+def test_four_lanes_on_two_ranks_and_a_refused_lane_count(tmp_path: Path):
+    dm = _module(_write(tmp_path / "t"), lanes=4)
+    a, _ = _epoch(dm, 0, 2, 0)
+    b, _ = _epoch(dm, 1, 2, 0)
+    assert len(a) == len(b) and all(len(x) == 32 for x in a + b)
+    with pytest.raises(DataError, match=r"data\.lanes: 3 lanes cannot be shared by 2 ranks"):
+        StreamedBatches(_module(_write(tmp_path / "t"), lanes=3), 0, 2, True)
+
+
+def test_resuming_mid_epoch_serves_the_batches_that_were_next(tmp_path: Path):
+    dm = _module(_write(tmp_path / "t"))
+    batches = StreamedBatches(dm, 0, 1, shuffle=True)
+    whole = [x[:, 0].tolist() for x, _ in batches.minibatches(2)]
+    rest = [x[:, 0].tolist() for x, _ in batches.minibatches(2, start=7)]
+    assert rest == whole[7:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**40), first=st.integers(0, 2**50), n=st.integers(1, 300),
+       cut=st.integers(0, 300), val=st.floats(0, 0.45), test=st.floats(0, 0.45))
+def test_a_rows_split_depends_on_its_number_and_the_seed_alone(seed, first, n, cut, val,
+                                                               test):
+    rows = np.arange(first, first + n, dtype=np.int64)
+    whole = row_split.split_codes(rows, seed, val, test)
+    cut = min(cut, n)  # read in two pieces, in either order: the same codes
+    parts = np.concatenate([row_split.split_codes(rows[cut:], seed, val, test),
+                            row_split.split_codes(rows[:cut], seed, val, test)])
+    assert np.array_equal(whole, np.concatenate([parts[n - cut:], parts[:n - cut]]))
+    assert set(np.unique(whole).tolist()) <= {row_split.TRAIN, row_split.VAL, row_split.TEST}
+
+
+def test_split_shares_follow_the_fractions():
+    codes = row_split.split_codes(np.arange(200_000), 11, 0.1, 0.2)
+    shares = np.bincount(codes, minlength=3) / len(codes)
+    assert shares == pytest.approx([0.7, 0.1, 0.2], abs=0.005)
+
+
+def _stream_report(path: Path, names: list[str], bias: bool = True) -> dict:
+    dm = StreamedDataModule(str(path), target="y", features=names, val_fraction=0,
+                            test_fraction=0, standardize=False)
+    sink = StreamedLeastSquares(len(names), bias, True)
+    census = dm.take_census(sink=sink)
+    m = census.merged()
+    tss = float(m.m2[-1]) if bias else float(m.m2[-1] + m.count * m.mean[-1] ** 2)
+    return sink.report(names, tss)[0]
+
+
+def _assert_reports_agree(got: dict, want: dict, rel: float) -> None:
+    for key in ("n", "df_model", "df_resid", "rank"):
+        assert got[key] == want[key], key
+    for key in ("ssr", "sigma", "r2", "adjusted_r2", "f_statistic", "log_likelihood", "aic",
+                "bic", "condition_number"):
+        assert got[key] == pytest.approx(want[key], rel=rel), key
+    for g, w in zip(got["coef"], want["coef"], strict=True):
+        assert g["name"] == w["name"]
+        for key in ("coef", "std_err", "t", "ci_low", "ci_high"):
+            assert g[key] == pytest.approx(w[key], rel=rel), (g["name"], key)
+
+
+@pytest.mark.parametrize("group", [250, 3])
+def test_the_one_pass_fit_and_report_equal_the_in_memory_ones(tmp_path: Path, group: int):
+    path = _write(tmp_path / "t", group=group)
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(path.iterdir())])
+    names = ["a", "b", "c"]
+    x = np.column_stack([table.column(n).to_numpy() for n in names])
+    want = report_for(torch.from_numpy(x), torch.from_numpy(table.column("y").to_numpy()),
+                      names=names)
+    _assert_reports_agree(_stream_report(path, names), want, 1e-10)
+
+
+@pytest.mark.parametrize("name", ["Longley", "Norris", "NoInt1", "NoInt2"])
+def test_nist_sets_cut_into_row_groups_of_three_keep_the_certified_digits(
+        tmp_path: Path, name: str):
+    """NIST StRD linear sets (Longley: condition number 4.9e9 as given) fitted in one pass
+    over row groups of 3 rows, against the certified values: the in-memory solver's
+    floors (13 digits of coefficients, 11 of the rest) hold."""
+    data = NIST[name]
+    x = np.array(data["x"], dtype=np.float64).reshape(len(data["y"]), -1)
+    names = [f"x{j + 1}" for j in range(x.shape[1])]
+    folder = tmp_path / name
+    folder.mkdir()
+    pq.write_table(pa.table({**{n: x[:, j] for j, n in enumerate(names)},
+                             "y": np.array(data["y"], dtype=np.float64)}),
+                   folder / "t.parquet", row_group_size=3)
+    got = _stream_report(folder, names, bias=data["intercept"])
+    coef = [row["coef"] for row in got["coef"]]
+    se = [row["std_err"] for row in got["coef"]]
+    beta, sd = data["beta"], data["sd"]
+    if data["intercept"]:  # certified values list the constant first too
+        assert got["coef"][0]["name"] == "const"
+
+    def digits(a: float, b: float) -> float:
+        return 16.0 if a == b else -np.log10(abs(a - b) / abs(b))
+
+    assert min(digits(a, b) for a, b in zip(coef, beta, strict=True)) >= 13
+    assert min(digits(a, b) for a, b in zip(se, sd, strict=True)) >= 11
+    assert digits(got["sigma"], data["sigma"]) >= 11
+    assert digits(got["r2"], data["r2"]) >= 11
+
+
+def test_a_bad_cell_in_the_third_file_is_named_by_file_row_group_and_row(tmp_path: Path):
+    path = _write(tmp_path / "t", bad=(2, 310))
+    with pytest.raises(DataError) as caught:
+        StreamedDataModule(str(path), target="y").take_census()
+    assert str(caught.value) == (f"{path / 'part-2.parquet'}, row group 1, row 311, "
+                                 "column 'y': 'nan' is not a finite number")
+
+
+def test_files_with_other_columns_and_no_files_are_refused(tmp_path: Path):
+    path = _write(tmp_path / "t")
+    pq.write_table(pa.table({"a": [1.0], "y": [2.0]}), path / "part-9.parquet")
+    with pytest.raises(DataError, match=r"part-9.parquet: its columns \['a', 'y'\] differ"):
+        StreamedDataModule(str(path), target="y")
+    with pytest.raises(DataError, match=r"part-9.parquet: no column 'id' \(the file has: a"):
+        StreamedDataModule(str(path), target="y", features=["id", "a"])
+    with pytest.raises(DataError, match=r"data\.path: the glob .* matches no file"):
+        StreamedDataModule(str(tmp_path / "none-*.parquet"), target="y")
+
+
+def test_a_csv_file_streams_like_its_parquet_twin(tmp_path: Path):
+    path = _write(tmp_path / "t", sizes=(600,))
+    table = pq.read_table(path / "part-0.parquet")
+    csv_dir = tmp_path / "c"
+    csv_dir.mkdir()
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(table, csv_dir / "part-0.csv")
+    a = _module(path, features=["id", "a"], val_fraction=0.2)
+    b = _module(csv_dir, features=["id", "a"], val_fraction=0.2)
+    assert np.array_equal(a.census.counts.sum(axis=0), b.census.counts.sum(axis=0))
+    assert [x.tolist() for x, _ in a.val_dataloader()] == [
+        x.tolist() for x, _ in b.val_dataloader()]
+
+
+def test_train_exact_eval_and_predict_through_the_commands(tmp_path: Path):
+    path = _write(tmp_path / "parts")
+    base = [f"data.path={path}", "data.target=y", "data.features=[a,b,c]",
+            "logger=none", "callbacks=none"]
+    out = run_cli([script("reglab-train"), "data=stream", "optimizer=exact",
+                   f"hydra.run.dir={tmp_path / 'exact'}", *base], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "exact" / "metrics.json").read_text())
+    report = record["closed_form"]["report"]
+    assert [round(r["coef"], 1) for r in report["coef"]] == [3.0, 1.5, -0.2, 4.0]
+    assert record["test"]["r2"] > 0.99
+    out = run_cli([script("reglab-train"), "data=stream", "trainer.max_epochs=2",
+                   f"hydra.run.dir={tmp_path / 'sgd'}", *base], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sgd = json.loads((tmp_path / "sgd" / "metrics.json").read_text())
+    # ~2,240 training rows, fewer than data.batch_size (4096): one batch an epoch.
+    assert sgd["status"] == "completed" and sgd["steps"] == 2
+
+    out = run_cli([script("reglab-eval"), f"ckpt_path={tmp_path / 'exact' / 'model.pt'}",
+                   f"hydra.run.dir={tmp_path / 'ev'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ev = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())
+    assert ev["split"] == "test" and 0.15 * sum(SIZES) < ev["rows"] < 0.25 * sum(SIZES)
+    assert ev["metrics"]["mse"] == pytest.approx(record["test"]["mse"], rel=1e-6)
+
+    for name in ("pred.parquet", "pred.csv"):
+        out = run_cli([script("reglab-predict"), f"ckpt_path={tmp_path / 'exact' / 'model.pt'}",
+                       f"input_path={path}/*.parquet", f"output_path={tmp_path / name}"],
+                      cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"{sum(SIZES)} predictions written" in out.stdout
+    pred = pq.read_table(tmp_path / "pred.parquet")
+    assert pred.column_names == ["a", "b", "c", "y_predicted"]
+    truth = pa.concat_tables([pq.read_table(f) for f in sorted(path.iterdir())])
+    err = pred.column("y_predicted").to_numpy() - truth.column("y").to_numpy()
+    assert float(np.sqrt(np.mean(err ** 2))) < 0.2
+    assert not list(tmp_path.glob(".pred*"))  # no temporary left
+
+
+def test_a_bad_cell_through_the_command_is_one_line_and_exit_2(tmp_path: Path):
+    path = _write(tmp_path / "parts", bad=(2, 5))
+    out = run_cli([script("reglab-train"), "data=stream", f"data.path={path}",
+                   "data.target=y", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"],
+                  cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "part-2.parquet, row group 0, row 6, column 'y': 'nan' is not a finite number")
