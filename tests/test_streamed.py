@@ -275,3 +275,107 @@ def test_a_bad_cell_through_the_command_is_one_line_and_exit_2(tmp_path: Path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].endswith(
         "part-2.parquet, row group 0, row 6, column 'y': 'nan' is not a finite number")
+
+
+@pytest.mark.slow
+def test_two_nodes_each_read_their_half_and_match_one_process(tmp_path: Path, run_train):
+    """trainer.num_nodes=2 over 4 Parquet files, one process per "node" as SLURM or
+    torchrun starts them: each rank takes the census of half the row groups and trains on
+    its own lanes; the run equals one process given the same two lanes."""
+    import os
+    import socket
+    import subprocess
+
+    path = _write(tmp_path / "parts", group=100)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    data = ["data=stream", f"data.path={path}", "data.target=y", "data.features=[a,b,c]",
+            "data.batch_size=64", "trainer.max_epochs=2", "callbacks.plots=null"]
+    run_dir = tmp_path / "ddp"
+    args = [script("reglab-train"), *data, "trainer=ddp_cpu", "trainer.devices=1",
+            "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
+                              "hydra.job.name=train_node1"], cwd=tmp_path,
+                             env={**os.environ, **env, "NODE_RANK": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    try:
+        out = run_cli(args, cwd=tmp_path, timeout=300, env={**env, "NODE_RANK": "0"})
+        _, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    units = 7 + 11 + 5 + 9
+    stream = ddp["streamed"]
+    assert ddp["world_size"] == 2 and stream["units"] == units and stream["lanes"] == 2
+    assert stream["units_read"]["census"] == units // 2  # every other row group
+    epochs = 2
+    assert stream["units_read"]["train"] <= epochs * (units // 2 + 2)  # its own stretch
+    single, _ = run_train(*data, "data.lanes=2", "logger=none")
+    assert ddp["steps"] == single["steps"] == epochs * stream["batches_per_epoch"]
+    assert ddp["rows"] == single["rows"]
+    for got, want in zip(ddp["params"]["weight"][0], single["params"]["weight"][0],
+                         strict=True):
+        assert got == pytest.approx(want, rel=1e-5)
+    assert ddp["params"]["bias"] == pytest.approx(single["params"]["bias"], rel=1e-5)
+    for key in ("mse", "mae", "r2"):  # each rank scored its half; the sums were reduced
+        assert ddp["test"][key] == pytest.approx(single["test"][key], rel=1e-5)
+    assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+
+
+KILLER = """
+import os, signal
+import pytorch_lightning as pl
+
+
+class Killer(pl.Callback):
+    def __init__(self, path, step):
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and not os.path.exists(self.path):
+            trainer.save_checkpoint(self.path)
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_streamed_run(
+        tmp_path: Path, run_train):
+    """A checkpoint written part-way through epoch 2, then kill -9: a fit started from it
+    serves the streamed batches that were next and ends bit for bit where an uninterrupted
+    fit ends; so does resume= of the killed run (from its last epoch-end checkpoint)."""
+    path = _write(tmp_path / "parts", sizes=(1500, 1100), group=300)
+    (tmp_path / "killer.py").write_text(KILLER)
+    data = ["data=stream", f"data.path={path}", "data.target=y", "data.batch_size=32",
+            "data.shuffle_rows=200", "trainer.max_epochs=4", "logger=none",
+            "callbacks.progress_bar=null", "callbacks.plots=null"]
+    steps = round(2600 * 0.7) // 32  # about 56 batches an epoch
+    mid = tmp_path / "mid.ckpt"
+    cut = tmp_path / "cut"
+    out = run_cli([script("reglab-train"), *data, f"hydra.run.dir={cut}",
+                   "+callbacks.killer._target_=killer.Killer", f"+callbacks.killer.path={mid}",
+                   f"+callbacks.killer.step={steps + 20}"], cwd=tmp_path,
+                  env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode in (-9, 137), out.stderr[-3000:]
+    assert not (cut / "metrics.json").exists()
+    saved = torch.load(mid, weights_only=True)
+    assert saved["epoch"] == 1 and saved["global_step"] == steps + 20  # inside epoch 2
+
+    straight, _ = run_train(*data)
+    again = tmp_path / "again"
+    out = run_cli([script("reglab-train"), *data, f"ckpt_path={mid}",
+                   f"hydra.run.dir={again}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = json.loads((again / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == straight["steps"]
+    assert resumed["params"] == straight["params"]  # bit for bit
+
+    out = run_cli([script("reglab-train"), f"resume={cut}"], cwd=tmp_path,
+                  env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((cut / "metrics.json").read_text())["params"] == straight["params"]

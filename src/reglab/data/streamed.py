@@ -64,8 +64,9 @@ class SplitRows:
     """The rows of one split in a given order of units, addressed by their position in
     that sequence; only the units overlapping a requested range are read."""
 
-    def __init__(self, dm: StreamedDataModule, split: int, order: np.ndarray) -> None:
-        self.dm, self.split, self.order = dm, split, order
+    def __init__(self, dm: StreamedDataModule, split: int, order: np.ndarray,
+                 purpose: str = "eval") -> None:
+        self.dm, self.split, self.order, self.purpose = dm, split, order, purpose
         counts = dm.census.counts[order, split]
         self.cum = np.concatenate([[0], np.cumsum(counts)])
 
@@ -81,7 +82,7 @@ class SplitRows:
             if base >= hi:
                 break
             parts.extend(self.dm.split_rows(int(self.order[j]), self.split,
-                                            max(lo - base, 0), hi - base))
+                                            max(lo - base, 0), hi - base, self.purpose))
             j += 1
         if not parts:
             return np.empty((0, len(self.dm.table.names)))
@@ -111,7 +112,7 @@ class StreamedBatches:
         units = len(dm.table.units)
         order = (np.random.default_rng([dm.seed, int(epoch)]).permutation(units)
                  if self.shuffle else np.arange(units))
-        rows = SplitRows(dm, row_split.TRAIN, order)
+        rows = SplitRows(dm, row_split.TRAIN, order, "train")
         lanes = [self._lane(rows, epoch, i, first, size, start)
                  for i, first, size in self.lanes]
         for parts in zip(*lanes, strict=True):
@@ -204,6 +205,8 @@ class StreamedDataModule(pl.LightningDataModule):
         self.census: Census | None = None
         self._cache: tuple[int, int, np.ndarray] | None = None
         self.units_read: list[int] = []  # every unit read, in order (tests count them)
+        #: Units read per purpose (census, train, eval): the record shows a rank's share.
+        self.reads: dict[str, int] = {}
 
     # -- what reglab asks of any data module ----------------------------------------------
     @property
@@ -240,14 +243,15 @@ class StreamedDataModule(pl.LightningDataModule):
         return row_split.split_codes(block.rows, self.seed, self.val_fraction,
                                      self.test_fraction)
 
-    def split_rows(self, unit: int, split: int, lo: int, hi: int) -> list[np.ndarray]:
+    def split_rows(self, unit: int, split: int, lo: int, hi: int, purpose: str = "eval"
+                   ) -> list[np.ndarray]:
         """Rows ``lo`` to ``hi`` of ``split`` within ``unit`` (the last Parquet row group
         read is kept, so a unit two windows share is read once)."""
         if self._cache is not None and self._cache[:2] == (unit, split):
             return [self._cache[2][lo:hi]]
         out: list[np.ndarray] = []
         seen = 0
-        blocks = self._read(self.table.units[unit])
+        blocks = self._read(self.table.units[unit], purpose)
         for block in blocks:
             rows = block.values[self.codes(block) == split] if self._splits_used(split) \
                 else block.values
@@ -264,8 +268,9 @@ class StreamedDataModule(pl.LightningDataModule):
     def _splits_used(self, split: int) -> bool:
         return self.val_fraction > 0 or self.test_fraction > 0 or split != row_split.TRAIN
 
-    def _read(self, unit: Unit) -> Iterator[Block]:
+    def _read(self, unit: Unit, purpose: str = "eval") -> Iterator[Block]:
         self.units_read.append(unit.index)
+        self.reads[purpose] = self.reads.get(purpose, 0) + 1
         return self.table.read(unit)
 
     def convert(self, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,7 +315,7 @@ class StreamedDataModule(pl.LightningDataModule):
         for unit in self.table.units[rank::world]:
             counts = np.zeros(3, dtype=np.int64)
             moments = Moments.empty(width)
-            for block in self._read(unit):
+            for block in self._read(unit, "census"):
                 codes = self.codes(block)
                 counts += np.bincount(codes, minlength=3)[:3]
                 moments = moments.merge(Moments.of(block.values[codes == row_split.TRAIN]))
@@ -344,6 +349,27 @@ class StreamedDataModule(pl.LightningDataModule):
             mean, scale = moments.mean[d:].tolist(), std[d:].tolist()
             self.scaling.y_mean = mean[0] if len(mean) == 1 else mean
             self.scaling.y_std = scale[0] if len(scale) == 1 else scale
+
+    def describe(self) -> dict[str, Any]:
+        """What the run record says of the stream: its files and units, rows per split,
+        the epoch's shape, and the units this process read."""
+        c = self.census
+        _, world = self._rank_world()
+        train = c.total(row_split.TRAIN) if c is not None else None
+        batch = min(self.batch_size, train) if train else None
+        epoch = max(1, train // batch) if batch else None
+        return {
+            "files": len(self.table.files), "units": len(self.table.units),
+            "unit": "row group" if self.table.parquet else "file",
+            "rows": None if c is None else {"train": train, "val": c.total(row_split.VAL),
+                                            "test": c.total(row_split.TEST)},
+            "batches_per_epoch": epoch,
+            "rows_left_per_epoch": None if epoch is None else train - epoch * batch,
+            "lanes": self.lane_count(world) if self.lanes is None or
+            self.lanes % world == 0 else self.lanes,
+            # Units this process (rank 0) read, by purpose: its share of the table.
+            "units_read": dict(self.reads),
+        }
 
     # -- Lightning hooks ------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:

@@ -155,6 +155,9 @@ def fit_record(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any,
     metrics["device"] = str(trainer.strategy.root_device)
     if is_reglab_data(datamodule):  # where the batches were cut
         metrics["data_device"] = str(datamodule.batch_device)
+    elif callable(getattr(datamodule, "describe", None)):  # data=stream: its rows and shape
+        metrics["streamed"] = datamodule.describe()
+        metrics["rows"] = metrics["streamed"]["rows"]
     return metrics
 
 

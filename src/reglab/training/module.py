@@ -95,6 +95,7 @@ class RegressionModule(pl.LightningModule):
         self.history = {"train_loss": [], "val_loss": []}
         self.diverged_at_step = None
         self._params_step = None
+        self._val_sums = torch.zeros(2, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -351,19 +352,43 @@ class RegressionModule(pl.LightningModule):
         return {f"{PARAMS_GROUP}/{k}": v for k, v in scalars().items()}
 
     # -- validation and test ------------------------------------------------------------
+    def _divided_evaluation(self) -> bool:
+        """Whether each rank evaluates only its own rows (``data=stream``)."""
+        trainer = self.trainer
+        return trainer.world_size > 1 and bool(
+            getattr(trainer.datamodule, "divides_evaluation", False))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
+        loss = self.loss_fn(self.model(x), y)
+        if self._divided_evaluation():  # summed here, reduced once at the epoch's end
+            self._val_sums += torch.stack([loss.detach().double() * x.shape[0],
+                                           torch.tensor(float(x.shape[0]),
+                                                        dtype=torch.float64,
+                                                        device=self.device)])
+            return
         # Every rank validates the whole split, so the sync (data-parallel) averages
         # equal values; it keeps the monitors of ModelCheckpoint and EarlyStopping in
         # step on all ranks.
-        self.log("val/loss", self.loss_fn(self.model(x), y), on_step=False, on_epoch=True,
-                 batch_size=x.shape[0], sync_dist=self.trainer.world_size > 1)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0],
+                 sync_dist=self.trainer.world_size > 1)
 
     def on_validation_epoch_end(self) -> None:
         trainer = self.trainer
+        value = None
+        if self._divided_evaluation():
+            # The rows of every rank: Lightning's own sync of an epoch mean divides the
+            # summed row count by the number of ranks in integers, which is off when
+            # the ranks hold different numbers of rows.
+            total = trainer.strategy.reduce(self._val_sums.clone(), reduce_op="sum")
+            value = total[0] / total[1]
+            self.log("val/loss", value.float(), on_step=False, on_epoch=True)
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        value = trainer.callback_metrics.get("val/loss")
+        value = trainer.callback_metrics.get("val/loss") if value is None else value
         if value is not None:
             self.history["val_loss"].append([trainer.current_epoch, float(value)])
 
