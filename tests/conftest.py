@@ -205,3 +205,29 @@ def has_cuda() -> bool:
 
 
 cuda = pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")
+
+
+def two_nodes(args: list[str], cwd: Path) -> None:
+    """Run ``reglab-train args`` as two "nodes" on this machine (``trainer.num_nodes=2``,
+    one process each, started as SLURM or torchrun would start them: MASTER_ADDR/PORT,
+    NODE_RANK); node 1 keeps its Hydra files and log beside node 0's. Both must succeed."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = [script("reglab-train"), *args, "trainer=ddp_cpu", "trainer.devices=1",
+            "trainer.num_nodes=2"]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
+                              "hydra.job.name=train_node1"], cwd=cwd,
+                             env={**os.environ, **env, "NODE_RANK": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    try:
+        out = run_cli(args, cwd=cwd, timeout=300, env={**env, "NODE_RANK": "0"})
+        _, err1 = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]

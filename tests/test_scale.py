@@ -7,37 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli, script
+from conftest import compose_config, run_cli, script, two_nodes
 
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_match_one_process(tmp_path: Path, run_train):
     """trainer.num_nodes=2, one process per "node", started as SLURM or torchrun would
     start them (MASTER_ADDR/PORT, NODE_RANK): one run, equal to one process."""
-    import os
-    import socket
-    import subprocess
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     run_dir = tmp_path / "run"
-    args = [script("reglab-train"), "experiment=d2l", "trainer=ddp_cpu", "trainer.devices=1",
-            "trainer.num_nodes=2", "callbacks.plots=null", f"hydra.run.dir={run_dir}"]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    # Node 1 keeps its own Hydra files and log beside node 0's.
-    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
-                              "hydra.job.name=train_node1"], cwd=tmp_path,
-                             env={**os.environ, **env, "NODE_RANK": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL)
-    try:
-        out = run_cli(args, cwd=tmp_path, timeout=300, env={**env, "NODE_RANK": "0"})
-        _, err1 = node1.communicate(timeout=120)
-    finally:
-        node1.kill()
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert node1.returncode == 0, err1[-3000:]
+    two_nodes(["experiment=d2l", "callbacks.plots=null", f"hydra.run.dir={run_dir}"],
+              tmp_path)
     ddp = json.loads((run_dir / "metrics.json").read_text())
     assert ddp["world_size"] == 2 and ddp["steps"] == 240
     assert len(list(tmp_path.rglob("metrics.json"))) == 1  # node 1 wrote no record

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cli, script
+from conftest import run_cli, script, two_nodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nist_strd import SETS as NIST
@@ -282,32 +282,11 @@ def test_two_nodes_each_read_their_half_and_match_one_process(tmp_path: Path, ru
     """trainer.num_nodes=2 over 4 Parquet files, one process per "node" as SLURM or
     torchrun starts them: each rank takes the census of half the row groups and trains on
     its own lanes; the run equals one process given the same two lanes."""
-    import os
-    import socket
-    import subprocess
-
     path = _write(tmp_path / "parts", group=100)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     data = ["data=stream", f"data.path={path}", "data.target=y", "data.features=[a,b,c]",
             "data.batch_size=64", "trainer.max_epochs=2", "callbacks.plots=null"]
     run_dir = tmp_path / "ddp"
-    args = [script("reglab-train"), *data, "trainer=ddp_cpu", "trainer.devices=1",
-            "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
-                              "hydra.job.name=train_node1"], cwd=tmp_path,
-                             env={**os.environ, **env, "NODE_RANK": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL)
-    try:
-        out = run_cli(args, cwd=tmp_path, timeout=300, env={**env, "NODE_RANK": "0"})
-        _, err1 = node1.communicate(timeout=120)
-    finally:
-        node1.kill()
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert node1.returncode == 0, err1[-3000:]
+    two_nodes([*data, f"hydra.run.dir={run_dir}"], tmp_path)
     ddp = json.loads((run_dir / "metrics.json").read_text())
     units = 7 + 11 + 5 + 9
     stream = ddp["streamed"]
