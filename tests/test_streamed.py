@@ -54,7 +54,7 @@ def _module(path: Path, **kw) -> StreamedDataModule:
 def _epoch(dm: StreamedDataModule, rank: int, world: int, epoch: int
            ) -> tuple[list[torch.Tensor], set[int]]:
     """One rank's batches of an epoch (the ids column) and the units it read."""
-    dm._cache, dm.units_read = None, []
+    dm.units_read = []
     batches = [x[:, 0].long() for x, _ in
                StreamedBatches(dm, rank, world, shuffle=True).minibatches(epoch)]
     return batches, set(dm.units_read)
@@ -168,8 +168,10 @@ def test_the_one_pass_fit_and_report_equal_the_in_memory_ones(tmp_path: Path, gr
 def test_nist_sets_cut_into_row_groups_of_three_keep_the_certified_digits(
         tmp_path: Path, name: str):
     """NIST StRD linear sets (Longley: condition number 4.9e9 as given) fitted in one pass
-    over row groups of 3 rows, against the certified values: the in-memory solver's
-    floors (13 digits of coefficients, 11 of the rest) hold."""
+    over row groups of 3 rows, against the certified values. Measured: coefficients
+    12.6 (Norris, whose intercept is a small difference of large terms) to 15.0 digits,
+    standard errors and σ 13.9 to 15.1, R² 15.5 and up. The in-memory solver refines in
+    double-double to 16 digits; one pass cannot refine."""
     data = NIST[name]
     x = np.array(data["x"], dtype=np.float64).reshape(len(data["y"]), -1)
     names = [f"x{j + 1}" for j in range(x.shape[1])]
@@ -188,10 +190,10 @@ def test_nist_sets_cut_into_row_groups_of_three_keep_the_certified_digits(
     def digits(a: float, b: float) -> float:
         return 16.0 if a == b else -np.log10(abs(a - b) / abs(b))
 
-    assert min(digits(a, b) for a, b in zip(coef, beta, strict=True)) >= 13
-    assert min(digits(a, b) for a, b in zip(se, sd, strict=True)) >= 11
-    assert digits(got["sigma"], data["sigma"]) >= 11
-    assert digits(got["r2"], data["r2"]) >= 11
+    assert min(digits(a, b) for a, b in zip(coef, beta, strict=True)) >= 12
+    assert min(digits(a, b) for a, b in zip(se, sd, strict=True)) >= 13
+    assert digits(got["sigma"], data["sigma"]) >= 13
+    assert digits(got["r2"], data["r2"]) >= 15
 
 
 def test_a_bad_cell_in_the_third_file_is_named_by_file_row_group_and_row(tmp_path: Path):

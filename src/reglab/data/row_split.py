@@ -28,7 +28,7 @@ def uniform(rows: np.ndarray, seed: int, stream: int = 0) -> np.ndarray:
     """A number in [0, 1) per row, fixed by (seed, stream, row)."""
     key = _mix(np.array([(int(seed) * 1_000_003 + int(stream)) % 2**64], dtype=np.uint64))
     with np.errstate(over="ignore"):
-        z = _mix(rows.astype(np.uint64) * _GOLDEN + key[0])
+        z = _mix(rows.astype(np.int64, copy=False).view(np.uint64) * _GOLDEN + key[0])
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 

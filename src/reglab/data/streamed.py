@@ -38,7 +38,8 @@ from reglab.data.scaling import Scaling
 from reglab.data.table_stream import Block, TableStream, Unit
 from reglab.errors import DataError
 
-#: A callable the census hands every block to: (values, split codes).
+#: A callable the census hands every block to: (values, split codes). One whose
+#: ``gives_moments`` is true gives the training rows' moments (``train_moments()``).
 Sink = Callable[[np.ndarray, np.ndarray], None]
 
 
@@ -62,7 +63,7 @@ class Census:
 
 class SplitRows:
     """The rows of one split in a given order of units, addressed by their position in
-    that sequence; only the units overlapping a requested range are read."""
+    that sequence; a stretch of them is read front to back, each unit it overlaps once."""
 
     def __init__(self, dm: StreamedDataModule, split: int, order: np.ndarray,
                  purpose: str = "eval") -> None:
@@ -73,20 +74,94 @@ class SplitRows:
     def __len__(self) -> int:
         return int(self.cum[-1])
 
-    def take(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo`` to ``hi`` (exclusive) of the sequence, as one float64 block."""
-        parts: list[np.ndarray] = []
+    def stream(self, lo: int, hi: int) -> Iterator[np.ndarray]:
+        """Rows ``lo`` to ``hi`` (exclusive) of the sequence, in pieces as they are read;
+        units wholly before ``lo`` are skipped unread (their counts are known)."""
+        dm = self.dm
         j = int(np.searchsorted(self.cum, lo, side="right")) - 1
-        while lo < hi and j < len(self.order):
-            base = int(self.cum[j])
-            if base >= hi:
-                break
-            parts.extend(self.dm.split_rows(int(self.order[j]), self.split,
-                                            max(lo - base, 0), hi - base, self.purpose))
+        while lo < hi and j < len(self.order) and int(self.cum[j]) < hi:
+            seen = int(self.cum[j])
+            if int(self.cum[j + 1]) > lo:  # holds rows of the stretch
+                for block in dm._read(dm.table.units[int(self.order[j])], self.purpose):
+                    rows = block.values[dm.codes(block) == self.split]
+                    a, b = max(lo - seen, 0), min(hi - seen, len(rows))
+                    if a < b:
+                        yield rows[a:b]
+                    seen += len(rows)
+                    if seen >= hi:
+                        break
             j += 1
-        if not parts:
-            return np.empty((0, len(self.dm.table.names)))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _windows(pieces: Iterator[np.ndarray], width: int, sizes: Iterator[int]
+             ) -> Iterator[np.ndarray]:
+    """The pieces repacked into consecutive blocks of ``next(sizes)`` rows each (the
+    last may be shorter), copied into one reused buffer: blocks stay a few MB, so the
+    allocator reuses their memory instead of mapping fresh pages for every one."""
+    buffer = np.empty((0, width))
+    rest: np.ndarray | None = None
+    for size in sizes:
+        if buffer.shape[0] < size:
+            buffer = np.empty((size, width))
+        filled = 0
+        while filled < size:
+            if rest is None or len(rest) == 0:
+                rest = next(pieces, None)
+                if rest is None:
+                    break
+            take = min(size - filled, len(rest))
+            buffer[filled:filled + take] = rest[:take]
+            rest = rest[take:]
+            filled += take
+        if filled == 0:
+            return
+        yield buffer[:filled]
+        if filled < size:
+            return
+
+
+def _ahead(produce: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``produce``'s items, made on a background thread up to ``depth`` ahead: decoding
+    the next row group (pyarrow and numpy release the GIL) overlaps the training steps
+    on the current window. The order is ``produce``'s own; an error there is raised
+    here; a consumer that stops early stops the thread."""
+    import queue
+    import threading
+
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    worker = threading.Thread(target=run, name="reglab-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 class StreamedBatches:
@@ -130,15 +205,22 @@ class StreamedBatches:
         window = max(size, int(dm.shuffle_rows) // size * size)
         w = start * size // window
         skip = start * size - w * window
-        for lo in range(w * window, length, window):
-            hi = min(lo + window, length)
-            block = rows.take(first + lo, first + hi)
-            if self.shuffle:
-                perm = np.random.default_rng([dm.seed, int(epoch), lane, lo]).permutation(
-                    len(block))
-                block = block[perm]
-            x, y = dm.convert(block[skip:])
-            skip = 0
+        starts = range(w * window, length, window)
+
+        def windows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            pieces = rows.stream(first + w * window, first + length)
+            blocks = _windows(pieces, len(dm.table.names),
+                              (min(window, length - lo) for lo in starts))
+            cut = skip
+            for lo, block in zip(starts, blocks, strict=False):
+                if self.shuffle:
+                    perm = np.random.default_rng([dm.seed, int(epoch), lane, lo]
+                                                 ).permutation(len(block))
+                    block = block[perm]
+                yield dm.convert(block[cut:])
+                cut = 0
+
+        for x, y in _ahead(windows()):
             for i in range(0, int(x.shape[0]), size):
                 yield x[i:i + size], y[i:i + size]
 
@@ -158,8 +240,9 @@ class EvalBatches:
         return math.ceil((self.hi - self.lo) / self.rows)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for lo in range(self.lo, self.hi, self.rows):
-            yield self.dm.convert(self.seq.take(lo, min(lo + self.rows, self.hi)))
+        sizes = (min(self.rows, self.hi - lo) for lo in range(self.lo, self.hi, self.rows))
+        blocks = _windows(self.seq.stream(self.lo, self.hi), len(self.dm.table.names), sizes)
+        yield from _ahead(self.dm.convert(block) for block in blocks)
 
 
 class StreamedDataModule(pl.LightningDataModule):
@@ -203,7 +286,6 @@ class StreamedDataModule(pl.LightningDataModule):
         #: Filled in place by the census: the module holds this very object.
         self.scaling = scaling if scaling is not None else Scaling()
         self.census: Census | None = None
-        self._cache: tuple[int, int, np.ndarray] | None = None
         self.units_read: list[int] = []  # every unit read, in order (tests count them)
         #: Units read per purpose (census, train, eval): the record shows a rank's share.
         self.reads: dict[str, int] = {}
@@ -243,31 +325,6 @@ class StreamedDataModule(pl.LightningDataModule):
         return row_split.split_codes(block.rows, self.seed, self.val_fraction,
                                      self.test_fraction)
 
-    def split_rows(self, unit: int, split: int, lo: int, hi: int, purpose: str = "eval"
-                   ) -> list[np.ndarray]:
-        """Rows ``lo`` to ``hi`` of ``split`` within ``unit`` (the last Parquet row group
-        read is kept, so a unit two windows share is read once)."""
-        if self._cache is not None and self._cache[:2] == (unit, split):
-            return [self._cache[2][lo:hi]]
-        out: list[np.ndarray] = []
-        seen = 0
-        blocks = self._read(self.table.units[unit], purpose)
-        for block in blocks:
-            rows = block.values[self.codes(block) == split] if self._splits_used(split) \
-                else block.values
-            if self.table.parquet:
-                self._cache = (unit, split, rows)
-            a, b = max(lo - seen, 0), min(hi - seen, len(rows))
-            if a < b:
-                out.append(rows[a:b])
-            seen += len(rows)
-            if seen >= hi:
-                break
-        return out
-
-    def _splits_used(self, split: int) -> bool:
-        return self.val_fraction > 0 or self.test_fraction > 0 or split != row_split.TRAIN
-
     def _read(self, unit: Unit, purpose: str = "eval") -> Iterator[Block]:
         self.units_read.append(unit.index)
         self.reads[purpose] = self.reads.get(purpose, 0) + 1
@@ -281,7 +338,10 @@ class StreamedDataModule(pl.LightningDataModule):
         raw = torch.from_numpy(block)
         d = self.table.width
         x, y = self.scaling.x(raw[:, :d]), self.scaling.y(raw[:, d:])
-        x, y = x.to(device, dtype), y.to(device, dtype)
+        # The block is a reused buffer: what is served never shares its memory.
+        held = raw.untyped_storage().data_ptr()
+        x = x.to(device, dtype, copy=x.untyped_storage().data_ptr() == held)
+        y = y.to(device, dtype, copy=y.untyped_storage().data_ptr() == held)
         if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
             raise DataError(f"data: a value is beyond {str(dtype).removeprefix('torch.')}'s "
                             "range as the model sees it; use data.standardize=true or "
@@ -311,17 +371,29 @@ class StreamedDataModule(pl.LightningDataModule):
         training rows' moments, every cell checked; gathered from all ranks when a
         process group is running. ``sink`` also gets each block (the exact fit)."""
         width = len(self.table.names)
-        mine: dict[int, tuple[np.ndarray, Moments]] = {}
-        for unit in self.table.units[rank::world]:
-            counts = np.zeros(3, dtype=np.int64)
-            moments = Moments.empty(width)
-            for block in self._read(unit, "census"):
-                codes = self.codes(block)
-                counts += np.bincount(codes, minlength=3)[:3]
-                moments = moments.merge(Moments.of(block.values[codes == row_split.TRAIN]))
-                if sink is not None:
-                    sink(block.values, codes)
-            mine[unit.index] = (counts, moments)
+        mine: dict[int, tuple[np.ndarray, Moments]] = {
+            unit.index: (np.zeros(3, dtype=np.int64), Moments.empty(width))
+            for unit in self.table.units[rank::world]}
+
+        # With a sink that can give the moments (the exact fit's R), they are not
+        # summed twice.
+        summed = not getattr(sink, "gives_moments", False)
+
+        def blocks() -> Iterator[tuple[int, Block, np.ndarray, np.ndarray | None]]:
+            # Read, checked and split on the reading thread; summed on this one.
+            for unit in self.table.units[rank::world]:
+                for block in self._read(unit, "census"):
+                    codes = self.codes(block)
+                    yield unit.index, block, codes, (
+                        block.values[codes == row_split.TRAIN] if summed else None)
+
+        for index, block, codes, train in _ahead(blocks(), depth=4):
+            counts, moments = mine[index]
+            counts += np.bincount(codes, minlength=3)[:3]
+            if train is not None:
+                mine[index] = (counts, moments.merge(Moments.of(train)))
+            if sink is not None:
+                sink(block.values, codes)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, mine)
@@ -329,7 +401,8 @@ class StreamedDataModule(pl.LightningDataModule):
                 mine.update(part)
         units = len(self.table.units)
         census = Census(np.stack([mine[i][0] for i in range(units)]),
-                        [mine[i][1] for i in range(units)])
+                        [mine[i][1] for i in range(units)] if summed
+                        else [sink.train_moments()])
         if census.total(row_split.TRAIN) == 0:
             raise DataError(f"data: {self.table.files[0]}: no training rows (the table has "
                             f"{int(census.counts.sum())} rows)")
