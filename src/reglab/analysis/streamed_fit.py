@@ -18,38 +18,37 @@ from typing import Any
 import numpy as np
 
 from reglab.data import row_split
+from reglab.data.table_stream import Block
 
 #: Rows gathered before they are folded into R.
 FOLD_ROWS = 1 << 16
 
-#: Rows per leaf QR of a fold: 256 × 12 doubles fit in cache, so the leaves' QRs (one
-#: stacked LAPACK call) run 3× faster than one QR of the whole 65,536-row fold.
-LEAF_ROWS = 256
-
 
 class Tsqr:
-    """The R factor of a tall matrix given a block of rows at a time: rows are written
-    into a buffer, and each full buffer is folded into R by a two-level
-    tree of Householder QRs (leaves of ``LEAF_ROWS`` rows, then their stacked R's)."""
+    """The R factor of a tall matrix given a block of rows at a time.
+
+    Rows are written into a column-major buffer below the current R, and a full buffer
+    is folded by one Householder QR (LAPACK's ``dgeqrf``, in place): R of [R; rows] is R
+    of everything seen. No ``AᵀA`` is ever formed.
+    """
 
     def __init__(self, width: int) -> None:
         self.q = width
-        self.r = np.zeros((0, width))
         self.rows = 0
-        # One row per column of the design: each column is written whole, and the
-        # leaves are a strided view of it.
-        self._buffer = np.empty((width, FOLD_ROWS))
+        # Row j holds design column j: the transpose is the column-major matrix LAPACK
+        # factors, R in its first ``width`` rows (zeros to start: they change nothing).
+        self._buffer = np.zeros((width, width + FOLD_ROWS))
         self._held = 0
 
     def reserve(self, count: int) -> np.ndarray:
         """A view of the next ``count`` (≤ FOLD_ROWS) rows to write, counted as added:
-        shape (columns, count), one column per row of the view."""
+        shape (columns, count), one design column per row of the view."""
         if self._held + count > FOLD_ROWS:
             self._fold()
-        view = self._buffer[:, self._held:self._held + count]
+        start = self.q + self._held
         self._held += count
         self.rows += count
-        return view
+        return self._buffer[:, start:start + count]
 
     def add(self, block: np.ndarray) -> None:
         for i in range(0, len(block), FOLD_ROWS):
@@ -57,30 +56,30 @@ class Tsqr:
             self.reserve(len(part))[:] = part.T
 
     def _fold(self) -> None:
-        held, q = self._held, self.q
-        if held == 0:
+        from scipy.linalg import lapack
+
+        if self._held == 0:
             return
-        leaves = -(-held // LEAF_ROWS)
-        if leaves * LEAF_ROWS != held:  # zero rows leave R as it is
-            self._buffer[:, held:leaves * LEAF_ROWS] = 0.0
-        stacked = self._buffer[:, :leaves * LEAF_ROWS].reshape(q, leaves, LEAF_ROWS
-                                                               ).transpose(1, 2, 0)
-        tops = np.linalg.qr(stacked, mode="r").reshape(-1, q)
-        self.r = np.linalg.qr(np.vstack([self.r, tops]), mode="r")
+        q = self.q
+        a = self._buffer[:, :q + self._held].T
+        factored, _, _, info = lapack.dgeqrf(a, overwrite_a=True)
+        if info != 0:
+            raise ArithmeticError(f"LAPACK dgeqrf failed (info {info})")
+        self._buffer[:, :q] = np.triu(factored[:q, :q]).T
         self._held = 0
+
+    @property
+    def r(self) -> np.ndarray:
+        self._fold()
+        return self._buffer[:, :self.q].T.copy()
 
     def merge(self, other_r: np.ndarray, rows: int) -> None:
         """Another part's rows (its R factor) joined to these."""
-        self._fold()
-        self.r = np.linalg.qr(np.vstack([self.r, other_r]), mode="r")
-        self.rows += rows
+        self.reserve(other_r.shape[0])[:] = other_r.T
+        self.rows += rows - other_r.shape[0]
 
     def factor(self) -> np.ndarray:
-        """R, square (zero rows added where fewer rows than columns were seen)."""
-        self._fold()
-        q = self.r.shape[1]
-        if self.r.shape[0] < q:
-            return np.vstack([self.r, np.zeros((q - self.r.shape[0], q))])
+        """R (square, upper triangular; zero rows where fewer rows than columns)."""
         return self.r
 
 
@@ -100,19 +99,27 @@ class StreamedLeastSquares:
         if not val_is_train:
             self.parts[row_split.VAL] = Tsqr(self.p + 1)
 
-    def __call__(self, values: np.ndarray, codes: np.ndarray) -> None:
-        """Fold a block's training (and validation) rows in, a column at a time."""
-        if len(values) == 0:
+    def __call__(self, block: Block, codes: np.ndarray) -> None:
+        """Fold a block's training (and validation) rows in."""
+        if len(block) == 0:
             return
         if self.shift is None:  # any shift is exact; the first rows seen keep it near
-            self._choose_units(values)
+            self._choose_units(block.values)
+        # z for every row at once, one column per row of z, from the block's columns;
+        # then each split's rows are gathered from it straight into its factor's buffer.
+        z = np.empty((len(block.columns), len(block)))
+        for j, column in enumerate(block.columns):
+            np.subtract(column, self.shift[j], out=z[j])
+            z[j] *= self._inverse[j]
+        first = int(self.bias)
         for split, part in self.parts.items():
-            mask = codes == split
-            for i in range(0, len(values), FOLD_ROWS):
-                here = mask[i:i + FOLD_ROWS]
-                count = int(np.count_nonzero(here))
-                if count:
-                    self._design_into(values[i:i + FOLD_ROWS], here, part.reserve(count))
+            rows = np.flatnonzero(codes == split)
+            for i in range(0, len(rows), FOLD_ROWS):
+                chunk = rows[i:i + FOLD_ROWS]
+                out = part.reserve(len(chunk))
+                if self.bias:
+                    out[0] = 1.0
+                np.take(z, chunk, axis=1, out=out[first:], mode="clip")
 
     def _choose_units(self, rows: np.ndarray) -> None:
         width = rows.shape[1]
@@ -128,24 +135,10 @@ class StreamedLeastSquares:
         self.shift, self.scale = shift, np.exp2(np.round(np.log2(spread)))
         self._inverse = 1.0 / self.scale
 
-    def _design_into(self, values: np.ndarray, mask: np.ndarray | None,
-                     out: np.ndarray) -> None:
-        """``[1 | z | y']`` of the rows of ``values`` that ``mask`` keeps, written into
-        ``out`` (one row per design column; ``[z | y']`` without a bias)."""
-        first = int(self.bias)
-        if self.bias:
-            out[0] = 1.0
-        for j in range(values.shape[1]):
-            column = values[:, j] if mask is None else values[:, j][mask]
-            row = out[first + j]
-            np.subtract(column, self.shift[j], out=row)
-            np.multiply(row, self._inverse[j], out=row)
-
     def design(self, rows: np.ndarray) -> np.ndarray:
         """``[1 | z | y']`` for raw rows (``[z | y']`` without a bias)."""
-        out = np.empty((self.p + 1, len(rows)))
-        self._design_into(rows, None, out)
-        return out.T
+        z = (rows - self.shift) * self._inverse
+        return np.hstack([np.ones((len(rows), 1)), z]) if self.bias else z
 
     def train_moments(self) -> Any:
         """The training rows' column moments, read off R (with a bias only): R's first

@@ -40,13 +40,28 @@ class Unit:
     rows: int  # rows (for CSV an upper bound: the file's lines)
 
 
-@dataclass
 class Block:
-    """Rows of one unit: ``values`` (rows × (features + targets), float64, column-major
-    for Parquet) and their global row numbers."""
+    """Rows of one unit: their columns (features, then targets; float64, each contiguous)
+    and their global row numbers. ``values`` is the (rows × columns) matrix, made on
+    first use: the exact fit reads the columns alone."""
 
-    values: np.ndarray
-    rows: np.ndarray
+    def __init__(self, columns: list[np.ndarray], rows: np.ndarray) -> None:
+        self.columns, self.rows = columns, rows
+        self._values: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            # Column-major: each column is copied whole (a row-major fill writes every
+            # value with a stride and was most of a block's time).
+            out = np.empty((len(self.columns), len(self.rows)), dtype=np.float64)
+            for j, column in enumerate(self.columns):
+                out[j] = column
+            self._values = out.T
+        return self._values
 
 
 def resolve(path: str | Path, key: str = "data.path") -> list[Path]:
@@ -165,18 +180,17 @@ class TableStream:
     def _blocks(self, unit: Unit, batches: Iterator[Any]) -> Iterator[Block]:
         first = 0
         for batch in batches:
-            # Column-major: each column is copied whole (a row-major fill writes every
-            # value with a stride and was most of a block's time).
-            out = np.empty((len(self.names), batch.num_rows), dtype=np.float64).T
+            columns = []
             for j, name in enumerate(self.names):
                 def where(row: int, name: str = name, first: int = first) -> str:
                     return (f"{unit.file}, row group {unit.group}, row "
                             f"{unit.first_row + first + row + 1}, column {name!r}")
 
-                out[:, j] = tables._to_float64(batch.column(j), where)
-            yield Block(out, np.arange(unit.start + first, unit.start + first + len(out),
-                                       dtype=np.int64))
-            first += len(out)
+                columns.append(tables._to_float64(batch.column(j), where))
+            n = batch.num_rows
+            yield Block(columns, np.arange(unit.start + first, unit.start + first + n,
+                                           dtype=np.int64))
+            first += n
 
     def _csv(self, unit: Unit) -> Iterator[Block]:
         raw_header = tables._csv_header(unit.file, self.delimiter)
@@ -189,11 +203,11 @@ class TableStream:
                                                      self.names):
                 pieces.setdefault(row, []).append(values)
                 if len(pieces[row]) == len(self.names):
-                    block = np.column_stack(pieces.pop(row))
-                    rows = np.arange(unit.start + row, unit.start + row + len(block),
-                                     dtype=np.int64)
-                    first = row + len(block)
-                    yield Block(block, rows)
+                    columns = pieces.pop(row)
+                    n = len(columns[0])
+                    first = row + n
+                    yield Block(columns, np.arange(unit.start + row, unit.start + first,
+                                                   dtype=np.int64))
         except tables._Unclean:
             self._locate(unit, raw, first)
 

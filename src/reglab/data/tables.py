@@ -141,6 +141,9 @@ def _to_float64(column: Any, where: Any) -> np.ndarray:
         raise DataError(f"{where(0)}: {str(column[0].as_py())[:40]!r} is not a number "
                         f"(the column holds {kind})")
     values = _float64_values(column)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):  # every value finite: one pass, no mask built
+            return values
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.argmax(bad))
