@@ -104,7 +104,8 @@ def train(cwd: Path, name: str, data: list[str], extra: list[str] = ()) -> dict[
     cmd = [str(BIN / "reglab-train"), *data, f"data.batch_size={BATCH}",
            "trainer.max_epochs=1", "logger=none", "callbacks=none",
            "+callbacks.epoch_timer._target_=stream.EpochTimer",
-           f"+callbacks.epoch_timer.path={timer}", f"hydra.run.dir={run_dir}", *extra]
+           f"+callbacks.epoch_timer.path={timer}", f"hydra.run.dir={run_dir}", "overwrite=true",
+           *extra]
     wall, rss, _ = peak(cmd, cwd, {"PYTHONPATH": str(HERE)})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = (metrics.get("rows") or {}).get("train")
@@ -181,7 +182,7 @@ def main() -> None:
     run_dir = root / "run-exact"
     wall, rss, _ = peak([str(BIN / "reglab-train"), "data=stream", f"data.path={big}", *target,
                          "optimizer=exact", "logger=none", "callbacks=none",
-                         f"hydra.run.dir={run_dir}"], root)
+                         f"hydra.run.dir={run_dir}", "overwrite=true"], root)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     res.update({"exact_wall_s": wall, "exact_solve_s": metrics["fit_seconds"],
                 "exact_peak_rss_mb": rss / 2**20,

@@ -103,6 +103,7 @@ class TableStream:
         self.delimiter = delimiter
         self.parquet = tables._is_parquet(self.files[0])
         self._meta: dict[Path, Any] = {}
+        self._checked: set[int] = set()  # units read whole once: every cell checked
         units: list[Unit] = []
         names: list[str] | None = None
         start = 0
@@ -151,9 +152,11 @@ class TableStream:
         return self._meta[file]
 
     def read(self, unit: Unit) -> Iterator[Block]:
-        """The unit's rows, a block at a time, every cell checked."""
+        """The unit's rows, a block at a time, every cell checked (once: a Parquet
+        group read again, already checked, has its float64 columns taken as they are)."""
         if self.parquet:
             yield from self._row_group(unit)
+            self._checked.add(unit.index)
         else:
             yield from self._csv(unit)
 
@@ -179,14 +182,20 @@ class TableStream:
 
     def _blocks(self, unit: Unit, batches: Iterator[Any]) -> Iterator[Block]:
         first = 0
+        checked = unit.index in self._checked
         for batch in batches:
             columns = []
             for j, name in enumerate(self.names):
+                column = batch.column(j)
+                if checked and column.type == "double" and not column.null_count:
+                    columns.append(tables._float64_values(column))
+                    continue
+
                 def where(row: int, name: str = name, first: int = first) -> str:
                     return (f"{unit.file}, row group {unit.group}, row "
                             f"{unit.first_row + first + row + 1}, column {name!r}")
 
-                columns.append(tables._to_float64(batch.column(j), where))
+                columns.append(tables._to_float64(column, where))
             n = batch.num_rows
             yield Block(columns, np.arange(unit.start + first, unit.start + first + n,
                                            dtype=np.int64))
