@@ -391,3 +391,29 @@ def test_a_resume_asking_fewer_epochs_than_done_leaves_the_run_as_it_was(tmp_pat
         f"reglab-train: error: trainer.max_epochs: 2, but {ckpt} has already trained 3 "
         "epochs; give trainer.max_epochs=4 or more to train it further")
     assert snapshot(tmp_path / "done") == before
+
+
+def test_a_forked_child_does_not_keep_a_dead_runs_lock(tmp_path: Path):
+    """A process forked by the run (a loader worker) outlives a kill -9 of it: the run
+    dir's lock must go with the run, not stay held by the child, or resume= is refused."""
+    import os
+    import signal
+    import time
+
+    from reglab.cli.run_guard import RunLock
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    child = os.fork()
+    if child == 0:  # the worker: lives on, holding whatever it inherited
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.close(lock.fd)  # the run dies (the kernel closes its descriptors)
+        lock.fd = None
+        again = RunLock(tmp_path)
+        again.acquire()  # taken while the child still lives
+        again.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

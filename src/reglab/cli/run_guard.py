@@ -20,6 +20,7 @@ command; it never follows a link, so a user's file reached through one is never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -288,8 +289,18 @@ class RunLock:
                 import atexit
 
                 atexit.register(self.release)
+                # A forked child (a loader worker, the user's or data=stream's) would hold
+                # the lock on after a kill -9 of this process, refusing the resume: the
+                # child lets go of its copy (the lock stays this process's).
+                os.register_at_fork(after_in_child=self._forget)
                 return
             os.close(fd)  # locked a file its owner had just removed: take the new one
+
+    def _forget(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
     def release(self) -> None:
         """Remove the lock file and let go (at the end of the run, or at exit)."""

@@ -77,6 +77,13 @@ class SplitRows:
     def __len__(self) -> int:
         return int(self.cum[-1])
 
+    def units(self, lo: int, hi: int) -> list[int]:
+        """The units :meth:`stream` reads for rows ``lo`` to ``hi``."""
+        first = int(np.searchsorted(self.cum, lo, side="right")) - 1
+        last = int(np.searchsorted(self.cum, hi, side="left"))
+        return [int(self.order[j]) for j in range(max(first, 0), min(last, len(self.order)))
+                if self.cum[j + 1] > self.cum[j]]
+
     def stream(self, lo: int, hi: int) -> Iterator[Piece]:
         """Rows ``lo`` to ``hi`` (exclusive) of the sequence, as (a block's columns, the
         indices of its rows wanted) in reading order; units wholly before ``lo`` are
@@ -229,12 +236,46 @@ class StreamedBatches:
                                                   ).permutation(block.shape[1])[cut:]
                 elif cut:
                     order = np.arange(cut, block.shape[1])
-                yield dm.convert(block, order)
+                yield dm.convert(block, order, on_device=False)
                 cut = 0
 
-        for x, y in _ahead(windows(), dm.pool("train", len(self.lanes))):
+        device = dm.device()
+        if dm.workers:  # read in the worker: counted here, where the record is written
+            dm.note_reads(rows.units(first + w * window, first + length), "train")
+        for x, y in (_in_worker(windows) if dm.workers else
+                     _ahead(windows(), dm.pool("train", len(self.lanes)))):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for i in range(0, int(x.shape[0]), size):
                 yield x[i:i + size], y[i:i + size]
+
+
+class _Produced(torch.utils.data.IterableDataset):
+    """A producer's items for a loader worker; an error is handed over as an item, so
+    it is raised in the trainer's process as itself (one line), not as the multi-line
+    report a worker's exception becomes."""
+
+    def __init__(self, produce: Callable[[], Iterator[Any]]) -> None:
+        self.produce = produce
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in self.produce():
+                yield ("item", item)
+        except Exception as exc:  # raised again by _in_worker, in the trainer's process
+            yield ("error", exc)
+
+
+def _in_worker(produce: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """``produce()``'s items made in a forked loader worker process, two ahead: the
+    training loop holds the GIL most of the time, so a thread of this process would
+    wait its turn, where a process reads, shuffles and casts on the other core."""
+    loader = torch.utils.data.DataLoader(_Produced(produce), batch_size=None, num_workers=1,
+                                         prefetch_factor=2,
+                                         multiprocessing_context="fork")
+    for kind, value in loader:
+        if kind == "error":
+            raise value
+        yield value
 
 
 class EvalBatches:
@@ -263,6 +304,7 @@ class StreamedDataModule(pl.LightningDataModule):
 
     ``lanes``: the number of stretches each epoch's training rows are cut into (default:
     one per rank); fix it to get the same batches on any number of ranks dividing it.
+    ``workers``: 1 makes the training windows in a loader worker process, 0 on a thread.
     ``scaling``: a trained model's own (evaluation), applied instead of fitting one.
     """
 
@@ -275,11 +317,12 @@ class StreamedDataModule(pl.LightningDataModule):
                  test_fraction: float = 0.2, seed: int = 0, standardize: bool = True,
                  standardize_target: bool = False, shuffle_rows: int = 1 << 16,
                  lanes: int | None = None, eval_batch_rows: int = 1 << 16,
-                 scaling: Scaling | None = None) -> None:
+                 workers: int = 1, scaling: Scaling | None = None) -> None:
         super().__init__()
         for key, value, low in (("batch_size", batch_size, 1), ("shuffle_rows", shuffle_rows, 1),
                                 ("eval_batch_rows", eval_batch_rows, 1),
-                                ("lanes", 1 if lanes is None else lanes, 1)):
+                                ("lanes", 1 if lanes is None else lanes, 1),
+                                ("workers", workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DataError(f"data.{key}: expected an integer ≥ {low}, got {value!r}")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -294,6 +337,8 @@ class StreamedDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.standardize, self.standardize_target = bool(standardize), bool(standardize_target)
         self.shuffle_rows, self.lanes, self.eval_batch_rows = shuffle_rows, lanes, eval_batch_rows
+        #: 1: training windows are made in a loader worker process; 0: on a thread.
+        self.workers = int(workers)
         self._scaling_given = scaling is not None
         #: Filled in place by the census: the module holds this very object.
         self.scaling = scaling if scaling is not None else Scaling()
@@ -353,19 +398,25 @@ class StreamedDataModule(pl.LightningDataModule):
                                      self.test_fraction)
 
     def _read(self, unit: Unit, purpose: str = "eval") -> Iterator[Block]:
-        self.units_read.append(unit.index)
-        self.reads[purpose] = self.reads.get(purpose, 0) + 1
+        self.note_reads([unit.index], purpose)
         return self.table.read(unit)
 
-    def convert(self, block: np.ndarray, order: np.ndarray | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def note_reads(self, units: list[int], purpose: str) -> None:
+        self.units_read.extend(units)
+        self.reads[purpose] = self.reads.get(purpose, 0) + len(units)
+
+    def device(self) -> torch.device:
+        t = self.trainer
+        return t.strategy.root_device if t is not None else torch.device("cpu")
+
+    def convert(self, block: np.ndarray, order: np.ndarray | None = None,
+                on_device: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows given one per column, (columns, rows) float64, as the model sees them:
         scaled, in the trainer's precision, row-major, on its device; never sharing the
         given memory (it is a reused buffer). ``order``: the rows to serve, in order
         (a shuffle), default all."""
-        t = self.trainer
-        dtype = _serve_dtype(t)
-        device = t.strategy.root_device if t is not None else torch.device("cpu")
+        dtype = _serve_dtype(self.trainer)
+        device = self.device() if on_device else torch.device("cpu")
         raw = torch.from_numpy(block).T  # (rows, columns), column-major
         d = self.table.width
         out = []
