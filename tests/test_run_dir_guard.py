@@ -404,10 +404,13 @@ def test_a_forked_child_does_not_keep_a_dead_runs_lock(tmp_path: Path):
 
     lock = RunLock(tmp_path)
     lock.acquire()
+    ready, told = os.pipe()
     child = os.fork()
-    if child == 0:  # the worker: lives on, holding whatever it inherited
+    if child == 0:  # the worker (its fork handlers have run): lives on
+        os.write(told, b"1")
         time.sleep(30)
         os._exit(0)
+    os.read(ready, 1)
     try:
         os.close(lock.fd)  # the run dies (the kernel closes its descriptors)
         lock.fd = None

@@ -266,15 +266,18 @@ def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = Non
     if not isinstance(model, LinearRegression):
         return None, None
     if isinstance(model, PolynomialRegression):
-        return {"skipped": "a streamed table is fitted exactly with model=linear only"}, None
+        return {"why_no_optimum": "a streamed table (data=stream) is fitted exactly with "
+                                  "model=linear only; use data=csv for a polynomial"}, None
     if len(datamodule.table.targets) != 1:
-        return {"skipped": "a streamed table is fitted exactly for one target"}, None
+        return {"why_no_optimum": "a streamed table (data=stream) is fitted exactly for "
+                                  "one target; use data=csv for several"}, None
     if not isinstance(loss_fn, torch.nn.MSELoss):
         return {"skipped": f"loss is {type(loss_fn).__name__}; least squares is the optimum "
                            "of MSE only"}, None
     decay, _ = weight_decay(optimizer) if optimizer is not None else (0.0, None)
     if decay > 0:
-        return {"skipped": "weight_decay > 0 (ridge) is not fitted on a streamed table"}, None
+        return {"why_no_optimum": "weight_decay > 0 (ridge) is not fitted exactly on a "
+                                  "streamed table (data=stream); use data=csv"}, None
     sink = StreamedLeastSquares(datamodule.num_features, model.has_bias,
                                 datamodule.val_is_train)
     census = datamodule.take_census(sink=sink)

@@ -93,10 +93,10 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
         lines.append(
             f"  data streamed: {sum(rows.values()):,} rows ({rows['train']:,} train, "
             f"{rows['val']:,} val, {rows['test']:,} test) in {stream['units']:,} "
-            f"{stream['unit']}s of {stream['files']:,} files; an epoch is "
-            f"{stream['batches_per_epoch']:,} batches"
+            f"{stream['unit']}s of {stream['files']:,} files"
+            + ("" if exact else f"; an epoch is {stream['batches_per_epoch']:,} batches")
             + (f", {stream['rows_left_per_epoch']:,} rows wait for a later epoch"
-               if stream.get("rows_left_per_epoch") else ""))
+               if stream.get("rows_left_per_epoch") and not exact else ""))
     cv = metrics.get("cv")
     if cv:
         lines.append(f"  {cv['folds']}-fold cross-validation over {cv['rows']} rows: val loss "
