@@ -254,6 +254,14 @@ def test_train_exact_eval_and_predict_through_the_commands(tmp_path: Path):
     ev = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())
     assert ev["split"] == "test" and 0.15 * sum(SIZES) < ev["rows"] < 0.25 * sum(SIZES)
     assert ev["metrics"]["mse"] == pytest.approx(record["test"]["mse"], rel=1e-6)
+    # A table the run did not train on (data.path given) is scored whole, and says so.
+    out = run_cli([script("reglab-eval"), f"ckpt_path={tmp_path / 'exact' / 'model.pt'}",
+                   f"data.path={path / 'part-3.parquet'}", f"hydra.run.dir={tmp_path / 'ev2'}"],
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ev = json.loads((tmp_path / "ev2" / "eval_metrics.json").read_text())
+    assert ev["split"] == "all" and ev["rows"] == SIZES[3] and "did not train on" in \
+        ev["split_why"]
 
     for name in ("pred.parquet", "pred.csv"):
         out = run_cli([script("reglab-predict"), f"ckpt_path={tmp_path / 'exact' / 'model.pt'}",

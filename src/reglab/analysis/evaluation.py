@@ -55,13 +55,16 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
 def _anchor_data_path(cfg: DictConfig, launch_dir: str | None) -> None:
     """A relative data file path was relative to where training was launched; keep it
     working from any directory by resolving it there (Hydra records that directory)."""
-    source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
-        else None
+    data = cfg.get("data")
+    source = data.get("source") if isinstance(data, DictConfig) else None
+    if not isinstance(source, DictConfig) and isinstance(data, DictConfig) and "path" in data:
+        source = data  # data=stream: data.path (a file, a folder or a glob)
     path = source.get("path") if isinstance(source, DictConfig) else None
     if not isinstance(path, str) or Path(path).expanduser().is_absolute() or Path(path).exists():
         return
-    if launch_dir and (Path(launch_dir) / path).is_file():
-        source.path = str(Path(launch_dir) / path)
+    if launch_dir and (glob_free := Path(launch_dir) / path) and (
+            glob_free.exists() or any(c in path for c in "*?[")):
+        source.path = str(glob_free)
 
 
 def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[str, Any]:
@@ -181,7 +184,12 @@ def _split_given() -> bool:
 
 def _unseen_file(cfg: DictConfig, trained: Any, overrides: list[str]) -> str | None:
     """The table ``data.source.path`` names when it is not the one the run trained on
-    (another path, or the same path holding other bytes); None otherwise."""
+    (another path, or the same path holding other bytes); None otherwise. A streamed
+    table's ``data.path`` given on the command line counts as one the run did not see
+    (its files are not fingerprinted: they may be many and large)."""
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and "path" in data and "source" not in data:
+        return str(data.path) if _overridden(overrides, "data.path") else None
     if not _overridden(overrides, "data.source.path"):
         return None
     source = cfg.data.get("source") if isinstance(cfg.get("data"), DictConfig) else None
