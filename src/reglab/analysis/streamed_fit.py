@@ -50,11 +50,6 @@ class Tsqr:
         self.rows += count
         return self._buffer[:, start:start + count]
 
-    def add(self, block: np.ndarray) -> None:
-        for i in range(0, len(block), FOLD_ROWS):
-            part = block[i:i + FOLD_ROWS]
-            self.reserve(len(part))[:] = part.T
-
     def _fold(self) -> None:
         from scipy.linalg import lapack
 
@@ -72,11 +67,6 @@ class Tsqr:
     def r(self) -> np.ndarray:
         self._fold()
         return self._buffer[:, :self.q].T.copy()
-
-    def merge(self, other_r: np.ndarray, rows: int) -> None:
-        """Another part's rows (its R factor) joined to these."""
-        self.reserve(other_r.shape[0])[:] = other_r.T
-        self.rows += rows - other_r.shape[0]
 
     def factor(self) -> np.ndarray:
         """R (square, upper triangular; zero rows where fewer rows than columns)."""
@@ -134,11 +124,6 @@ class StreamedLeastSquares:
         # and the map back to data units loses nothing; a multiply does it.
         self.shift, self.scale = shift, np.exp2(np.round(np.log2(spread)))
         self._inverse = 1.0 / self.scale
-
-    def design(self, rows: np.ndarray) -> np.ndarray:
-        """``[1 | z | y']`` for raw rows (``[z | y']`` without a bias)."""
-        z = (rows - self.shift) * self._inverse
-        return np.hstack([np.ones((len(rows), 1)), z]) if self.bias else z
 
     def train_moments(self) -> Any:
         """The training rows' column moments, read off R (with a bias only): R's first
