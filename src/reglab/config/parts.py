@@ -31,6 +31,8 @@ def build(key: str, make: Callable[[], Any]) -> Any:
         cause = exc.__cause__ if isinstance(exc, InstantiationException) and \
             exc.__cause__ is not None else exc
         text = " ".join(str(cause).split()) or type(cause).__name__
+        if text.startswith(f"{key}.") or text.startswith(f"{key}:"):  # names its key already
+            raise ConfigError(text) from None
         raise ConfigError(f"{key}: {text}") from None
 
 
