@@ -385,7 +385,9 @@ class RegressionModule(pl.LightningModule):
             # the ranks hold different numbers of rows.
             total = trainer.strategy.reduce(self._val_sums.clone(), reduce_op="sum")
             value = total[0] / total[1]
-            self.log("val/loss", value.float(), on_step=False, on_epoch=True)
+            # Alike on every rank already: the sync averages equal values (and is what
+            # Lightning asks of an epoch metric under DDP).
+            self.log("val/loss", value.float(), on_step=False, on_epoch=True, sync_dist=True)
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         value = trainer.callback_metrics.get("val/loss") if value is None else value
@@ -417,7 +419,10 @@ class RegressionModule(pl.LightningModule):
             finite.update({f"test/{name}/{k}": v for k, v in own.items()
                            if isinstance(v, float) and math.isfinite(v)})
         for name, value in finite.items():
-            self.log(name, value)
+            # The same value on every rank (each tested the whole split, or the sums were
+            # reduced): averaging equal values under DDP changes nothing, and Lightning
+            # asks for it (a warning per metric otherwise).
+            self.log(name, value, sync_dist=self.trainer.world_size > 1)
 
 
 def _takes(factory: Any, name: str) -> bool:
