@@ -1,7 +1,7 @@
 """A Lightning data module over a table too large to hold: read a unit at a time.
 
-Memory is bounded by one unit (a Parquet row group), one shuffle window and one batch,
-not by the table's rows:
+Memory is bounded by one block of a unit (65,536 rows of a Parquet row group, or a block
+of a CSV file), one shuffle window and a few batches, not by the table's rows:
 
 - **Splits** follow from each row's global number and the seed (``row_split``), so no
   permutation of the table is ever formed and every rank agrees on every row.
