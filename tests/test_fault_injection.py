@@ -138,6 +138,8 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
                    tmp_path)
     assert made.returncode == 0, made.stderr[-2000:]
     (tmp_path / "new.csv").write_text("x\n" + "".join(f"{i / 7:.6f}\n" for i in range(3000)))
+    (tmp_path / "folder").mkdir()  # a folder is predicted streamed, by pyarrow's writers
+    (tmp_path / "folder" / "new.csv").write_text((tmp_path / "new.csv").read_text())
     model = sweep / "0" / "model.pt"
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
 
@@ -146,8 +148,13 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
         "reglab-eval": [f"ckpt_path={model}", "split=all", "hydra.run.dir=eval"],
         "reglab-predict": [f"ckpt_path={model}", "input_path=new.csv",
                            "output_path=pred.csv"],
+        "reglab-predict streamed to CSV": [f"ckpt_path={model}", "input_path=folder",
+                                           "output_path=pred.csv"],
+        "reglab-predict streamed to Parquet": [f"ckpt_path={model}", "input_path=folder",
+                                               "output_path=pred.parquet"],
     }
     for name, args in commands.items():
+        name = name.split()[0]
         out = run_cli([script(name), *args], tmp_path, fsize=2048)  # 2 KiB per file
         assert out.returncode in (1, 2), (name, out.stderr[-2000:])
         lines = out.stderr.strip().splitlines()
@@ -156,11 +163,12 @@ def test_eval_predict_and_sweep_report_under_a_file_size_limit_or_a_full_stdout(
             lines[0].endswith(": File too large"), (name, lines)
         assert ".tmp-" not in lines[0] and "error: a file:" not in lines[0]  # names a path
     assert not (tmp_path / "pred.csv").exists()  # never half of it
+    assert not (tmp_path / "pred.parquet").exists()
     assert not (tmp_path / "eval").exists()  # as before: the same command can run again
     assert not list(tmp_path.glob("**/.tmp-*")) and not list(tmp_path.glob("**/*.tmp"))
 
     for name, args in commands.items():
-        if name == "reglab-sweep-report":
+        if name == "reglab-sweep-report" or "streamed" in name:
             continue  # writes files, prints a line or two; covered by the limit above
         out = run_cli([script(name), *args], tmp_path, stdout_to="/dev/full")
         assert out.returncode == 1, (name, out.stderr[-2000:])

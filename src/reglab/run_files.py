@@ -168,8 +168,10 @@ def write_whole(path: Path, write: Callable[[Path], Any]) -> Any:
         # A failed write() on an open file names no file at all (a size limit, a full
         # disk): it is this one's. An OSError without an errno is a library's own
         # complaint (Pillow's "cannot write mode RGBA as JPEG"): left as it is.
+        # The OS's own words for the errno: pyarrow's writers put theirs in strerror
+        # ("Error writing bytes to file. Detail: [errno 27] File too large").
         if exc.errno is not None and (exc.filename is None or str(exc.filename) == str(tmp)):
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
         raise
     finally:
         if os.path.lexists(tmp):  # a read-only file system refuses even a missing one's unlink

@@ -63,14 +63,10 @@ class Tsqr:
         self._buffer[:, :q] = np.triu(factored[:q, :q]).T
         self._held = 0
 
-    @property
-    def r(self) -> np.ndarray:
-        self._fold()
-        return self._buffer[:, :self.q].T.copy()
-
     def factor(self) -> np.ndarray:
         """R (square, upper triangular; zero rows where fewer rows than columns)."""
-        return self.r
+        self._fold()
+        return self._buffer[:, :self.q].T.copy()
 
 
 class StreamedLeastSquares:

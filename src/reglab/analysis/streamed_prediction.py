@@ -29,6 +29,7 @@ def wants_streaming(cfg: Any) -> bool:
 def predict(cfg: Any, trained: Any, delimiter: str) -> tuple[int, list[str]]:
     """Write predictions for every row of ``cfg.input_path`` to ``cfg.output_path``;
     (rows written, prediction column names)."""
+    import numpy as np
     import pyarrow as pa
     import torch
 
@@ -68,7 +69,7 @@ def predict(cfg: Any, trained: Any, delimiter: str) -> tuple[int, list[str]]:
                         raise errors.DataError(f"{cfg.output_path}: the model gives "
                                                f"{pred.shape[1]} outputs for "
                                                f"{len(targets)} targets")
-                    bad = ~(pred == pred) | (abs(pred) == float("inf"))
+                    bad = ~np.isfinite(pred)
                     if bad.any():
                         i = int(bad.any(axis=1).nonzero()[0][0])
                         raise errors.DataError(

@@ -549,8 +549,7 @@ class StreamedDataModule(pl.LightningDataModule):
                                             "test": c.total(row_split.TEST)},
             "batches_per_epoch": epoch,
             "rows_left_per_epoch": None if epoch is None else train - epoch * batch,
-            "lanes": self.lane_count(world) if self.lanes is None or
-            self.lanes % world == 0 else self.lanes,
+            "lanes": int(self.lanes or world),
             # Units this process (rank 0) read, by purpose: its share of the table.
             "units_read": dict(self.reads),
         }
