@@ -17,6 +17,14 @@ from reglab.config.compose import compose
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort: the order within each kind is kept). pytest-xdist
+    deals the first quarter of the items out one by one, so the long tests are shared
+    between the workers from the start instead of one of them running a 50 s test at
+    the end while the other core waits idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config ``reglab-train <overrides>`` would get, with its run dir at ``run_dir``."""
     return compose(overrides, run_dir)

@@ -50,6 +50,16 @@ class Tsqr:
         self.rows += count
         return self._buffer[:, start:start + count]
 
+    def absorb(self, r: np.ndarray, rows: int) -> None:
+        """Fold in another factor ``r`` (the R of ``rows`` rows with the same columns):
+        R of [R; r] is R of both sets of rows."""
+        start = 0
+        while start < r.shape[0]:
+            take = min(FOLD_ROWS, r.shape[0] - start)
+            self.reserve(take)[:] = r[start:start + take].T
+            start += take
+        self.rows += rows - r.shape[0]  # data rows, not the factor's
+
     def _fold(self) -> None:
         from scipy.linalg import lapack
 
@@ -106,6 +116,47 @@ class StreamedLeastSquares:
                 if self.bias:
                     out[0] = 1.0
                 np.take(z, chunk, axis=1, out=out[first:], mode="clip")
+
+    def merge_ranks(self, world: int) -> None:
+        """Every rank's factors merged (:meth:`merge`), on every rank of a running
+        process group, once each has folded its own units."""
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, self.state())
+        self.merge(gathered)
+
+    def state(self) -> tuple[Any, ...]:
+        """What :meth:`merge` takes of this sink: its units and its factors."""
+        return (self.shift, self.scale,
+                {split: (part.factor(), part.rows) for split, part in self.parts.items()})
+
+    def merge(self, states: list[tuple[Any, ...]]) -> None:
+        """Become the sink of every state's rows, in order: each R is carried into the
+        units of the first state that saw rows (a change of shift and scale is ``R·T``
+        with T upper triangular, still an R of the same rows), then they are stacked."""
+        seen = [state for state in states if state[0] is not None]
+        if not seen:
+            return
+        self.shift, self.scale = seen[0][0], seen[0][1]
+        self._inverse = 1.0 / self.scale
+        for split in self.parts:
+            merged = Tsqr(self.p + 1)
+            for shift, scale, factors in seen:
+                r, rows = factors[split]
+                if rows:
+                    merged.absorb(r @ self._units_change(shift, scale), rows)
+            self.parts[split] = merged
+
+    def _units_change(self, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """T with ``[1 | z | y']·T`` the same rows in this sink's units, for rows made
+        with ``shift`` and ``scale`` (upper triangular: the ones column is first)."""
+        ratio = scale / self.scale
+        if not self.bias:  # no shift, no ones column
+            return np.diag(ratio)
+        t = np.diag(np.concatenate([[1.0], ratio]))
+        t[0, 1:] = (shift - self.shift) / self.scale
+        return t
 
     def _choose_units(self, rows: np.ndarray) -> None:
         width = rows.shape[1]
@@ -237,8 +288,12 @@ def _num(v: float) -> float | None:
 def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = None
                  ) -> tuple[dict[str, Any] | None, Any]:
     """The optimum record (as :func:`reglab.analysis.optimum.find_optimum` gives it) of a
-    linear model with MSE on a streamed table, read in one pass; (None, None) for a model
-    least squares does not fit, a record saying why for what it does not cover."""
+    linear model with MSE on a streamed table; (None, None) for a model least squares
+    does not fit, a record saying why for what it does not cover.
+
+    The pass itself is the census Lightning's setup starts, once the ranks of a
+    data-parallel run are connected, so that each reads only its own units: what is
+    returned now is a *pending* record, which :func:`solve` fills in place after it."""
     import torch
 
     from reglab.analysis.optimum import weight_decay
@@ -259,9 +314,15 @@ def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = Non
     if decay > 0:
         return {"why_no_optimum": "weight_decay > 0 (ridge) is not fitted exactly on a "
                                   "streamed table (data=stream); use data=csv"}, None
-    sink = StreamedLeastSquares(datamodule.num_features, model.has_bias,
-                                datamodule.val_is_train)
-    census = datamodule.take_census(sink=sink)
+    datamodule.sink = StreamedLeastSquares(datamodule.num_features, model.has_bias,
+                                           datamodule.val_is_train)
+    return {"pending": "solved in the census pass that starts the fit"}, None
+
+
+def solve(closed: dict[str, Any], model: Any, loss_fn: Any, datamodule: Any) -> None:
+    """Fill the pending record ``closed`` (:func:`find_optimum`) from the census the data
+    module has just taken, its factors merged across ranks."""
+    sink, census = datamodule.sink, datamodule.census
     moments = census.merged()
     d = datamodule.num_features
     n = census.total(row_split.TRAIN)
@@ -296,4 +357,5 @@ def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = Non
         "report": report,
         "params_data_units": {row["name"]: row["coef"] for row in report["coef"]},
     }
-    return record, None
+    closed.clear()
+    closed.update(record)

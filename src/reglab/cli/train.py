@@ -119,7 +119,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             if exact:  # no gradient loop: the optimum is set, Lightning validates it
-                exact_fit.fit(trainer, module, datamodule, closed, cv)
+                solve_seconds += exact_fit.fit(trainer, module, datamodule, closed, cv)
             else:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except MisconfigurationException as exc:

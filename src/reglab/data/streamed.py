@@ -42,7 +42,8 @@ from reglab.errors import DataError
 Piece = tuple[list[np.ndarray], np.ndarray]
 
 #: A callable the census hands every block to: (block, split codes). One whose
-#: ``gives_moments`` is true gives the training rows' moments (``train_moments()``).
+#: ``gives_moments`` is true gives the training rows' moments (``train_moments()``);
+#: under data parallelism its ``merge_ranks(world)`` is called after the pass.
 Sink = Callable[[Block, np.ndarray], None]
 
 
@@ -364,6 +365,8 @@ class StreamedDataModule(pl.LightningDataModule):
         #: Filled in place by the census: the module holds this very object.
         self.scaling = scaling if scaling is not None else Scaling()
         self.census: Census | None = None
+        #: Also handed every block of the census fit starts (the exact fit's factors).
+        self.sink: Sink | None = None
         self.units_read: list[int] = []  # every unit read, in order (tests count them)
         #: Units read per purpose (census, train, eval): the record shows a rank's share.
         self.reads: dict[str, int] = {}
@@ -510,6 +513,8 @@ class StreamedDataModule(pl.LightningDataModule):
             torch.distributed.all_gather_object(gathered, mine)
             for part in gathered:
                 mine.update(part)
+            if sink is not None:
+                sink.merge_ranks(world)
         units = len(self.table.units)
         census = Census(np.stack([mine[i][0] for i in range(units)]),
                         [mine[i][1] for i in range(units)] if summed
@@ -561,7 +566,7 @@ class StreamedDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.census is None:
-            self.take_census(*self._rank_world())
+            self.take_census(*self._rank_world(), sink=self.sink)
         _, world = self._rank_world()
         for split, name, used in ((row_split.VAL, "val", self.val_fraction > 0),
                                   (row_split.TEST, "test", self.test_fraction > 0)):

@@ -321,3 +321,14 @@ class FitPlots(pl.Callback):
             publish("plots/landscape", fig, trainer.global_step, "landscape.png")
         for writer in writers:
             writer.flush()
+
+
+class AtSetup(pl.Callback):
+    """Calls ``action(trainer, pl_module)`` in the callbacks' setup: after the data
+    module's own setup and, under data parallelism, once the ranks are connected."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.action(trainer, pl_module)

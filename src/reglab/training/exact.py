@@ -87,7 +87,7 @@ def refusal(closed: dict[str, Any] | None, model: Any, datamodule: Any) -> str |
                 "use a gradient optimizer (optimizer=adam, lbfgs, ...)")
     if "skipped" in closed:
         return f"optimizer=exact: {closed['skipped']}; use loss=mse"
-    if "train_loss" not in closed:
+    if "train_loss" not in closed and "pending" not in closed:
         return f"optimizer=exact: {closed.get('why_no_optimum') or 'no optimum to set'}"
     return None
 
@@ -109,9 +109,45 @@ def set_weights(model: Any, params: dict[str, Any]) -> None:
 
 
 def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
-        cv: dict[str, Any] | None = None) -> None:
+        cv: dict[str, Any] | None = None) -> float:
     """Set the weights to the optimum and record it as a fit would; Lightning's own
-    validation loop then logs ``val/loss``.
+    validation loop then logs ``val/loss``. Returns the seconds spent solving here.
+
+    A streamed table's record is still pending (:mod:`reglab.analysis.streamed_fit`):
+    its pass is the census the data module takes in Lightning's setup, where the ranks
+    of a data-parallel run are connected, so each reads its own units and their factors
+    merge; the weights are set in the callbacks' setup that follows, before validation.
+    """
+    if "pending" not in closed:
+        _set(trainer, module, closed, cv)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        return 0.0
+    import time
+
+    from reglab.analysis import streamed_fit
+    from reglab.training.callbacks import AtSetup
+
+    seconds = 0.0
+
+    def solve(trainer: Any, module: Any) -> None:
+        nonlocal seconds
+        start = time.perf_counter()
+        if "pending" in closed:
+            streamed_fit.solve(closed, module.model, module.loss_fn, trainer.datamodule)
+            _set(trainer, module, closed, cv)
+        seconds += time.perf_counter() - start
+
+    hook = AtSetup(solve)
+    trainer.callbacks.append(hook)
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        trainer.callbacks.remove(hook)
+    return seconds
+
+
+def _set(trainer: Any, module: Any, closed: dict[str, Any], cv: dict[str, Any] | None) -> None:
+    """The optimum in the model, its history and scalars written as a fit's are.
 
     Under ``trainer.precision=64-true`` the model is made float64 first (Lightning would
     do so in its loops anyway), so the weights keep every digit the solver found; in
@@ -120,6 +156,7 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
     if str(trainer.precision).startswith("64"):
         module.double()
     set_weights(module.model, closed["params"])
+    module.reference_loss = closed["train_loss"]
     module.history = {"train_loss": [[0, closed["train_loss"]]],
                       "val_loss": [[0, closed["val_loss"]]]}
     # train/loss_epoch and the optimum as any fit writes them: HPARAMS and the Custom
@@ -134,7 +171,6 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
                         "cv/train_loss": cv["train_loss_mean"]})
     for logger in trainer.loggers:
         logger.log_metrics(scalars, step=0)
-    trainer.validate(module, datamodule=datamodule, verbose=False)
 
 
 def draw_figures(trainer: Any, module: Any) -> float:
