@@ -225,7 +225,7 @@ class StreamedBatches:
         skip = start * size - w * window
         starts = range(w * window, length, window)
 
-        def windows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def windows(convert: Callable[..., Any]) -> Iterator[Any]:
             pieces = rows.stream(first + w * window, first + length)
             blocks = _windows(pieces, len(dm.table.names),
                               (min(window, length - lo) for lo in starts))
@@ -237,17 +237,61 @@ class StreamedBatches:
                                                   ).permutation(block.shape[1])[cut:]
                 elif cut:
                     order = np.arange(cut, block.shape[1])
-                yield dm.convert(block, order, on_device=False)
+                yield convert(block, order)
                 cut = 0
 
         device = dm.device()
         if dm.workers:  # read in the worker: counted here, where the record is written
             dm.note_reads(rows.units(first + w * window, first + length), "train")
-        for x, y in (_in_worker(windows) if dm.workers else
-                     _ahead(windows(), dm.pool("train", len(self.lanes)))):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            ring = _Ring(window, dm.table.width, len(dm.table.targets),
+                         _serve_dtype(dm.trainer))
+            made = (ring.window(item) for item in _in_worker(lambda: windows(ring.fill_from(dm))))
+        else:
+            made = _ahead(windows(lambda block, order: dm.convert(block, order, on_device=False)),
+                          dm.pool("train", len(self.lanes)))
+        for x, y in made:
+            # Out of the ring (or off to the device): a batch never shares a slot the
+            # worker writes again, whatever a callback keeps of it.
+            x, y = x.to(device, non_blocking=True, copy=dm.workers > 0), \
+                y.to(device, non_blocking=True, copy=dm.workers > 0)
             for i in range(0, int(x.shape[0]), size):
                 yield x[i:i + size], y[i:i + size]
+
+
+class _Ring:
+    """Window slots in memory shared with a forked loader worker: the worker writes its
+    ``j``-th window into slot ``j`` mod the slot count, and only (slot, rows) crosses to
+    the trainer's process. No window is allocated, pickled or mapped afresh, so the
+    worker's memory stays flat and its pages are not faulted in again each window.
+
+    Slots enough that none is written while read: the loader keeps ``PREFETCH`` windows
+    requested ahead of the one the trainer reads, and asks for the next only once the
+    trainer has moved past a window (its batches are copied out, see ``_lane``)."""
+
+    def __init__(self, rows: int, width: int, targets: int, dtype: torch.dtype) -> None:
+        slots = PREFETCH + 2
+        self.x = torch.empty((slots, rows, width), dtype=dtype).share_memory_()
+        self.y = torch.empty((slots, rows, targets), dtype=dtype).share_memory_()
+        self.made = 0  # counted in the worker, which has its own copy
+
+    def fill_from(self, dm: StreamedDataModule) -> Callable[..., tuple[int, int]]:
+        """``convert(block, order)`` writing into the next slot (in the worker)."""
+
+        def fill(block: np.ndarray, order: np.ndarray | None) -> tuple[int, int]:
+            slot = self.made % len(self.x)
+            self.made += 1
+            x, _ = dm.convert(block, order, on_device=False, out=(self.x[slot], self.y[slot]))
+            return slot, int(x.shape[0])
+
+        return fill
+
+    def window(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        slot, rows = item
+        return self.x[slot, :rows], self.y[slot, :rows]
+
+
+#: Windows the loader worker makes ahead of the one being trained on.
+PREFETCH = 2
 
 
 class _Produced(torch.utils.data.IterableDataset):
@@ -267,24 +311,14 @@ class _Produced(torch.utils.data.IterableDataset):
 
 
 def _worker_memory(_: int) -> None:
-    """A forked worker's memory kept to its own windows. The objects it inherited leave
+    """A forked worker's memory kept to its own windows: the objects it inherited leave
     the garbage collector's generations, so no collection walks them and copies their
-    pages; and glibc is told to map large blocks afresh each time (a fixed mmap
-    threshold) rather than raise the threshold and serve the windows from a heap that
-    only grew: the worker's private memory went 130 -> 354 MB from 10⁶ to 3·10⁷ rows,
-    and stays near 105 MB with it."""
-    import ctypes
-    import ctypes.util
+    pages. (Its windows go into the ring's shared slots, so nothing window-sized is
+    allocated per window: its private memory measured 106 MB at 10⁶ rows, 123 MB at
+    3·10⁷.)"""
     import gc
 
     gc.freeze()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD: 128 KiB, glibc's default
-    except OSError:  # not glibc: its allocator keeps its own ways
-        pass
 
 
 def _in_worker(produce: Callable[[], Iterator[Any]]) -> Iterator[Any]:
@@ -292,7 +326,7 @@ def _in_worker(produce: Callable[[], Iterator[Any]]) -> Iterator[Any]:
     training loop holds the GIL most of the time, so a thread of this process would
     wait its turn, where a process reads, shuffles and casts on the other core."""
     loader = torch.utils.data.DataLoader(_Produced(produce), batch_size=None, num_workers=1,
-                                         prefetch_factor=2, worker_init_fn=_worker_memory,
+                                         prefetch_factor=PREFETCH, worker_init_fn=_worker_memory,
                                          multiprocessing_context="fork")
     for kind, value in loader:
         if kind == "error":
@@ -434,25 +468,32 @@ class StreamedDataModule(pl.LightningDataModule):
         return t.strategy.root_device if t is not None else torch.device("cpu")
 
     def convert(self, block: np.ndarray, order: np.ndarray | None = None,
-                on_device: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                on_device: bool = True, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows given one per column, (columns, rows) float64, as the model sees them:
         scaled, in the trainer's precision, row-major, on its device; never sharing the
         given memory (it is a reused buffer). ``order``: the rows to serve, in order
-        (a shuffle), default all."""
-        dtype = _serve_dtype(self.trainer)
-        device = self.device() if on_device else torch.device("cpu")
+        (a shuffle), default all. ``out``: CPU (x, y) buffers of at least that many rows
+        to write into (a ring slot); the rows written are returned."""
+        dtype = _serve_dtype(self.trainer) if out is None else out[0].dtype
+        device = self.device() if on_device and out is None else torch.device("cpu")
         raw = torch.from_numpy(block).T  # (rows, columns), column-major
         d = self.table.width
-        out = []
-        for part, scale in ((raw[:, :d], self.scaling.x), (raw[:, d:], self.scaling.y)):
+        served_rows = raw.shape[0] if order is None else len(order)
+        result = []
+        for k, (part, scale) in enumerate(((raw[:, :d], self.scaling.x),
+                                           (raw[:, d:], self.scaling.y))):
             scaled = scale(part)
-            # One pass: cast and laid out row by row (and a copy, where nothing scaled).
-            served = torch.empty(tuple(part.shape), dtype=dtype)
-            served.copy_(scaled)
-            if order is not None:  # rows of a few dozen bytes: a cheap gather
-                served = served.index_select(0, torch.from_numpy(order))
-            out.append(served.to(device, non_blocking=True))
-        x, y = out
+            target = (out[k][:served_rows] if out is not None else
+                      torch.empty((served_rows, part.shape[1]), dtype=dtype))
+            if order is None:  # one pass: cast and laid out row by row
+                target.copy_(scaled)
+            else:  # cast, then rows of a few dozen bytes gathered: a cheap shuffle
+                cast = torch.empty(tuple(part.shape), dtype=dtype)
+                cast.copy_(scaled)
+                torch.index_select(cast, 0, torch.from_numpy(order), out=target)
+            result.append(target.to(device, non_blocking=True))
+        x, y = result
         # A finite sum means every value is finite (one reduction, no mask); only an
         # overflowing sum needs the cell by cell check.
         if not all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
