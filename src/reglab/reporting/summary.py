@@ -92,8 +92,8 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
         rows = stream["rows"]
         lines.append(
             f"  data streamed: {sum(rows.values()):,} rows ({rows['train']:,} train, "
-            f"{rows['val']:,} val, {rows['test']:,} test) in {stream['units']:,} "
-            f"{stream['unit']}s of {stream['files']:,} files"
+            f"{rows['val']:,} val, {rows['test']:,} test) in "
+            f"{_count(stream['units'], stream['unit'])} of {_count(stream['files'], 'file')}"
             + ("" if exact else f"; an epoch is {stream['batches_per_epoch']:,} batches")
             + (f", {stream['rows_left_per_epoch']:,} rows wait for a later epoch"
                if stream.get("rows_left_per_epoch") and not exact else ""))
@@ -165,3 +165,8 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path) -> list[str]:
     lines += [f"  {name}: {where}" for name, where in logs.items()
               if name not in ("tensorboard", "csv")]
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 file``, ``12 row groups``: a count with its noun in the right number."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
