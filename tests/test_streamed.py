@@ -332,6 +332,29 @@ def test_a_bad_cell_through_the_command_is_one_line_and_exit_2(tmp_path: Path):
         "part-2.parquet, row group 0, row 6, column 'y': 'nan' is not a finite number")
 
 
+def test_a_value_beyond_float32_once_scaled_is_named_before_training(tmp_path: Path):
+    """1e39 is finite as read but not in float32: refused by its cell before any batch
+    (the census knows each unit's extremes), with the setting that helps; under
+    trainer.precision=64-true the same table trains."""
+    path = _write(tmp_path / "parts")
+    third = pq.read_table(path / "part-2.parquet")
+    b = third.column("b").to_numpy().copy()
+    b[260] = 1e39
+    pq.write_table(third.set_column(2, "b", pa.array(b)), path / "part-2.parquet",
+                   row_group_size=250)
+    base = [script("reglab-train"), "data=stream", f"data.path={path}", "data.target=y",
+            "data.standardize=false", "logger=none", "trainer.max_epochs=1"]
+    out = run_cli([*base, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "part-2.parquet, row group 1, row 261, column 'b': 1e+39 is beyond float32's range "
+        "as the model sees it; use data.standardize=true or trainer.precision=64-true")
+    assert not (tmp_path / "r").exists()
+    out = run_cli([*base, "trainer.precision=64-true", "optimizer.lr=1e-90",
+                   f"hydra.run.dir={tmp_path / 'r64'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_two_nodes_each_read_their_half_and_match_one_process(tmp_path: Path, run_train):
     """trainer.num_nodes=2 over 4 Parquet files, one process per "node" as SLURM or

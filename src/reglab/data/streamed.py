@@ -48,12 +48,14 @@ Sink = Callable[[Block, np.ndarray], None]
 
 
 class Census:
-    """What one pass learned: each unit's rows per split and its training rows'
-    moments (features then targets)."""
+    """What one pass learned: each unit's rows per split, its training rows' moments
+    (features then targets) and each column's least and greatest value in it."""
 
-    def __init__(self, counts: np.ndarray, moments: list[Moments]) -> None:
+    def __init__(self, counts: np.ndarray, moments: list[Moments],
+                 extremes: np.ndarray) -> None:
         self.counts = counts  # (units, 3): train, val, test rows
         self.moments = moments
+        self.extremes = extremes  # (units, 2, columns): min, max over every row
 
     def total(self, split: int) -> int:
         return int(self.counts[:, split].sum())
@@ -526,8 +528,9 @@ class StreamedDataModule(pl.LightningDataModule):
         training rows' moments, every cell checked; gathered from all ranks when a
         process group is running. ``sink`` also gets each block (the exact fit)."""
         width = len(self.table.names)
-        mine: dict[int, tuple[np.ndarray, Moments]] = {
-            unit.index: (np.zeros(3, dtype=np.int64), Moments.empty(width))
+        mine: dict[int, tuple[np.ndarray, Moments, np.ndarray]] = {
+            unit.index: (np.zeros(3, dtype=np.int64), Moments.empty(width),
+                         np.array([[np.inf] * width, [-np.inf] * width]))
             for unit in self.table.units[rank::world]}
 
         # With a sink that can give the moments (the exact fit's R), they are not
@@ -539,14 +542,18 @@ class StreamedDataModule(pl.LightningDataModule):
             for unit in self.table.units[rank::world]:
                 for block in self._read(unit, "census"):
                     codes = self.codes(block)
+                    if len(block):
+                        low, high = mine[unit.index][2]
+                        np.minimum(low, [c.min() for c in block.columns], out=low)
+                        np.maximum(high, [c.max() for c in block.columns], out=high)
                     yield unit.index, block, codes, (
                         block.values[codes == row_split.TRAIN] if summed else None)
 
         for index, block, codes, train in _ahead(blocks(), self.pool("census"), depth=4):
-            counts, moments = mine[index]
+            counts, moments, extremes = mine[index]
             counts += np.bincount(codes, minlength=3)[:3]
             if train is not None:
-                mine[index] = (counts, moments.merge(Moments.of(train)))
+                mine[index] = (counts, moments.merge(Moments.of(train)), extremes)
             if sink is not None:
                 sink(block, codes)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -559,7 +566,8 @@ class StreamedDataModule(pl.LightningDataModule):
         units = len(self.table.units)
         census = Census(np.stack([mine[i][0] for i in range(units)]),
                         [mine[i][1] for i in range(units)] if summed
-                        else [sink.train_moments()])
+                        else [sink.train_moments()],
+                        np.stack([mine[i][2] for i in range(units)]))
         if census.total(row_split.TRAIN) == 0:
             raise DataError(f"data: {self.table.files[0]}: no training rows (the table has "
                             f"{int(census.counts.sum())} rows)")
@@ -579,6 +587,45 @@ class StreamedDataModule(pl.LightningDataModule):
             mean, scale = moments.mean[d:].tolist(), std[d:].tolist()
             self.scaling.y_mean = mean[0] if len(mean) == 1 else mean
             self.scaling.y_std = scale[0] if len(scale) == 1 else scale
+
+    def check_range(self, dtype: torch.dtype) -> None:
+        """Values finite as read but not in ``dtype`` once scaled (1e39 in float32),
+        refused before any batch is served and named by file, row and column as every
+        bad cell is, with the setting that helps. Scaling is affine in each column, so
+        each unit's least and greatest values (the census's) decide."""
+        census, d = self.census, self.table.width
+        limit = torch.finfo(dtype).max
+        low, high = census.extremes[:, 0], census.extremes[:, 1]  # (units, columns)
+        seen = np.isfinite(low)  # a unit without rows has none
+        for part, scale, cols, scaled, key in (
+                (slice(0, d), self.scaling.x, range(d), self.standardize, "data.standardize"),
+                (slice(d, None), self.scaling.y, range(d, low.shape[1]),
+                 self.standardize_target, "data.standardize_target")):
+            if not len(cols):
+                continue
+            both = np.concatenate([np.where(seen, low, 0.0), np.where(seen, high, 0.0)])
+            out = scale(torch.from_numpy(both[:, part])).abs().numpy()
+            bad = np.argwhere(~(out <= limit))
+            if len(bad) == 0:
+                continue
+            row, col = (int(v) for v in bad[0])
+            unit = self.table.units[row % len(low)]
+            value = both[row, cols[col]]
+            fix = "trainer.precision=64-true" if scaled else \
+                f"{key}=true or trainer.precision=64-true"
+            raise DataError(f"{self._find(unit, cols[col], value)}: {value:g} is beyond "
+                            f"{str(dtype).removeprefix('torch.')}'s range as the model "
+                            f"sees it; use {fix}")
+
+    def _find(self, unit: Unit, column: int, value: float) -> str:
+        """The first cell of ``column`` in ``unit`` holding ``value`` (error path only)."""
+        first = 0
+        for block in self.table.read(unit):
+            hit = np.flatnonzero(block.columns[column] == value)
+            if len(hit):
+                return self.table.cell(unit, first + int(hit[0]), self.table.names[column])
+            first += len(block)
+        return f"{unit.file}, column {self.table.names[column]!r}"
 
     def describe(self) -> dict[str, Any]:
         """What the run record says of the stream: its files and units, rows per split,
@@ -608,6 +655,7 @@ class StreamedDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.census is None:
             self.take_census(*self._rank_world(), sink=self.sink)
+        self.check_range(_serve_dtype(self.trainer))
         _, world = self._rank_world()
         for split, name, used in ((row_split.VAL, "val", self.val_fraction > 0),
                                   (row_split.TEST, "test", self.test_fraction > 0)):

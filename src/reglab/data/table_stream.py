@@ -138,6 +138,14 @@ class TableStream:
         header = [h.strip() for h in tables._csv_header(file, self.delimiter)]
         return header, [(None, tables._line_count(file))]
 
+    def cell(self, unit: Unit, row: int, name: str) -> str:
+        """Where row ``row`` (0-based, within ``unit``) of column ``name`` sits, as every
+        message names a cell: file, row group and row (Parquet) or line (CSV)."""
+        if self.parquet:
+            return (f"{unit.file}, row group {unit.group}, row {unit.first_row + row + 1}, "
+                    f"column {name!r}")
+        return tables.cell_location(unit.file, row, name, self.delimiter)
+
     def _metadata(self, file: Path) -> Any:
         """A Parquet file's footer, read once (no file is kept open: a table may have
         more files than the process may open)."""
@@ -192,8 +200,7 @@ class TableStream:
                     continue
 
                 def where(row: int, name: str = name, first: int = first) -> str:
-                    return (f"{unit.file}, row group {unit.group}, row "
-                            f"{unit.first_row + first + row + 1}, column {name!r}")
+                    return self.cell(unit, first + row, name)
 
                 columns.append(tables._to_float64(column, where))
             n = batch.num_rows
