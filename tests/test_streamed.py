@@ -332,6 +332,35 @@ def test_a_bad_cell_through_the_command_is_one_line_and_exit_2(tmp_path: Path):
         "part-2.parquet, row group 0, row 6, column 'y': 'nan' is not a finite number")
 
 
+def test_k_fold_cross_validation_in_the_one_pass_equals_each_folds_own_fit(
+        tmp_path: Path, run_train):
+    """data.folds=3 with optimizer=exact: each training row's fold follows from its row
+    number and the seed; fold k solved from the other folds' merged factors equals a
+    least-squares fit of those rows (numpy), scored on fold k's rows."""
+    path = _write(tmp_path / "parts")
+    metrics, _ = run_train("data=stream", f"data.path={path}", "data.target=y",
+                           "data.features=[a,b,c]", "data.standardize=false",
+                           "data.val_fraction=0", "data.folds=3", "optimizer=exact",
+                           "seed=5", "logger=none", "callbacks.plots=null")
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(path.iterdir())])
+    rows = np.arange(table.num_rows)
+    train = row_split.split_codes(rows, 5, 0.0, 0.2) == row_split.TRAIN
+    fold = row_split.fold_codes(rows, 5, 3)
+    x = np.column_stack([np.ones(table.num_rows)] +
+                        [table.column(n).to_numpy() for n in ("a", "b", "c")])
+    y = table.column("y").to_numpy()
+    cv = metrics["cv"]
+    assert cv["folds"] == 3 and cv["rows"] == int(train.sum())
+    for k in range(3):
+        fit, held = train & (fold != k), train & (fold == k)
+        beta = np.linalg.lstsq(x[fit], y[fit], rcond=None)[0]
+        assert cv["train_loss"][k] == pytest.approx(
+            np.mean((x[fit] @ beta - y[fit]) ** 2), rel=1e-10)
+        assert cv["val_loss"][k] == pytest.approx(
+            np.mean((x[held] @ beta - y[held]) ** 2), rel=1e-10)
+    assert cv["val_loss_mean"] == pytest.approx(np.mean(cv["val_loss"]))
+
+
 def test_a_value_beyond_float32_once_scaled_is_named_before_training(tmp_path: Path):
     """1e39 is finite as read but not in float32: refused by its cell before any batch
     (the census knows each unit's extremes), with the setting that helps; under

@@ -12,16 +12,21 @@ and units of :mod:`reglab.analysis.ols_report`'s.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from reglab.data import row_split
 from reglab.data.table_stream import Block
+from reglab.errors import DataError
 
 #: Rows gathered before they are folded into R.
 FOLD_ROWS = 1 << 16
+#: The part key of cross-validation fold k is FOLD + k (beside row_split's split codes).
+FOLD = 3
 
 
 class Tsqr:
@@ -84,16 +89,23 @@ class StreamedLeastSquares:
     each block into their R factors, as ``[1 | z | y']`` rows written straight into each
     factor's buffer."""
 
-    def __init__(self, width: int, bias: bool, val_is_train: bool) -> None:
+    def __init__(self, width: int, bias: bool, val_is_train: bool,
+                 fold_of: Callable[[np.ndarray], np.ndarray] | None = None,
+                 folds: int = 0) -> None:
         self.d, self.bias, self.val_is_train = width, bias, val_is_train
         self.p = width + int(bias)
         #: With a ones column, R holds the training rows' moments (the census reads them).
         self.gives_moments = bias
         self.shift: np.ndarray | None = None  # (x shifts, y shift)
         self.scale: np.ndarray | None = None
-        self.parts = {row_split.TRAIN: Tsqr(self.p + 1)}
+        # One factor per part: the training rows (or, with K folds, one per fold, keyed
+        # FOLD + k; their merge is the training rows'), the validation rows.
+        self.fold_of, self.folds = fold_of, int(folds) if fold_of is not None else 0
+        keys = ([FOLD + k for k in range(self.folds)] if self.folds else [row_split.TRAIN])
+        self.parts = {key: Tsqr(self.p + 1) for key in keys}
         if not val_is_train:
             self.parts[row_split.VAL] = Tsqr(self.p + 1)
+        self._train: Tsqr | None = None
 
     def __call__(self, block: Block, codes: np.ndarray) -> None:
         """Fold a block's training (and validation) rows in."""
@@ -108,8 +120,14 @@ class StreamedLeastSquares:
             np.subtract(column, self.shift[j], out=z[j])
             z[j] *= self._inverse[j]
         first = int(self.bias)
-        for split, part in self.parts.items():
-            rows = np.flatnonzero(codes == split)
+        self._train = None
+        keys = codes
+        if self.folds:  # each training row to its fold's factor
+            keys = codes.astype(np.int64)
+            train = np.flatnonzero(codes == row_split.TRAIN)
+            keys[train] = FOLD + self.fold_of(block.rows[train])
+        for key, part in self.parts.items():
+            rows = np.flatnonzero(keys == key)
             for i in range(0, len(rows), FOLD_ROWS):
                 chunk = rows[i:i + FOLD_ROWS]
                 out = part.reserve(len(chunk))
@@ -140,13 +158,30 @@ class StreamedLeastSquares:
             return
         self.shift, self.scale = seen[0][0], seen[0][1]
         self._inverse = 1.0 / self.scale
-        for split in self.parts:
-            merged = Tsqr(self.p + 1)
-            for shift, scale, factors in seen:
-                r, rows = factors[split]
-                if rows:
-                    merged.absorb(r @ self._units_change(shift, scale), rows)
-            self.parts[split] = merged
+        self._train = None
+        for key in self.parts:
+            self.parts[key] = self._combine(
+                (r @ self._units_change(shift, scale), rows)
+                for shift, scale, factors in seen for r, rows in [factors[key]])
+
+    def _combine(self, factors: Iterable[tuple[np.ndarray, int]]) -> Tsqr:
+        """One factor of the rows of several: (R, rows) each, in these units."""
+        out = Tsqr(self.p + 1)
+        for r, rows in factors:
+            if rows:
+                out.absorb(r, rows)
+        return out
+
+    def train(self, without: int | None = None) -> Tsqr:
+        """The training rows' factor; with folds, that of every fold but ``without``."""
+        if not self.folds:
+            return self.parts[row_split.TRAIN]
+        if without is not None:
+            return self._combine((self.parts[FOLD + k].factor(), self.parts[FOLD + k].rows)
+                                 for k in range(self.folds) if k != without)
+        if self._train is None:
+            self._train = self.train(without=-1)
+        return self._train
 
     def _units_change(self, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """T with ``[1 | z | y']·T`` the same rows in this sink's units, for rows made
@@ -178,7 +213,7 @@ class StreamedLeastSquares:
         orthogonal to the ones, whose squared norm is the sum of squared deviations."""
         from reglab.data.moments import Moments
 
-        part = self.parts[row_split.TRAIN]
+        part = self.train()
         r = part.factor()
         n = part.rows
         mean_z = r[0, 1:] / r[0, 0]
@@ -186,15 +221,17 @@ class StreamedLeastSquares:
         return Moments(n, self.shift + mean_z * self.scale, m2_z * self.scale ** 2)
 
     # -- the answer -------------------------------------------------------------------------
-    def solve(self) -> dict[str, Any]:
-        """Coefficients (shifted units), SSR, rank and the factor of their covariance."""
-        r = self.parts[row_split.TRAIN].factor()
+    def solve(self, part: Tsqr | None = None) -> dict[str, Any]:
+        """Coefficients (shifted units), SSR, rank and the factor of their covariance, of
+        the training rows (or of ``part``'s)."""
+        part = part or self.train()
+        r = part.factor()
         p = self.p
         r11, rhs, rho = r[:p, :p], r[:p, p], float(r[p, p])
         norms = np.linalg.norm(r11, axis=0)
         norms = np.where(norms > 0, norms, 1.0)
         u, s, vt = np.linalg.svd(r11 / norms)
-        n = self.parts[row_split.TRAIN].rows
+        n = part.rows
         tol = (s[0] if s.size else 0.0) * max(n, p) * np.finfo(np.float64).eps
         keep = s > tol
         c = u.T @ rhs
@@ -219,9 +256,10 @@ class StreamedLeastSquares:
         offset[0] = cy
         return jac, offset
 
-    def split_sse(self, split: int, theta: np.ndarray) -> tuple[float, int]:
-        """(Σ residual² in data units, rows) of ``split`` for shifted-unit ``theta``."""
-        part = self.parts[split]
+    def split_sse(self, split: int | Tsqr, theta: np.ndarray) -> tuple[float, int]:
+        """(Σ residual² in data units, rows) of ``split`` (or of a factor's rows) for
+        shifted-unit ``theta``."""
+        part = split if isinstance(split, Tsqr) else self.parts[split]
         if part.rows == 0:
             return math.nan, 0
         resid = part.factor() @ np.concatenate([theta, [-1.0]])
@@ -229,7 +267,7 @@ class StreamedLeastSquares:
 
     def condition_number(self) -> float:
         """Of the data-unit design (with its constant), as statsmodels reports it."""
-        r11 = self.parts[row_split.TRAIN].factor()[:self.p, :self.p]
+        r11 = self.train().factor()[:self.p, :self.p]
         c, s = self.shift[:self.d], self.scale[:self.d]
         t = np.diag(s) if not self.bias else np.block([[np.ones((1, 1)), c[None, :]],
                                                        [np.zeros((self.d, 1)), np.diag(s)]])
@@ -314,14 +352,20 @@ def find_optimum(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any = Non
     if decay > 0:
         return {"why_no_optimum": "weight_decay > 0 (ridge) is not fitted exactly on a "
                                   "streamed table (data=stream); use data=csv"}, None
+    folds = getattr(datamodule, "folds", None)
+    fold_of = (functools.partial(row_split.fold_codes, seed=datamodule.seed, folds=folds)
+               if folds else None)
     datamodule.sink = StreamedLeastSquares(datamodule.num_features, model.has_bias,
-                                           datamodule.val_is_train)
+                                           datamodule.val_is_train, fold_of, folds or 0)
     return {"pending": "solved in the census pass that starts the fit"}, None
 
 
-def solve(closed: dict[str, Any], model: Any, loss_fn: Any, datamodule: Any) -> None:
+def solve(closed: dict[str, Any], model: Any, loss_fn: Any, datamodule: Any
+          ) -> dict[str, Any] | None:
     """Fill the pending record ``closed`` (:func:`find_optimum`) from the census the data
-    module has just taken, its factors merged across ranks."""
+    module has just taken, its factors merged across ranks; returns the cross-validation
+    record with ``data.folds`` (as :func:`reglab.training.exact.cross_validate` makes it),
+    else None."""
     sink, census = datamodule.sink, datamodule.census
     moments = census.merged()
     d = datamodule.num_features
@@ -359,3 +403,26 @@ def solve(closed: dict[str, Any], model: Any, loss_fn: Any, datamodule: Any) -> 
     }
     closed.clear()
     closed.update(record)
+    return _cross_validate(sink, loss) if sink.folds else None
+
+
+def _cross_validate(sink: StreamedLeastSquares, loss: Callable[[float, int], float]
+                    ) -> dict[str, Any]:
+    """Fold k solved on the other folds' merged factor and scored on its own, in the
+    run's training units: K solves of a (p+1)-column R, no second pass."""
+    sy2 = float(sink.scale[sink.d]) ** 2
+    train_losses, val_losses = [], []
+    for k in range(sink.folds):
+        held = sink.parts[FOLD + k]
+        if held.rows == 0:
+            raise DataError(f"data.folds: fold {k + 1} of {sink.folds} has no rows; the "
+                            f"table's {sink.train().rows} training rows are too few")
+        rest = sink.train(without=k)
+        sol = sink.solve(rest)
+        train_losses.append(loss(sol["ssr"] * sy2, rest.rows))
+        val_losses.append(loss(*sink.split_sse(held, sol["theta"])))
+    return {"folds": sink.folds, "rows": sink.train().rows,
+            "val_loss": val_losses, "train_loss": train_losses,
+            "val_loss_mean": float(np.mean(val_losses)),
+            "val_loss_std": float(np.std(val_losses)),
+            "train_loss_mean": float(np.mean(train_losses))}

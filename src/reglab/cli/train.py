@@ -95,7 +95,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             raise errors.ConfigError(why)
         folds = getattr(datamodule, "folds", None) if exact else None
         cv = (exact_fit.cross_validate(model, module.loss_fn, datamodule, probe, folds)
-              if folds else None)
+              if folds and parts.is_reglab_data(datamodule) else None)  # streamed: in its pass
         solve_seconds = time.perf_counter() - start
         if closed and "train_loss" in closed:
             module.reference_loss = closed["train_loss"]
@@ -119,7 +119,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         start = time.perf_counter()
         try:
             if exact:  # no gradient loop: the optimum is set, Lightning validates it
-                solve_seconds += exact_fit.fit(trainer, module, datamodule, closed, cv)
+                solved, cv = exact_fit.fit(trainer, module, datamodule, closed, cv)
+                solve_seconds += solved
             else:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except MisconfigurationException as exc:

@@ -42,3 +42,9 @@ def split_codes(rows: np.ndarray, seed: int, val_fraction: float, test_fraction:
     codes[u < test_fraction + val_fraction] = VAL
     codes[u < test_fraction] = TEST
     return codes
+
+
+def fold_codes(rows: np.ndarray, seed: int, folds: int) -> np.ndarray:
+    """The cross-validation fold (0 to ``folds`` − 1) of each global row number: drawn
+    from a stream of its own, so a row's fold says nothing of its split."""
+    return np.minimum((uniform(rows, seed, stream=1) * folds).astype(np.int64), folds - 1)

@@ -363,6 +363,7 @@ class StreamedDataModule(pl.LightningDataModule):
     ``lanes``: the number of stretches each epoch's training rows are cut into (default:
     one per rank); fix it to get the same batches on any number of ranks dividing it.
     ``workers``: 1 makes the training windows in a loader worker process, 0 on a thread.
+    ``folds``: K-fold cross-validation with ``optimizer=exact`` (in the same pass).
     ``scaling``: a trained model's own (evaluation), applied instead of fitting one.
     """
 
@@ -375,7 +376,8 @@ class StreamedDataModule(pl.LightningDataModule):
                  test_fraction: float = 0.2, seed: int = 0, standardize: bool = True,
                  standardize_target: bool = False, shuffle_rows: int = 1 << 16,
                  lanes: int | None = None, eval_batch_rows: int = 1 << 16,
-                 workers: int = 1, scaling: Scaling | None = None) -> None:
+                 workers: int = 1, folds: int | None = None,
+                 scaling: Scaling | None = None) -> None:
         super().__init__()
         for key, value, low in (("batch_size", batch_size, 1), ("shuffle_rows", shuffle_rows, 1),
                                 ("eval_batch_rows", eval_batch_rows, 1),
@@ -389,6 +391,13 @@ class StreamedDataModule(pl.LightningDataModule):
                 raise DataError(f"data.{key}: expected a number in [0, 1), got {value!r}")
         if val_fraction + test_fraction >= 1:
             raise DataError("data: val_fraction + test_fraction must leave rows to train on")
+        if folds is not None:
+            from reglab.config.checks import check_folds
+
+            check_folds(folds, float(val_fraction))
+        #: K: K-fold cross-validation of the exact fit, each training row's fold drawn
+        #: from its row number and the seed (``row_split.fold_codes``).
+        self.folds = folds
         self.table = TableStream(path, target, features, delimiter)
         self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)

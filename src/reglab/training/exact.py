@@ -109,10 +109,11 @@ def set_weights(model: Any, params: dict[str, Any]) -> None:
 
 
 def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
-        cv: dict[str, Any] | None = None) -> float:
+        cv: dict[str, Any] | None = None) -> tuple[float, dict[str, Any] | None]:
     """Set the weights to the optimum and record it as a fit would; Lightning's own
     validation loop then logs ``val/loss``. Returns the seconds spent solving here (for
-    a streamed table, from here to the weights being set: its pass and the solve).
+    a streamed table, from here to the weights being set: its pass and the solve) and
+    the cross-validation record (``cv``, or a streamed table's, made in its pass).
 
     A streamed table's record is still pending (:mod:`reglab.analysis.streamed_fit`):
     its pass is the census the data module takes in Lightning's setup, where the ranks
@@ -122,7 +123,7 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
     if "pending" not in closed:
         _set(trainer, module, closed, cv)
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        return 0.0
+        return 0.0, cv
     import time
 
     from reglab.analysis import streamed_fit
@@ -131,9 +132,9 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
     start, seconds = time.perf_counter(), 0.0
 
     def solve(trainer: Any, module: Any) -> None:
-        nonlocal seconds
+        nonlocal seconds, cv
         if "pending" in closed:
-            streamed_fit.solve(closed, module.model, module.loss_fn, trainer.datamodule)
+            cv = streamed_fit.solve(closed, module.model, module.loss_fn, trainer.datamodule)
             _set(trainer, module, closed, cv)
             seconds = time.perf_counter() - start  # the census pass and the solve
 
@@ -143,7 +144,7 @@ def fit(trainer: Any, module: Any, datamodule: Any, closed: dict[str, Any],
         trainer.validate(module, datamodule=datamodule, verbose=False)
     finally:
         trainer.callbacks.remove(hook)
-    return seconds
+    return seconds, cv
 
 
 def _set(trainer: Any, module: Any, closed: dict[str, Any], cv: dict[str, Any] | None) -> None:
