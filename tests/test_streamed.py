@@ -3,7 +3,9 @@ exact fit in one pass, and eval / predict over it."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +361,29 @@ def test_k_fold_cross_validation_in_the_one_pass_equals_each_folds_own_fit(
         assert cv["val_loss"][k] == pytest.approx(
             np.mean((x[held] @ beta - y[held]) ** 2), rel=1e-10)
     assert cv["val_loss_mean"] == pytest.approx(np.mean(cv["val_loss"]))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_census_shows_a_bar_on_a_terminal_only(tmp_path: Path, monkeypatch,
+                                                   terminal: bool):
+    """The pass before the first epoch (minutes on a large table) shows its rows on a
+    terminal; a pipe or a log file gets no bar."""
+    import reglab.data.streamed as streamed
+
+    monkeypatch.setattr(streamed, "BAR_DELAY", 0)  # the bar waits 0.5 s otherwise
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    _module(_write(tmp_path / "t"))
+    shown = err.getvalue()
+    if terminal:
+        assert "census: reading every row once" in shown and "/3.20k" in shown
+    else:
+        assert shown == ""
 
 
 def test_a_value_beyond_float32_once_scaled_is_named_before_training(tmp_path: Path):

@@ -294,6 +294,8 @@ class _Ring:
 
 #: Windows the loader worker makes ahead of the one being trained on.
 PREFETCH = 2
+#: Seconds a pass over the table runs before its progress bar appears.
+BAR_DELAY = 0.5
 
 
 class _Produced(torch.utils.data.IterableDataset):
@@ -558,13 +560,19 @@ class StreamedDataModule(pl.LightningDataModule):
                     yield unit.index, block, codes, (
                         block.values[codes == row_split.TRAIN] if summed else None)
 
+        bar = self._bar("census: reading every row once",
+                        sum(u.rows for u in self.table.units[rank::world]), rank)
         for index, block, codes, train in _ahead(blocks(), self.pool("census"), depth=4):
+            if bar is not None:
+                bar.update(len(block))
             counts, moments, extremes = mine[index]
             counts += np.bincount(codes, minlength=3)[:3]
             if train is not None:
                 mine[index] = (counts, moments.merge(Moments.of(train)), extremes)
             if sink is not None:
                 sink(block, codes)
+        if bar is not None:
+            bar.close()
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, mine)
@@ -584,6 +592,29 @@ class StreamedDataModule(pl.LightningDataModule):
         if not self._scaling_given:
             self._fit_scaling(census.merged())
         return census
+
+    def _bar(self, what: str, rows: int, rank: int) -> Any:
+        """A bar over a pass's rows, on a terminal only, from rank 0, once the pass has
+        run ``BAR_DELAY`` seconds (a small table's pass ends without one); none when the
+        trainer shows no progress bar (``callbacks.progress_bar=null``)."""
+        import sys
+
+        t = self.trainer
+        if rank != 0 or (t is not None and t.progress_bar_callback is None):
+            return None
+        try:
+            if not sys.stderr.isatty():
+                return None
+        except (AttributeError, ValueError):  # replaced or closed streams
+            return None
+        import threading
+
+        from tqdm.auto import tqdm
+
+        if getattr(tqdm, "_lock", None) is None:  # a thread lock: no semaphore to leak
+            tqdm.set_lock(threading.RLock())
+        return tqdm(total=rows, desc=what, unit="row", unit_scale=True, delay=BAR_DELAY,
+                    leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def _fit_scaling(self, moments: Moments) -> None:
         d = self.table.width
