@@ -363,6 +363,25 @@ def test_k_fold_cross_validation_in_the_one_pass_equals_each_folds_own_fit(
     assert cv["val_loss_mean"] == pytest.approx(np.mean(cv["val_loss"]))
 
 
+def test_window_slots_that_do_not_fit_in_shared_memory_are_one_line(tmp_path: Path,
+                                                                    monkeypatch):
+    """/dev/shm is 64 MB in a default container: the worker's ring not fitting there is
+    said in one line with what to change, not a traceback from torch."""
+    dm = _module(_write(tmp_path / "t"))
+
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    with pytest.raises(DataError, match=r"^data.workers: the loader worker's 4 window slots "
+                       r"\(0 MB\) do not fit in shared memory \(unable to write to file "
+                       r"</torch_1_2_3>: No space left on device \(28\)\); use "
+                       r"data.workers=0 \(a thread\) or a smaller data.shuffle_rows$"):
+        next(StreamedBatches(dm, 0, 1, shuffle=True).minibatches(0))
+    dm.workers = 0  # a thread needs no shared memory
+    assert next(StreamedBatches(dm, 0, 1, shuffle=True).minibatches(0))[0].shape[0] == 64
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -272,8 +272,16 @@ class _Ring:
 
     def __init__(self, rows: int, width: int, targets: int, dtype: torch.dtype) -> None:
         slots = PREFETCH + 2
-        self.x = torch.empty((slots, rows, width), dtype=dtype).share_memory_()
-        self.y = torch.empty((slots, rows, targets), dtype=dtype).share_memory_()
+        try:
+            self.x = torch.empty((slots, rows, width), dtype=dtype).share_memory_()
+            self.y = torch.empty((slots, rows, targets), dtype=dtype).share_memory_()
+        except RuntimeError as exc:  # /dev/shm too small (64 MB in a default container)
+            size = slots * rows * (width + targets) * dtype.itemsize / 2**20
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise DataError(f"data.workers: the loader worker's {slots} window slots "
+                            f"({size:,.0f} MB) do not fit in shared memory ({reason}); use "
+                            "data.workers=0 (a thread) or a smaller data.shuffle_rows"
+                            ) from None
         self.made = 0  # counted in the worker, which has its own copy
 
     def fill_from(self, dm: StreamedDataModule) -> Callable[..., tuple[int, int]]:
