@@ -388,19 +388,21 @@ class _Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("terminal", [True, False])
-def test_the_census_shows_a_bar_on_a_terminal_only(tmp_path: Path, monkeypatch,
+def test_the_census_and_validation_show_a_bar_on_a_terminal_only(tmp_path: Path, monkeypatch,
                                                    terminal: bool):
-    """The pass before the first epoch (minutes on a large table) shows its rows on a
-    terminal; a pipe or a log file gets no bar."""
+    """The pass before the first epoch and each validation (minutes on a large table)
+    show their rows on a terminal; a pipe or a log file gets no bar."""
     import reglab.data.streamed as streamed
 
     monkeypatch.setattr(streamed, "BAR_DELAY", 0)  # the bar waits 0.5 s otherwise
     err = _Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    _module(_write(tmp_path / "t"))
+    dm = _module(_write(tmp_path / "t"))
+    rows = sum(len(x) for x, _ in dm.val_dataloader())
     shown = err.getvalue()
     if terminal:
         assert "census: reading every row once" in shown and "/3.20k" in shown
+        assert "validation: reading the table" in shown and f"/{rows} " in shown
     else:
         assert shown == ""
 

@@ -351,8 +351,8 @@ class EvalBatches:
     batches of ``rows``."""
 
     def __init__(self, dm: StreamedDataModule, split: int, rank: int, world: int,
-                 rows: int) -> None:
-        self.dm, self.rows = dm, int(rows)
+                 rows: int, name: str = "validation") -> None:
+        self.dm, self.rows, self.rank, self.name = dm, int(rows), rank, name
         self.seq = SplitRows(dm, split, np.arange(len(dm.table.units)))
         total = len(self.seq)
         self.lo, self.hi = total * rank // world, total * (rank + 1) // world
@@ -363,7 +363,18 @@ class EvalBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sizes = (min(self.rows, self.hi - lo) for lo in range(self.lo, self.hi, self.rows))
         blocks = _windows(self.seq.stream(self.lo, self.hi), len(self.dm.table.names), sizes)
-        yield from _ahead((self.dm.convert(block) for block in blocks), self.dm.pool("eval"))
+        # The pass reads the whole table (every unit holds some of the split's rows):
+        # seconds to minutes on a large one, shown on a terminal like the census.
+        bar = self.dm._bar(f"{self.name}: reading the table", self.hi - self.lo, self.rank)
+        try:
+            for x, y in _ahead((self.dm.convert(block) for block in blocks),
+                               self.dm.pool("eval")):
+                if bar is not None:
+                    bar.update(int(x.shape[0]))
+                yield x, y
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 class StreamedDataModule(pl.LightningDataModule):
@@ -602,9 +613,10 @@ class StreamedDataModule(pl.LightningDataModule):
         return census
 
     def _bar(self, what: str, rows: int, rank: int) -> Any:
-        """A bar over a pass's rows, on a terminal only, from rank 0, once the pass has
-        run ``BAR_DELAY`` seconds (a small table's pass ends without one); none when the
-        trainer shows no progress bar (``callbacks.progress_bar=null``)."""
+        """A bar over a pass's rows (the census, validation, test), on a terminal only,
+        from rank 0, once the pass has run ``BAR_DELAY`` seconds (a small table's pass
+        ends without one); none when the trainer shows no progress bar
+        (``callbacks.progress_bar=null``)."""
         import sys
 
         t = self.trainer
@@ -719,13 +731,14 @@ class StreamedDataModule(pl.LightningDataModule):
         return TrainBatches(StreamedBatches(self, rank, world, shuffle),
                             lambda: t.current_epoch if t is not None else 0)
 
-    def _eval(self, split: int) -> EvalBatches:
+    def _eval(self, split: int, name: str) -> EvalBatches:
         rank, world = self._rank_world()
-        return EvalBatches(self, split, rank, world, max(self.eval_batch_rows,
-                                                         self.batch_size))
+        return EvalBatches(self, split, rank, world,
+                           max(self.eval_batch_rows, self.batch_size), name)
 
     def val_dataloader(self) -> EvalBatches:
-        return self._eval(row_split.TRAIN if self.val_is_train else row_split.VAL)
+        return self._eval(row_split.TRAIN if self.val_is_train else row_split.VAL,
+                          "validation")
 
     def test_dataloader(self) -> EvalBatches | list[Any]:
-        return self._eval(row_split.TEST) if self.has_test else []
+        return self._eval(row_split.TEST, "test") if self.has_test else []
