@@ -98,6 +98,22 @@ class Scaling:
         mean, std = self._y_stats(y)
         return (y - mean) / std
 
+    def x_(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`x` in place (the same two roundings): a reused buffer is scaled
+        without a temporary of its size."""
+        if self.x_mean is not None:
+            x.sub_(torch.tensor(self.x_mean, dtype=x.dtype, device=x.device))
+            x.div_(torch.tensor(self.x_std, dtype=x.dtype, device=x.device))
+        return x
+
+    def y_(self, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`y` in place."""
+        if self.y_mean is not None:
+            mean, std = self._y_stats(y)
+            y.sub_(mean)
+            y.div_(std)
+        return y
+
     def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self.y_mean is None:
             return y

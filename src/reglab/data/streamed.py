@@ -504,17 +504,19 @@ class StreamedDataModule(pl.LightningDataModule):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows given one per column, (columns, rows) float64, as the model sees them:
         scaled, in the trainer's precision, row-major, on its device; never sharing the
-        given memory (it is a reused buffer). ``order``: the rows to serve, in order
-        (a shuffle), default all. ``out``: CPU (x, y) buffers of at least that many rows
-        to write into (a ring slot); the rows written are returned."""
+        given memory, a reused buffer that is scaled in place (no temporary of its size
+        per window: the eval thread's heap stays the size of one). ``order``: the rows
+        to serve, in order (a shuffle), default all. ``out``: CPU (x, y) buffers of at
+        least that many rows to write into (a ring slot); the rows written are
+        returned."""
         dtype = _serve_dtype(self.trainer) if out is None else out[0].dtype
         device = self.device() if on_device and out is None else torch.device("cpu")
         raw = torch.from_numpy(block).T  # (rows, columns), column-major
         d = self.table.width
         served_rows = raw.shape[0] if order is None else len(order)
         result = []
-        for k, (part, scale) in enumerate(((raw[:, :d], self.scaling.x),
-                                           (raw[:, d:], self.scaling.y))):
+        for k, (part, scale) in enumerate(((raw[:, :d], self.scaling.x_),
+                                           (raw[:, d:], self.scaling.y_))):
             scaled = scale(part)
             target = (out[k][:served_rows] if out is not None else
                       torch.empty((served_rows, part.shape[1]), dtype=dtype))
