@@ -173,15 +173,17 @@ class StreamedLeastSquares:
         return out
 
     def train(self, without: int | None = None) -> Tsqr:
-        """The training rows' factor; with folds, that of every fold but ``without``."""
+        """The training rows' factor; with folds, their merge (made once), or that of
+        every fold but ``without``."""
         if not self.folds:
             return self.parts[row_split.TRAIN]
-        if without is not None:
-            return self._combine((self.parts[FOLD + k].factor(), self.parts[FOLD + k].rows)
-                                 for k in range(self.folds) if k != without)
-        if self._train is None:
-            self._train = self.train(without=-1)
-        return self._train
+        if without is None and self._train is not None:
+            return self._train
+        merged = self._combine((self.parts[FOLD + k].factor(), self.parts[FOLD + k].rows)
+                               for k in range(self.folds) if k != without)
+        if without is None:
+            self._train = merged
+        return merged
 
     def _units_change(self, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """T with ``[1 | z | y']·T`` the same rows in this sink's units, for rows made
