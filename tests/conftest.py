@@ -59,17 +59,17 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240,
     that many bytes (``RLIMIT_FSIZE``, as a full disk would).
 
     reglab's own commands run forked from a server that has imported torch and Lightning
-    once (:mod:`forked_cli`): a process of their own all the same. ``fork=False``, any
-    other program (``python -c`` too, unless ``fork=True``), a ``ddp`` trainer (Lightning
-    re-runs ``sys.argv`` for each rank) or ``REGLAB_TEST_FORK=0`` give a fresh
-    interpreter instead."""
+    once (:mod:`forked_cli`): a process of their own all the same. A ``ddp`` trainer too:
+    Lightning's launcher starts the other ranks as fresh interpreters from ``sys.argv``,
+    which the forked command holds as a fresh one would. ``fork=False``, any other
+    program (``python -c`` too, unless ``fork=True``) or ``REGLAB_TEST_FORK=0`` give a
+    fresh interpreter instead."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     target = _console_target(args[0])
     if fork and args[0] == sys.executable and args[1:2] == ["-c"]:
         target = "forked_cli:python_c"  # a snippet that imports what the server has
-    if (fork is False or target is None or os.environ.get("REGLAB_TEST_FORK") == "0"
-            or (fork is None and any("ddp" in str(a) for a in args))):
+    if fork is False or target is None or os.environ.get("REGLAB_TEST_FORK") == "0":
         def limit() -> None:
             if fsize is not None:
                 import resource

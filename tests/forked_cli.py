@@ -5,9 +5,10 @@ command on two cores; the suite runs ~150 of them).
 Each command is still a process of its own: its own pid, working dir, environment,
 stdin (/dev/null), stdout and stderr (files), exit status and signals; nothing of one
 command reaches the next (every child is forked from the server as it was after its
-imports). What a fresh interpreter would do differently is kept out: commands that start
-other Python processes by re-running ``sys.argv`` (Lightning's DDP launcher) or that
-look at what is imported run as real subprocesses (:func:`conftest.run_cli` decides).
+imports). Lightning's DDP launcher re-runs ``sys.argv`` (set here as a fresh interpreter
+sets it) for the other ranks, which start as fresh interpreters of their own. What a fresh
+interpreter would do differently is kept out: commands that look at what is imported run
+as real subprocesses (:func:`conftest.run_cli` decides).
 A file-size limit is set in the forked command's process alone, with bytecode writing
 off there (Python's unchecked write of a ``.pyc`` would leave a truncated one).
 """
