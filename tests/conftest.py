@@ -227,11 +227,8 @@ def two_nodes(args: list[str], cwd: Path) -> None:
     args = [script("reglab-train"), *args, "trainer=ddp_cpu", "trainer.devices=1",
             "trainer.num_nodes=2"]
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    node1 = subprocess.Popen([*args, "hydra.output_subdir=.hydra_node1",
-                              "hydra.job.name=train_node1"], cwd=cwd,
-                             env={**os.environ, **env, "NODE_RANK": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL)
+    node1 = start_cli([*args, "hydra.output_subdir=.hydra_node1",
+                       "hydra.job.name=train_node1"], cwd, env={**env, "NODE_RANK": "1"})
     try:
         out = run_cli(args, cwd=cwd, timeout=300, env={**env, "NODE_RANK": "0"})
         _, err1 = node1.communicate(timeout=120)
