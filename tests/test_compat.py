@@ -43,3 +43,13 @@ def test_nothing_happens_without_a_joblib_sweep():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "LOKY False" in out.stdout, out.stderr
+
+
+def test_tqdm_still_keeps_its_lock_where_compat_reads_it():
+    import threading
+
+    from tqdm.auto import tqdm
+
+    bar = compat.tqdm_with_thread_lock()
+    assert bar is tqdm and hasattr(tqdm, "_lock")
+    assert isinstance(tqdm.get_lock(), type(threading.RLock()))

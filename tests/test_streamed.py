@@ -382,6 +382,24 @@ def test_window_slots_that_do_not_fit_in_shared_memory_are_one_line(tmp_path: Pa
     assert next(StreamedBatches(dm, 0, 1, shuffle=True).minibatches(0))[0].shape[0] == 64
 
 
+@pytest.mark.parametrize("data", [["data=stream", "data.target=y"],
+                                  ["data=csv", "data.source.target=y"]])
+def test_folds_without_the_exact_fit_are_refused_for_any_table(tmp_path: Path, data):
+    """data.folds fits each fold exactly, in memory or streamed: with a gradient
+    optimizer it is one line and exit 2, before anything is read or written."""
+    path = _write(tmp_path / "parts")
+    where = (f"data.path={path}" if data[0] == "data=stream"
+             else f"data.source.path={path / 'part-0.parquet'}")
+    out = run_cli([script("reglab-train"), *data, where, "data.folds=3",
+                   "data.val_fraction=0", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "reglab-train: error: data.folds: k-fold cross-validation fits each fold exactly; "
+        "add optimizer=exact (a gradient fit per fold is not supported), or drop "
+        "data.folds=3")
+    assert not (tmp_path / "r").exists()
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

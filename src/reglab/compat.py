@@ -7,6 +7,7 @@ renames or drops what is used here, instead of the feature quietly stopping.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 #: The module of joblib's bundled loky that holds the process-wide reusable executor.
 LOKY_EXECUTOR_MODULE = "joblib.externals.loky.reusable_executor"
@@ -24,3 +25,17 @@ def stop_idle_joblib_workers() -> None:
     executor = getattr(module, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+def tqdm_with_thread_lock() -> Any:
+    """tqdm's bar class, its lock set to a thread lock (one set of bars per process).
+    tqdm's default also makes a multiprocessing lock, which a sweep's joblib worker,
+    stopped at the end, would leave behind ("leaked semaphore" warnings at exit); its
+    private ``_lock`` says whether a lock is set already."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    if getattr(tqdm, "_lock", None) is None:
+        tqdm.set_lock(threading.RLock())
+    return tqdm

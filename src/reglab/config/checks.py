@@ -311,6 +311,7 @@ def _check_values(cfg: DictConfig) -> None:
     _check_strategy(cfg)
     if _target(cfg, "data") == "reglab.data.datamodule.RegressionDataModule":
         _check_data(cfg, positive, fraction)
+    _check_folds(cfg)
     model = _target(cfg, "model")
     if model == "reglab.models.regressors.MLP":
         _check(cfg, "model.hidden", _positive_ints,
@@ -441,20 +442,27 @@ def _target(cfg: DictConfig, key: str) -> str:
     return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
 
 
+def _check_folds(cfg: DictConfig) -> None:
+    """``data.folds`` of any data module that takes it (in memory or streamed): K-fold
+    cross-validation solves each fold exactly, so it needs ``optimizer=exact``."""
+    data = cfg.get("data")
+    folds = data.get("folds") if isinstance(data, DictConfig) else None
+    if folds is None:
+        return
+    check_folds(folds, data.get("val_fraction") or 0)
+    if "optimizer" in cfg and _target(cfg, "optimizer") != \
+            "reglab.training.exact.ExactLeastSquares":  # (reglab-eval checks data alone)
+        raise ConfigError(f"data.folds: k-fold cross-validation fits each fold exactly; "
+                          f"add optimizer=exact (a gradient fit per fold is not "
+                          f"supported), or drop data.folds={folds}")
+
+
 def _check_data(cfg: DictConfig, positive: Callable[[Any], bool],
                 fraction: Callable[[Any], bool]) -> None:
     """The keys of reglab's data module and its sources."""
     _check(cfg, "data.val_fraction", fraction, "a fraction in [0, 1]")
     _check(cfg, "data.test_fraction", fraction, "a fraction in [0, 1]")
     data = cfg.get("data") or {}
-    folds = data.get("folds")
-    if folds is not None:
-        check_folds(folds, data.get("val_fraction") or 0)
-        if "optimizer" in cfg and _target(cfg, "optimizer") != \
-                "reglab.training.exact.ExactLeastSquares":  # (reglab-eval checks data alone)
-            raise ConfigError(f"data.folds: k-fold cross-validation fits each fold exactly; "
-                              f"add optimizer=exact (a gradient fit per fold is not "
-                              f"supported), or drop data.folds={folds}")
     held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
     if held_out >= 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction: expected a sum below 1 "

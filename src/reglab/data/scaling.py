@@ -79,11 +79,14 @@ class Scaling:
     def active(self) -> bool:
         return self.x_mean is not None or self.y_mean is not None
 
+    def _x_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.x_mean, dtype=x.dtype, device=x.device),
+                torch.tensor(self.x_std, dtype=x.dtype, device=x.device))
+
     def x(self, x: torch.Tensor) -> torch.Tensor:
         if self.x_mean is None:
             return x
-        mean = torch.tensor(self.x_mean, dtype=x.dtype, device=x.device)
-        std = torch.tensor(self.x_std, dtype=x.dtype, device=x.device)
+        mean, std = self._x_stats(x)
         return (x - mean) / std
 
     def _y_stats(self, y: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
@@ -102,8 +105,9 @@ class Scaling:
         """:meth:`x` in place (the same two roundings): a reused buffer is scaled
         without a temporary of its size."""
         if self.x_mean is not None:
-            x.sub_(torch.tensor(self.x_mean, dtype=x.dtype, device=x.device))
-            x.div_(torch.tensor(self.x_std, dtype=x.dtype, device=x.device))
+            mean, std = self._x_stats(x)
+            x.sub_(mean)
+            x.div_(std)
         return x
 
     def y_(self, y: torch.Tensor) -> torch.Tensor:

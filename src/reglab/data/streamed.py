@@ -629,14 +629,11 @@ class StreamedDataModule(pl.LightningDataModule):
                 return None
         except (AttributeError, ValueError):  # replaced or closed streams
             return None
-        import threading
+        from reglab.compat import tqdm_with_thread_lock
 
-        from tqdm.auto import tqdm
-
-        if getattr(tqdm, "_lock", None) is None:  # a thread lock: no semaphore to leak
-            tqdm.set_lock(threading.RLock())
-        return tqdm(total=rows, desc=what, unit="row", unit_scale=True, delay=BAR_DELAY,
-                    leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm_with_thread_lock()
+        return bar(total=rows, desc=what, unit="row", unit_scale=True, delay=BAR_DELAY,
+                   leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def _fit_scaling(self, moments: Moments) -> None:
         d = self.table.width

@@ -141,15 +141,9 @@ class FitProgressBar(ProgressBar):
         self._rows = 0
 
     def _open(self, trainer: pl.Trainer) -> None:
-        import threading
+        from reglab.compat import tqdm_with_thread_lock
 
-        from tqdm.auto import tqdm
-
-        if getattr(tqdm, "_lock", None) is None:
-            # One bar per process: a thread lock is enough. tqdm's default also makes a
-            # multiprocessing lock, which a sweep's joblib worker, stopped at the end,
-            # would leave behind ("leaked semaphore" warnings at exit).
-            tqdm.set_lock(threading.RLock())
+        tqdm = tqdm_with_thread_lock()
         total = float(trainer.estimated_stepping_batches)  # optimizer steps in the fit
         self._bar = tqdm(total=None if not math.isfinite(total) else int(total),
                          initial=trainer.global_step, unit="step", dynamic_ncols=True,
