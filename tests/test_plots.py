@@ -61,6 +61,25 @@ def test_one_input_run_gets_fit_frames_and_a_landscape(line_run: Path):
     assert steps["plots/landscape"] == [200]
 
 
+@pytest.mark.parametrize("with_optimum", [True, False])
+def test_each_fit_frame_has_the_pixels_of_a_full_render(with_optimum: bool):
+    """Frames after the first are drawn over kept pixels; they must be the images a full
+    render of the figure gives, for curves under the legend, across the spines and
+    beyond the axes."""
+    import numpy as np
+
+    from reglab.reporting.figures import run_plots as plots
+
+    x = np.linspace(0.0, 10.0, 11)
+    grid = np.linspace(0.0, 10.0, 300)
+    animation = plots.FitAnimation(x, 2 * x + 1 + np.sin(x), grid,
+                                   2 * grid + 1 if with_optimum else None, 2 * grid + 1)
+    curves = [0 * grid, 2 * grid + 1, 40 - 9 * grid, 25 + 0 * grid, 3 * grid - 8]
+    for k, curve in enumerate(curves):
+        image = animation.frame(curve, f"epoch {10 ** k}")
+        assert np.array_equal(image, plots.to_array(animation.fig)), k
+
+
 @pytest.mark.parametrize("limit", ["+trainer.max_time=00:00:00:01", "+trainer.max_steps=400"])
 def test_a_fit_of_no_known_length_still_gets_its_frames(run_train, limit):
     """max_epochs=-1 with max_time or max_steps: `frames` images spread over the fit (a

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 SIZE = (5.5, 4.0)
 DPI = 90
@@ -45,8 +49,11 @@ class FitAnimation:
     """One figure whose model curve is redrawn frame by frame: far cheaper than a new
     figure per frame, and every frame shares the axes, so the curve visibly moves.
 
-    The first frame drawn lays the figure out; the layout is then kept, so every later
-    frame is one render and no more."""
+    The first frame drawn lays the figure out; the layout is then kept. Everything the
+    axes draw before the model's curve (the data, the grid, the ticks, the optimum) is
+    rendered once and kept as pixels; a later frame restores them and draws the curve and
+    what lies above it in the axes' own order, which gives the pixels a full render would
+    (a test compares them) at about a third of its cost."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, grid: np.ndarray,
                  optimum: np.ndarray | None, final: np.ndarray, xlabel: str = "x",
@@ -59,16 +66,41 @@ class FitAnimation:
         hi = float(max(v.max() for v in shown))
         pad = 0.15 * (hi - lo) if hi > lo else max(1.0, abs(hi)) * 0.1
         ax.set_ylim(lo - pad, hi + pad)
-        self._laid_out = False
+        self._kept: tuple[Any, list[Artist], Any] | None = None
 
     def frame(self, curve: np.ndarray, title: str) -> np.ndarray:
         self.line.set_ydata(curve)
         self.fig.axes[0].set_title(title)  # one line whatever its length: same layout
-        image = to_array(self.fig)
-        if not self._laid_out:
+        if self._kept is None:
+            image = to_array(self.fig)
             self.fig.set_layout_engine("none")
-            self._laid_out = True
-        return image
+            self._kept = self._keep_beneath_the_curve()
+            return image
+        canvas, above, pixels = self._kept
+        canvas.restore_region(pixels)
+        renderer = canvas.get_renderer()
+        for artist in above:
+            artist.draw(renderer)
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+    def _keep_beneath_the_curve(self) -> tuple[Any, list[Artist], Any]:
+        from operator import attrgetter
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        (ax,) = self.fig.axes
+        # Axes.draw's order: its patch, then its children sorted (stably) by zorder.
+        order = sorted((a for a in ax.get_children() if a is not ax.patch),
+                       key=attrgetter("zorder"))
+        above = [a for a in order[order.index(self.line):] if a.get_visible()]
+        canvas = FigureCanvasAgg(self.fig)
+        for artist in above:
+            artist.set_visible(False)
+        canvas.draw()
+        pixels = canvas.copy_from_bbox(self.fig.bbox)
+        for artist in above:
+            artist.set_visible(True)
+        return canvas, above, pixels
 
 
 def pred_vs_actual(actual: np.ndarray, pred: np.ndarray, title: str = "",
