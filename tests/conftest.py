@@ -95,13 +95,16 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240,
     return subprocess.CompletedProcess(args, started.returncode, out, err)
 
 
-def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Started:
-    """A reglab command started in the background, forked as :func:`run_cli` runs it."""
+def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, *,
+              new_session: bool = False) -> Started:
+    """A reglab command started in the background, forked as :func:`run_cli` runs it;
+    ``new_session`` makes it lead a process group of its own (as ``Popen``'s
+    ``start_new_session``), so ``os.killpg`` reaches the ranks it starts."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     target = _console_target(args[0])
     assert target is not None, f"{args[0]} is not a reglab command"
-    return Started(args, target, cwd, full_env)
+    return Started(args, target, cwd, full_env, new_session=new_session)
 
 
 class Started:
@@ -109,7 +112,8 @@ class Started:
     stdout and stderr in files (``output()`` reads them as they grow)."""
 
     def __init__(self, args: list[str], target: str, cwd: Path, env: dict[str, str],
-                 stdout_to: str | None = None, fsize: int | None = None) -> None:
+                 stdout_to: str | None = None, fsize: int | None = None,
+                 new_session: bool = False) -> None:
         import tempfile
 
         import forked_cli
@@ -120,7 +124,8 @@ class Started:
         self._read_out = stdout_to is None  # a device (/dev/full) is not read back
         self._err = os.path.join(self._tmp.name, "err")
         self._proc = forked_cli.start(_fork_server(), target, [str(a) for a in args],
-                                      str(cwd), env, self._out, self._err, fsize)
+                                      str(cwd), env, self._out, self._err, fsize,
+                                      new_session)
         self.pid: int = self._proc.pid
         self.returncode: int | None = None
 

@@ -39,11 +39,14 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run(target: str, argv: list[str], cwd: str, env: dict[str, str], out: str,
-        err: str, fsize: int | None = None) -> None:
+        err: str, fsize: int | None = None, new_session: bool = False) -> None:
     """In the forked child: become the console script ``target`` (``module:function``)
     run as ``argv`` in ``cwd`` with ``env``, its output in the files ``out`` and ``err``
     (``out`` may be a device: ``/dev/full``); ``fsize`` limits the size of every file it
-    writes (``RLIMIT_FSIZE``), as a disk that refuses more would."""
+    writes (``RLIMIT_FSIZE``), as a disk that refuses more would; ``new_session``: a
+    session and process group of its own, as ``Popen(start_new_session=True)`` gives."""
+    if new_session:
+        os.setsid()
     if fsize is not None:
         import resource
 
@@ -98,9 +101,9 @@ def _finish(code: int) -> None:
 
 
 def start(ctx: Any, target: str, argv: list[str], cwd: str, env: dict[str, str],
-          out: str, err: str, fsize: int | None = None) -> Any:
+          out: str, err: str, fsize: int | None = None, new_session: bool = False) -> Any:
     """A started child process running :func:`run`."""
-    proc = ctx.Process(target=run, args=(target, argv, cwd, env, out, err, fsize),
+    proc = ctx.Process(target=run, args=(target, argv, cwd, env, out, err, fsize, new_session),
                        daemon=False)
     proc.start()
     return proc

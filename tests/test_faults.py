@@ -96,10 +96,11 @@ def test_ddp_killed_with_kill_9_then_resumed_matches_an_uninterrupted_ddp_run(
     resume=: the data-parallel fit ends where one that was never killed ends. That
     uninterrupted run is also held to what trainer=ddp_cpu promises: one run dir, one
     record, one summary, from rank 0, and the result one process reaches."""
-    args = [*LONG[:1], "trainer.max_epochs=60", *LONG[2:], "trainer=ddp_cpu"]
-    proc = subprocess.Popen([script("reglab-train"), *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    # Two steps an epoch (160 training rows): a DDP step on CPU costs ~20 ms, the point
+    # is where the kill lands and what resume makes of it, not how many steps there are.
+    args = [*LONG[:1], "trainer.max_epochs=60", "data.batch_size=80", *LONG[2:],
+            "trainer=ddp_cpu"]
+    proc = start_cli([script("reglab-train"), *args], tmp_path, new_session=True)
     try:
         run_dir = _trained_checkpoint(tmp_path, proc)
     finally:
@@ -132,8 +133,8 @@ def test_ddp_killed_with_kill_9_then_resumed_matches_an_uninterrupted_ddp_run(
     assert out.stdout.count("reglab: noisy_line completed") == 1  # one summary, rank 0's
     # Global batches of data.batch_size rows across the ranks: one process's steps and,
     # to float rounding, its result.
-    single, _ = run_train("experiment=noisy_line", "trainer.max_epochs=60", "logger=none",
-                          "callbacks=none")
+    single, _ = run_train("experiment=noisy_line", "trainer.max_epochs=60", "data.batch_size=80",
+                          "logger=none", "callbacks=none")
     assert straight["steps"] == single["steps"]
     for got, want in zip(straight["params"]["weight"][0], single["params"]["weight"][0],
                          strict=True):
