@@ -144,3 +144,17 @@ def split_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.T
             total += float(summed(pred, ys if scaling is None else scaling.y(ys)))
     mean = getattr(loss_fn, "reduction", "mean") == "mean"
     return total / (int(y.numel()) if mean else 1)
+
+
+def cv_record(folds: int, rows: int, train_losses: list[float], val_losses: list[float]
+              ) -> dict[str, Any]:
+    """The ``cv`` record of a K-fold cross-validation (in memory or streamed): each fold's
+    losses and their mean; ``std`` is numpy's default (ddof=0), as scikit-learn's
+    ``GridSearchCV`` reports ``std_test_score``."""
+    import numpy as np
+
+    return {"folds": folds, "rows": int(rows),
+            "val_loss": val_losses, "train_loss": train_losses,
+            "val_loss_mean": float(np.mean(val_losses)),
+            "val_loss_std": float(np.std(val_losses)),
+            "train_loss_mean": float(np.mean(train_losses))}

@@ -423,8 +423,6 @@ def _cross_validate(sink: StreamedLeastSquares, loss: Callable[[float, int], flo
         sol = sink.solve(rest)
         train_losses.append(loss(sol["ssr"] * sy2, rest.rows))
         val_losses.append(loss(*sink.split_sse(held, sol["theta"])))
-    return {"folds": sink.folds, "rows": sink.train().rows,
-            "val_loss": val_losses, "train_loss": train_losses,
-            "val_loss_mean": float(np.mean(val_losses)),
-            "val_loss_std": float(np.std(val_losses)),
-            "train_loss_mean": float(np.mean(train_losses))}
+    from reglab.analysis.metrics import cv_record
+
+    return cv_record(sink.folds, sink.train().rows, train_losses, val_losses)

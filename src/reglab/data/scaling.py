@@ -42,6 +42,11 @@ def _moments(t: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch
     return mean, std
 
 
+def _standardize_(t: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """(t − mean) / std written into ``t``."""
+    return t.sub_(mean).div_(std)
+
+
 @dataclass
 class Scaling:
     """x' = (x − x_mean) / x_std and y' = (y − y_mean) / y_std; ``None`` leaves one as is."""
@@ -104,19 +109,11 @@ class Scaling:
     def x_(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`x` in place (the same two roundings): a reused buffer is scaled
         without a temporary of its size."""
-        if self.x_mean is not None:
-            mean, std = self._x_stats(x)
-            x.sub_(mean)
-            x.div_(std)
-        return x
+        return x if self.x_mean is None else _standardize_(x, *self._x_stats(x))
 
     def y_(self, y: torch.Tensor) -> torch.Tensor:
         """:meth:`y` in place."""
-        if self.y_mean is not None:
-            mean, std = self._y_stats(y)
-            y.sub_(mean)
-            y.div_(std)
-        return y
+        return y if self.y_mean is None else _standardize_(y, *self._y_stats(y))
 
     def y_inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self.y_mean is None:

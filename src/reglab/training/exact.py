@@ -203,11 +203,9 @@ def cross_validate(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any,
 
     Fold j validates on ``datamodule.fold_indices()[j]`` and is solved on the other rows,
     in the run's training units (the run's scaling), so each fold's loss reads as the
-    run's ``val_loss`` does. ``std`` is numpy's default (ddof=0), as scikit-learn's
-    ``GridSearchCV`` reports ``std_test_score``.
+    run's ``val_loss`` does (the record: :func:`reglab.analysis.metrics.cv_record`).
     """
-    import numpy as np
-
+    from reglab.analysis.metrics import cv_record
     from reglab.analysis.optimum import find_optimum
 
     train_losses, val_losses = [], []
@@ -217,11 +215,7 @@ def cross_validate(model: Any, loss_fn: Any, datamodule: Any, optimizer: Any,
                                 report=False)
         train_losses.append(float(record["train_loss"]))
         val_losses.append(float(record["val_loss"]))
-    return {"folds": folds, "rows": int(datamodule.splits["train"][0].shape[0]),
-            "val_loss": val_losses, "train_loss": train_losses,
-            "val_loss_mean": float(np.mean(val_losses)),
-            "val_loss_std": float(np.std(val_losses)),
-            "train_loss_mean": float(np.mean(train_losses))}
+    return cv_record(folds, datamodule.splits["train"][0].shape[0], train_losses, val_losses)
 
 
 def check_config(cfg: Any) -> None:
