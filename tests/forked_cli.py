@@ -22,10 +22,11 @@ import traceback
 from typing import Any
 
 #: What the server imports before forking (a fresh ``reglab-train`` imports these).
-PRELOAD = ["torch", "pytorch_lightning", "hydra", "omegaconf", "matplotlib.figure",
-           "matplotlib.backends.backend_agg", "torch.utils.tensorboard", "reglab.cli.train",
-           "reglab.cli.eval", "reglab.cli.predict", "reglab.cli.sweep_report",
-           "reglab.training.module", "reglab.data.datamodule", "forked_cli", "forked_warm"]
+PRELOAD = ["forked_start", "torch", "pytorch_lightning", "hydra", "omegaconf",
+           "matplotlib.figure", "matplotlib.backends.backend_agg", "torch.utils.tensorboard",
+           "reglab.cli.train", "reglab.cli.eval", "reglab.cli.predict",
+           "reglab.cli.sweep_report", "reglab.training.module", "reglab.data.datamodule",
+           "forked_cli", "forked_warm"]
 
 
 def _exit_code(exc: SystemExit) -> int:

@@ -44,7 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     # Imported before the filters are set aside: the filters Lightning and torch install
     # when first imported must outlive this run.
-    import pytorch_lightning  # noqa: F401
+    with common.heavy_imports():
+        import pytorch_lightning  # noqa: F401
 
     with run_setup.quiet_lightning(continuing=bool(cfg.get("ckpt_path"))):
         return _train(cfg)
