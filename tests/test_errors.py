@@ -105,8 +105,9 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: s
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if not line.startswith("[")]
     assert len(errors) == 1 and errors[0].startswith("reglab-train: error: "), out.stderr
-    runs = list((tmp_path / "outputs").glob("*/runs/*"))
-    assert runs == [], "a run dir was left behind"
+    # Nothing left behind: no run dir, nor the outputs/<task>/runs folders made for it.
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == sorted(FILES), left
 
 
 def test_divergence_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_path: Path):
@@ -203,3 +204,13 @@ def test_a_broken_yaml_file_of_yours_is_one_line(tmp_path: Path, body, line):
     joint = ", " if line.startswith("line") else ": "
     assert out.stderr.strip() == f"reglab-train: error: {conf / 'mine.yaml'}{joint}{line}"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_rejected_command_keeps_the_empty_folders_it_found(tmp_path: Path):
+    """The folders above a fresh run dir are removed with it only where the command made
+    them: an empty ``outputs/line`` of the user's stays."""
+    (tmp_path / "outputs" / "line").mkdir(parents=True)
+    out = run_cli([script("reglab-train"), "optimizer.lr=-1"], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == ["outputs", "outputs/line"]

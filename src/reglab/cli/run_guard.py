@@ -101,10 +101,7 @@ class RunDirGuard:
         if self.real is None:
             return
         if not self.existed:
-            top = self.real
-            while not top.parent.exists() and top.parent != top:
-                top = top.parent
-            self.created_from = top
+            self.created_from = _first_missing(self.real)
             return
         self.entries = _own_entries(self.real, extra_names)
         for name in _REWRITTEN:
@@ -127,7 +124,7 @@ class RunDirGuard:
             # Hydra's stamped dir: created by this command, unless it is not one of ours.
             if _stamped(run_dir) and not run_dir.is_symlink():
                 shutil.rmtree(run_dir, ignore_errors=True)
-                _remove_new_empty_parents(run_dir, self.started)
+                _remove_made_parents(run_dir)
             return
         real = _real(run_dir)
         if real != self.real:
@@ -135,14 +132,7 @@ class RunDirGuard:
         if not self.existed:
             if real.is_dir():
                 shutil.rmtree(real, ignore_errors=True)  # never follows a link inside
-            top = self.created_from or real
-            folder = real.parent
-            while folder != top.parent and folder.is_dir() and not folder.is_symlink():
-                try:
-                    folder.rmdir()  # only when empty: a parent that gained a file stays
-                except OSError:
-                    break
-                folder = folder.parent
+            _remove_empty_folders(real.parent, self.created_from or real)
             return
         now = sorted(_own_entries(real, self.extra_names) - self.entries,
                      key=lambda e: e[0].count(os.sep), reverse=True)
@@ -175,19 +165,38 @@ class RunDirGuard:
                 pass
 
 
-def _remove_new_empty_parents(run_dir: Path, since: float, levels: int = 2) -> None:
-    """``outputs/<task>/runs`` above a removed stamped run dir, where this command made
-    them (created since it started) and they are left empty; an older or non-empty one
-    is kept."""
-    parent = run_dir.parent
-    for _ in range(levels):
+#: For each stamped run dir Hydra was about to make: the highest of its folders that did
+#: not exist yet (``outputs`` in a fresh folder; ``runs`` where earlier runs of the task
+#: are), noted by :class:`RunDirCheck` before Hydra creates any.
+_MADE_FROM: dict[Path, Path] = {}
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest folder on the way to ``path`` that does not exist (None: it does)."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_made_parents(run_dir: Path) -> None:
+    """The folders above a removed stamped run dir that this command made for it."""
+    top = _MADE_FROM.get(run_dir.absolute())
+    if top is not None:
+        _remove_empty_folders(run_dir.parent, top)
+
+
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    """``folder`` and its parents up to ``top`` (the highest this command made), each
+    while it is empty: one that existed before, or that gained a file, is kept."""
+    while folder != top.parent and folder.is_dir() and not folder.is_symlink():
         try:
-            if parent.is_symlink() or any(parent.iterdir()) or parent.stat().st_ctime < since:
-                return
-            parent.rmdir()
+            folder.rmdir()  # only when empty
         except OSError:
             return
-        parent = parent.parent
+        folder = folder.parent
 
 
 def _stamped(run_dir: Path) -> bool:
@@ -407,6 +416,8 @@ class RunDirCheck(Callback):  # type: ignore[misc]
 
         command = str(config.hydra.job.name)
         run_dir = Path(str(config.hydra.run.dir))
+        if _stamped(run_dir) and (top := _first_missing(run_dir.absolute())) is not None:
+            _MADE_FROM[run_dir.absolute()] = top
         try:
             why = occupied(config, run_dir, command)
             if why is None:
