@@ -53,7 +53,9 @@ def collector_as_it_was() -> Iterator[None]:
 
 def test_heavy_imports_pause_the_collector_once_in_a_command(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(common, "_heavy_imports_due", True)  # as common.run sets it
+    monkeypatch.setattr(common, "_heavy_imports_done", False)
+    monkeypatch.setattr(common, "_heavy_imports_due", False)
+    common.arm_heavy_imports()  # as common.run and a sweep's job do
     before = gc.get_freeze_count()
     with common.heavy_imports():
         assert not gc.isenabled()
@@ -61,7 +63,8 @@ def test_heavy_imports_pause_the_collector_once_in_a_command(
     assert gc.isenabled() and made
     frozen = gc.get_freeze_count()
     assert frozen >= before + 1000  # what existed, the imports' objects among it
-    # Once per process: a second command path (the next job of a sweep) changes nothing.
+    # Once per process: the next job of a sweep arms it again, and nothing changes.
+    common.arm_heavy_imports()
     with common.heavy_imports():
         assert gc.isenabled()
     assert gc.get_freeze_count() <= frozen
@@ -71,6 +74,7 @@ def test_heavy_imports_pause_the_collector_once_in_a_command(
 def test_outside_a_command_the_users_collector_is_left_alone(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch, enabled: bool):
     (gc.enable if enabled else gc.disable)()
+    monkeypatch.setattr(common, "_heavy_imports_done", False)
     monkeypatch.setattr(common, "_heavy_imports_due", False)  # train() from Python
     before = gc.get_freeze_count()
     with common.heavy_imports():
@@ -103,3 +107,23 @@ def test_a_command_fits_with_the_collector_on(tmp_path: Path):
     # On through the whole fit, with torch's and Lightning's objects out of its walks.
     assert all(enabled for _, enabled, _ in looks)
     assert all(frozen > 100_000 for _, _, frozen in looks)
+
+
+@pytest.mark.slow
+def test_a_sweeps_worker_processes_fit_with_their_imports_frozen(tmp_path: Path):
+    """joblib's workers are fresh interpreters that import torch and Lightning for their
+    first job: with the collector paused and frozen after, as the command itself does."""
+    (tmp_path / "gcprobe.py").write_text(PROBE)
+    out = run_cli([script("reglab-train"), "-m", "trainer.max_epochs=2", "logger=none",
+                   "callbacks.plots=null", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "optimizer.lr=0.1,0.2", "+callbacks.gc._target_=gcprobe.Collector",
+                   "+callbacks.gc.path=${hydra:runtime.output_dir}/seen.json"],
+                  cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = sorted(tmp_path.glob("outputs/*/multiruns/*/*/seen.json"))
+    assert len(seen) == 2
+    for path in seen:
+        looks = json.loads(path.read_text())
+        assert [hook for hook, _, _ in looks] == ["on_train_start", *["on_train_epoch_end"] * 2,
+                                                  "on_train_end"]
+        assert all(enabled and frozen > 100_000 for _, enabled, frozen in looks), looks

@@ -282,6 +282,9 @@ def main() -> None:
     def job(cfg: DictConfig) -> float:
         nonlocal started
         started = True
+        # Hydra runs this in the command's own process, or in one a launcher started for
+        # the job (joblib, submitit), which imports torch and Lightning afresh.
+        common.arm_heavy_imports()
         return run_job(cfg, guard)
 
     from reglab.cli.hydra_errors import raise_composition_errors
