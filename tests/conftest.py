@@ -43,9 +43,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+#: Configs composed in this worker, by (overrides, working directory).
+_COMPOSED: dict[tuple[tuple[str, ...], str], DictConfig] = {}
+
+
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
-    """The config ``reglab-train <overrides>`` would get, with its run dir at ``run_dir``."""
-    return compose(overrides, run_dir)
+    """The config ``reglab-train <overrides>`` would get, with its run dir at ``run_dir``.
+
+    What Hydra composes follows from the overrides, reglab's config files and the working
+    directory (``hydra.runtime.cwd``); the suite asks for the same command up to 40 times
+    (a property test's examples, a conformance test's two runs), so each is composed once
+    per worker and handed out as a deep copy, ~5 % of a composition's time. Overrides that
+    name a search path are composed every time: the files there are the test's to change.
+    Interpolations stay unresolved in the copy (``${now:…}`` included)."""
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if any("searchpath" in o for o in overrides):
+        return compose(overrides, run_dir)
+    key = (tuple(overrides), os.getcwd())
+    if key not in _COMPOSED:
+        _COMPOSED[key] = compose(overrides)
+    cfg = copy.deepcopy(_COMPOSED[key])
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+    return cfg
 
 
 @pytest.fixture

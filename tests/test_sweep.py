@@ -11,6 +11,7 @@ import pytest
 from conftest import compose_config, run_cli, script, start_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from reglab.config.compose import compose
 from reglab.reporting import sweep_report
 
 SMALL = ["experiment=noisy_line", "trainer.max_epochs=4", "data.source.num_samples=60"]
@@ -115,8 +116,8 @@ def test_run_dirs_started_together_differ(tmp_path: Path):
     from hydra.core.hydra_config import HydraConfig
 
     dirs = set()
-    for _ in range(3):
-        compose_config([], tmp_path)
+    for _ in range(3):  # three compositions (compose_config would hand out copies of one)
+        compose([], tmp_path)
         dirs.add(HydraConfig.get().run.dir)
     assert len(dirs) == 3
 
