@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_collection(session: pytest.Session) -> Any:
     """Collection imports torch, Lightning and the rest with the cyclic garbage collector
     paused, then freezes what they made, as a command does
-    (:func:`reglab.cli.common.heavy_imports`): the tests' own collections then skip the
+    (:func:`reglab.startup.heavy_imports`): the tests' own collections then skip the
     libraries (~0.3 s a full pass here, a dozen passes a worker)."""
     import gc
 

@@ -13,7 +13,7 @@ LAYERS = ["errors", "models", "config", "data", "analysis", "training", "search"
           "cli"]
 #: Beside the layers, importable from any of them: what each may import itself.
 SIDE = {"artifacts": {"errors", "models", "data", "legacy"}, "compat": set(),
-        "legacy": set(), "run_files": {"legacy"}}
+        "legacy": set(), "run_files": {"legacy"}, "startup": set()}
 
 
 def _module_level_imports(path: Path) -> set[str]:

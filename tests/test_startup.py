@@ -1,19 +1,20 @@
-"""A console command imports torch and Lightning with the cyclic garbage collector paused,
-then freezes what they created (:func:`reglab.cli.common.heavy_imports`): the fit runs
-with the collector on, and ``train()`` called from the user's Python leaves the user's
-collector as it was."""
+"""A reglab process imports torch and Lightning with the cyclic garbage collector paused,
+then freezes what they created (:func:`reglab.startup.heavy_imports`): every command, and
+a sweep's worker processes; the fit runs with the collector on, and ``train()`` called from
+the user's Python leaves the user's collector as it was."""
 
 from __future__ import annotations
 
 import gc
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_cli, script
 
-from reglab.cli import common
+from reglab import startup
 
 PROBE = """\
 import gc
@@ -53,19 +54,19 @@ def collector_as_it_was() -> Iterator[None]:
 
 def test_heavy_imports_pause_the_collector_once_in_a_command(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(common, "_heavy_imports_done", False)
-    monkeypatch.setattr(common, "_heavy_imports_due", False)
-    common.arm_heavy_imports()  # as common.run and a sweep's job do
+    monkeypatch.setattr(startup, "_done", False)
+    monkeypatch.setattr(startup, "_due", False)
+    startup.arm()  # as a command and a sweep's job do
     before = gc.get_freeze_count()
-    with common.heavy_imports():
+    with startup.heavy_imports():
         assert not gc.isenabled()
         made = [[i] for i in range(1000)]  # objects the collector tracks
     assert gc.isenabled() and made
     frozen = gc.get_freeze_count()
     assert frozen >= before + 1000  # what existed, the imports' objects among it
     # Once per process: the next job of a sweep arms it again, and nothing changes.
-    common.arm_heavy_imports()
-    with common.heavy_imports():
+    startup.arm()
+    with startup.heavy_imports():
         assert gc.isenabled()
     assert gc.get_freeze_count() <= frozen
 
@@ -74,16 +75,16 @@ def test_heavy_imports_pause_the_collector_once_in_a_command(
 def test_outside_a_command_the_users_collector_is_left_alone(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch, enabled: bool):
     (gc.enable if enabled else gc.disable)()
-    monkeypatch.setattr(common, "_heavy_imports_done", False)
-    monkeypatch.setattr(common, "_heavy_imports_due", False)  # train() from Python
+    monkeypatch.setattr(startup, "_done", False)
+    monkeypatch.setattr(startup, "_due", False)  # train() from Python
     before = gc.get_freeze_count()
-    with common.heavy_imports():
+    with startup.heavy_imports():
         assert gc.isenabled() is enabled
     # Frozen objects can be freed, never added (as a freeze of all there is would).
     assert gc.isenabled() is enabled and gc.get_freeze_count() <= before
     if not enabled:  # a command whose user turned the collector off keeps it off
-        monkeypatch.setattr(common, "_heavy_imports_due", True)
-        with common.heavy_imports():
+        monkeypatch.setattr(startup, "_due", True)
+        with startup.heavy_imports():
             pass
         assert not gc.isenabled() and gc.get_freeze_count() <= before
 
@@ -127,3 +128,34 @@ def test_a_sweeps_worker_processes_fit_with_their_imports_frozen(tmp_path: Path)
         assert [hook for hook, _, _ in looks] == ["on_train_start", *["on_train_epoch_end"] * 2,
                                                   "on_train_end"]
         assert all(enabled and frozen > 100_000 for _, enabled, frozen in looks), looks
+
+
+PASSES = """\
+import atexit, gc, importlib, json, sys
+seen = []
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.append(
+    ["torch" in sys.modules, gc.get_freeze_count()]))
+atexit.register(lambda: print("PASSES", json.dumps(seen), file=sys.stderr))
+sys.argv = sys.argv[1:]
+importlib.import_module("reglab.cli." + sys.argv[0].removeprefix("reglab-")).console()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["reglab-predict", "x=[[4.0]]"],
+                                     ["reglab-eval", "split=all"]], ids=lambda c: c[0])
+def test_eval_and_predict_import_torch_with_the_collector_paused(
+        tmp_path: Path, command: list[str]):
+    """No pass of the collector in a fresh ``reglab-eval`` or ``reglab-predict`` walks
+    torch's objects: none runs while they are imported, and every one after skips them
+    (frozen). Before, a predict made ~400 passes and an eval ~960, 3 and 6 of them full."""
+    run = tmp_path / "run"
+    done = run_cli([script("reglab-train"), "trainer.max_epochs=2", "logger=none",
+                    "callbacks.plots=null", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = run_cli([sys.executable, "-c", PASSES, command[0], f"ckpt_path={run}/model.pt",
+                   *command[1:]], cwd=tmp_path, fork=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stderr.rsplit("PASSES ", 1)[1])
+    assert seen  # the collector did run, before torch
+    assert not [frozen for loaded, frozen in seen if loaded and frozen < 100_000], seen

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from reglab import errors
+from reglab import errors, startup
 from reglab.config import checks
 from reglab.run_files import EVAL_FILE, METRICS_FILE, saved_run, write_json
 
@@ -82,7 +82,9 @@ def evaluate(cfg: DictConfig, data_overrides: list[str] | None = None) -> dict[s
     checks.check(OmegaConf.create({"data": OmegaConf.to_container(train_cfg.data),
                                      "seed": train_cfg.seed}))
 
-    import torch
+    with startup.heavy_imports():  # a command's first import of torch and Lightning
+        import pytorch_lightning  # noqa: F401  (the data module's, built below)
+        import torch
     from hydra.utils import instantiate
 
     from reglab.analysis.metrics import adjusted_r2, score

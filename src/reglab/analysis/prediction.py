@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reglab import errors
+from reglab import errors, startup
 from reglab.config import checks
 from reglab.run_files import write_whole
 
@@ -159,9 +159,10 @@ def predict(cfg: DictConfig) -> list[Any]:
         raise errors.ReglabError(f"ckpt_path: {ckpt_path}: no such file")
     delimiter = checks.delimiter(cfg.delimiter, "delimiter")
 
-    import torch
+    with startup.heavy_imports():  # a command's first import of torch
+        import torch
 
-    from reglab.artifacts import read_trained
+        from reglab.artifacts import read_trained
 
     trained = read_trained(ckpt_path, cfg.get("allow_modules") or ())
     width = trained.in_features

@@ -6,9 +6,10 @@ Imports nothing heavy: these run before (or instead of) torch.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, NoReturn
+
+from reglab import startup
 
 #: Exit status for input reglab (or Hydra) rejects.
 BAD_INPUT = 2
@@ -39,55 +40,11 @@ def run(main: Callable[[], object]) -> None:
     # bury the command's own outcome under a traceback per log line.
     logging.raiseExceptions = False
     _quiet_thread_faults()
-    arm_heavy_imports()
+    startup.arm()  # torch and Lightning imported with the collector paused, then frozen
     try:
         main()
     finally:
         gc.freeze()
-
-
-#: Whether this process runs a reglab command or job and has yet to import torch and
-#: Lightning through :func:`heavy_imports` (armed by :func:`arm_heavy_imports`) ...
-_heavy_imports_due = False
-#: ... and whether it already has: once per process.
-_heavy_imports_done = False
-
-
-def arm_heavy_imports() -> None:
-    """Mark this process as reglab's own: a console command (:func:`run`), or a process a
-    sweep's launcher started to run reglab's jobs (joblib's workers, submitit's, a SLURM
-    job), which imports torch and Lightning afresh for its first job. Once they are
-    imported, arming again changes nothing."""
-    global _heavy_imports_due
-    if not _heavy_imports_done:
-        _heavy_imports_due = True
-
-
-@contextmanager
-def heavy_imports() -> Iterator[None]:
-    """Where a reglab process first imports torch and Lightning: without the cyclic
-    garbage collector, whose ~1,000 passes over the objects the imports create took ~9 %
-    of a default run (0.95 s of 10.4 s, measured), and with those objects frozen after
-    (``gc.freeze``), so later passes during the fit skip them. Frozen objects are never
-    freed: they are the libraries themselves, plus ~13,000 objects their import left
-    unreachable (~8 MB), not worth the full pass (~0.5 s) that would find them.
-
-    Once per process, and only where :func:`arm_heavy_imports` marked it reglab's own:
-    ``train()`` called from the user's own Python (a notebook, a test, a process pool of
-    the user's) leaves the user's collector alone."""
-    import gc
-
-    global _heavy_imports_due, _heavy_imports_done
-    if not (_heavy_imports_due and gc.isenabled()):
-        yield
-        return
-    _heavy_imports_due, _heavy_imports_done = False, True
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def _quiet_thread_faults() -> None:

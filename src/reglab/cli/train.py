@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from reglab import compat, errors, run_files
+from reglab import compat, errors, run_files, startup
 from reglab.cli import common, run_guard
 from reglab.cli.resume import resume_argv
 from reglab.config import checks
@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     # Imported before the filters are set aside: the filters Lightning and torch install
     # when first imported must outlive this run.
-    with common.heavy_imports():
+    with startup.heavy_imports():
         import pytorch_lightning  # noqa: F401
 
     with run_setup.quiet_lightning(continuing=bool(cfg.get("ckpt_path"))):
@@ -284,7 +284,7 @@ def main() -> None:
         started = True
         # Hydra runs this in the command's own process, or in one a launcher started for
         # the job (joblib, submitit), which imports torch and Lightning afresh.
-        common.arm_heavy_imports()
+        startup.arm()
         return run_job(cfg, guard)
 
     from reglab.cli.hydra_errors import raise_composition_errors
