@@ -54,28 +54,44 @@ def collector_as_it_was() -> Iterator[None]:
 
 def test_heavy_imports_pause_the_collector_once_in_a_command(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(startup, "_done", False)
-    monkeypatch.setattr(startup, "_due", False)
-    startup.arm()  # as a command and a sweep's job do
+    monkeypatch.setattr(startup, "_due", True)  # as arm() in a fresh command leaves it
     before = gc.get_freeze_count()
     with startup.heavy_imports():
         assert not gc.isenabled()
+        import pytorch_lightning  # noqa: F401  (as train() does; loaded already, maybe)
+
         made = [[i] for i in range(1000)]  # objects the collector tracks
     assert gc.isenabled() and made
     frozen = gc.get_freeze_count()
     assert frozen >= before + 1000  # what existed, the imports' objects among it
-    # Once per process: the next job of a sweep arms it again, and nothing changes.
+    # Lightning is imported: the next job of a sweep arms it again, and nothing changes.
     startup.arm()
     with startup.heavy_imports():
         assert gc.isenabled()
     assert gc.get_freeze_count() <= frozen
 
 
+def test_a_first_import_of_torch_alone_leaves_lightnings_due(
+        collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch):
+    """A resume that reads a killed run's checkpoint imports torch before the fit imports
+    Lightning: both imports run with the collector paused."""
+    monkeypatch.setattr(startup, "_due", True)
+    monkeypatch.setattr(startup, "_LAST", "not_imported_yet")  # Lightning, still to come
+    with startup.heavy_imports():
+        assert not gc.isenabled()
+    with startup.heavy_imports():
+        assert not gc.isenabled()
+    monkeypatch.setattr(startup, "_LAST", "json")  # now it is
+    with startup.heavy_imports():
+        assert not gc.isenabled()
+    with startup.heavy_imports():
+        assert gc.isenabled()
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_outside_a_command_the_users_collector_is_left_alone(
         collector_as_it_was: None, monkeypatch: pytest.MonkeyPatch, enabled: bool):
     (gc.enable if enabled else gc.disable)()
-    monkeypatch.setattr(startup, "_done", False)
     monkeypatch.setattr(startup, "_due", False)  # train() from Python
     before = gc.get_freeze_count()
     with startup.heavy_imports():

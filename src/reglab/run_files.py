@@ -128,7 +128,10 @@ def _recorded_seed(run_dir: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         seed = None
     if not isinstance(seed, int) and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        import torch
+        from reglab import startup
+
+        with startup.heavy_imports():  # a command's first import of torch, maybe
+            import torch
 
         try:
             stamp = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",

@@ -5,29 +5,30 @@ Their import creates ~680,000 objects; with the collector on it makes ~1,000 pas
 them (0.95 s of a 10.4 s default ``reglab-train``, measured; 1.2–1.6 s of a 4–5 s
 ``reglab-eval``), and every pass during the fit walks them again. :func:`heavy_imports`
 wraps a command's first import of them; :func:`arm` marks the processes where that is
-reglab's to decide. Imports nothing itself, so any module may use it.
+reglab's to decide. Imports nothing heavy itself, so any module may use it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Whether this process runs a reglab command or job and has yet to import torch and
-#: Lightning through :func:`heavy_imports` ...
+#: Whether this process runs a reglab command or job and has yet to import Lightning
+#: (and torch with it) through :func:`heavy_imports`.
 _due = False
-#: ... and whether it already has: once per process.
-_done = False
+
+#: The last of the heavy imports: once it is loaded, there is nothing left to pause for.
+_LAST = "pytorch_lightning"
 
 
 def arm() -> None:
     """Mark this process as reglab's own: a console command (``cli.common.run``), or a
     process a sweep's launcher started to run reglab's jobs (joblib's workers, submitit's,
-    a SLURM job), which imports torch and Lightning afresh for its first job. Once they
-    are imported, arming again changes nothing."""
+    a SLURM job), which imports torch and Lightning afresh for its first job. Once
+    Lightning is imported, arming changes nothing."""
     global _due
-    if not _done:
-        _due = True
+    _due = _LAST not in sys.modules
 
 
 @contextmanager
@@ -38,20 +39,21 @@ def heavy_imports() -> Iterator[None]:
     plus ~13,000 objects their import left unreachable (~8 MB), not worth the full pass
     (~0.5 s) that would find them.
 
-    Once per process, and only where :func:`arm` marked it reglab's own: ``train()``,
-    ``evaluate()`` or ``predict()`` called from the user's own Python (a notebook, a test,
-    a process pool of the user's) leaves the user's collector alone, and a command whose
-    user turned the collector off keeps it off."""
+    Until Lightning is imported (a first import of torch alone, reading a checkpoint,
+    leaves it due), and only where :func:`arm` marked the process reglab's own:
+    ``train()``, ``evaluate()`` or ``predict()`` called from the user's own Python (a
+    notebook, a test, a process pool of the user's) leaves the user's collector alone, and
+    a command whose user turned the collector off keeps it off."""
     import gc
 
-    global _due, _done
+    global _due
     if not (_due and gc.isenabled()):
         yield
         return
-    _due, _done = False, True
     gc.disable()
     try:
         yield
     finally:
+        _due = _LAST not in sys.modules
         gc.freeze()
         gc.enable()

@@ -203,7 +203,10 @@ def _recorded_file(run_dir: Path) -> dict[str, Any] | None:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         return None
-    import torch
+    from reglab import startup
+
+    with startup.heavy_imports():  # the command's first import of torch
+        import torch
 
     try:
         stamp = torch.load(ckpt, map_location="cpu", weights_only=True).get("reglab") or {}
