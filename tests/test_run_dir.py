@@ -212,3 +212,23 @@ def test_a_run_without_hydra_files_can_be_evaluated_and_resumed(tmp_path: Path):
     assert out.returncode == 0, out.stderr[-2000:]
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["epochs"] == 6 and len(resumed["history"]["train_loss"]) == 6
+
+
+def test_hydras_files_read_back_as_pyyamls_own_parser_reads_them(tmp_path: Path):
+    """``run_files.read_yaml`` (libyaml) gives what PyYAML's pure-Python safe loader gives,
+    on the files a run and a sweep leave, with values YAML 1.1 reads oddly (``1e-3`` is a
+    string there, ``0.5e-2`` a number) and a path with a space in it."""
+    import yaml
+    from conftest import run_cli, script
+
+    from reglab.run_files import read_yaml
+
+    (tmp_path / "my data.csv").write_text("x,y\n1,3\n2,5\n3,7\n4,9\n5,11\n6,13\n7,15\n8,17\n")
+    out = run_cli([script("reglab-train"), "-m", "data=csv", "data.source.path=my data.csv",
+                   "data.source.target=y", "optimizer.lr=1e-3,0.5e-2", "trainer.max_epochs=1",
+                   "logger=none", "callbacks=none", "+note='on: yes, off: [1, ~]'"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = sorted(tmp_path.glob("outputs/**/*.yaml"))
+    assert len(files) >= 7  # multirun.yaml, and each job's config, hydra and overrides
+    for file in files:
+        assert read_yaml(file) == yaml.safe_load(file.read_text()), file

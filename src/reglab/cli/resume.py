@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from reglab.errors import ReglabError
-from reglab.run_files import saved_run
+from reglab.run_files import read_yaml, saved_run
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -23,7 +23,6 @@ def resume_argv(argv: list[str]) -> list[str]:
     resume = [a for a in argv[1:] if a.startswith("resume=")]
     if not resume:
         return argv
-    import yaml
 
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
     if (run_dir / "study.json").is_file():
@@ -45,7 +44,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     # (its config groups may live in the user's own conf dir).
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if hydra_file.is_file() and "hydra.searchpath" not in skip:
-        hydra_cfg = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
+        hydra_cfg = (read_yaml(hydra_file) or {}).get("hydra") or {}
         previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     if "seed" not in skip:
@@ -61,7 +60,7 @@ def _study_argv(argv: list[str], sweep_dir: Path) -> list[str]:
     import yaml
 
     try:
-        saved = (yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {})["hydra"]
+        saved = (read_yaml(sweep_dir / "multirun.yaml") or {})["hydra"]
         overrides = saved["overrides"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise ReglabError(f"resume: {sweep_dir} holds a study but no readable multirun.yaml "
