@@ -2,10 +2,10 @@
 collector paused, then frozen.
 
 Their import creates ~680,000 objects; with the collector on it makes ~1,000 passes over
-them (0.95 s of a 10.4 s default ``reglab-train``, measured; 1.2–1.6 s of a 4–5 s
-``reglab-eval``), and every pass during the fit walks them again. :func:`heavy_imports`
-wraps a command's first import of them; :func:`arm` marks the processes where that is
-reglab's to decide. Imports nothing heavy itself, so any module may use it.
+them (0.95 s of a 10.4 s default ``reglab-train``, measured; a fresh ``reglab-eval`` took
+4.0–5.4 s that way, 3.2–3.9 s this way), and every later pass walks them again.
+:func:`heavy_imports` wraps a command's first import of them; :func:`arm` marks the
+processes where that is reglab's to decide. Imports nothing heavy itself, so any module may use it.
 """
 
 from __future__ import annotations
