@@ -71,3 +71,14 @@ def test_debug_presets(run_train, preset: str, steps: int):
     assert metrics["steps"] == steps and (run_dir / "model.pt").exists() != smoke
     if preset == "profiler":
         assert "Profiler Report" in (run_dir / "fit-profile.txt").read_text()
+
+
+def test_a_debug_presets_summary_says_where_its_run_went(tmp_path: Path):
+    """Debug runs land in outputs/debug/, apart from the experiment's own: the summary's
+    last lines name that dir."""
+    from conftest import run_cli, script
+
+    out = run_cli([script("reglab-train"), "experiment=d2l", "debug=limit"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run_dir,) = (tmp_path / "outputs" / "debug" / "runs").iterdir()
+    assert f"  run dir: {run_dir}\n" in out.stdout
