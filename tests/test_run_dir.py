@@ -232,3 +232,63 @@ def test_hydras_files_read_back_as_pyyamls_own_parser_reads_them(tmp_path: Path)
     assert len(files) >= 7  # multirun.yaml, and each job's config, hydra and overrides
     for file in files:
         assert read_yaml(file) == yaml.safe_load(file.read_text()), file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["a: [1,\n\t", "", "just text\n"],
+                         ids=["unparsable", "empty", "a-string"])
+def test_a_run_whose_hydra_files_are_damaged_is_read_from_its_record(tmp_path: Path,
+                                                                      damage: str):
+    """A ``.hydra`` file that is empty, does not parse or holds a string: reglab-eval and
+    resume= read the run from ``metrics.json``'s record instead, with the numbers of the
+    intact run. Only ``hydra.yaml``'s search path is nowhere else: a resume then refuses
+    in one line naming the file, the run dir byte for byte as it was. With no record
+    either, the refusal says no *readable* config."""
+    import hashlib
+    import shutil
+
+    from conftest import run_cli, script
+
+    def files(d: Path) -> dict[str, str]:
+        return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(d.rglob("*")) if p.is_file()}
+
+    intact = tmp_path / "intact"
+    out = run_cli([script("reglab-train"), "trainer.max_epochs=3", "callbacks.plots=null",
+                   f"hydra.run.dir={intact}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = run_cli([script("reglab-eval"), f"ckpt_path={intact}/model.pt", "split=all",
+                      f"hydra.run.dir={tmp_path / 'ev'}"], tmp_path)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    expected = json.loads((tmp_path / "ev" / "eval_metrics.json").read_text())["metrics"]
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        run = tmp_path / name
+        shutil.copytree(intact, run)
+        (run / ".hydra" / name).write_text(damage)
+        ev = tmp_path / f"ev-{name}"
+        out = run_cli([script("reglab-eval"), f"ckpt_path={run}/model.pt", "split=all",
+                       f"hydra.run.dir={ev}"], tmp_path)
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        assert json.loads((ev / "eval_metrics.json").read_text())["metrics"] == expected
+        before = files(run)
+        out = run_cli([script("reglab-train"), f"resume={run}", "trainer.max_epochs=5",
+                       "callbacks.plots=null"], tmp_path)
+        if name == "hydra.yaml" and damage != "":  # an empty one holds no search path
+            assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+                f"reglab-train: error: resume: {run / '.hydra' / name}: cannot be read "
+                f"({'ParserError' if damage.startswith('a:') else 'AttributeError'}); put "
+                "Hydra's copy back, or give the run's search path yourself "
+                "(hydra.searchpath=[] if it had none)"], out.stderr
+            assert files(run) == before
+        else:
+            assert out.returncode == 0, (name, out.stderr[-2000:])
+            assert json.loads((run / "metrics.json").read_text())["epochs"] == 5
+    # No record to fall back on: one line, and it says what was missing.
+    run = tmp_path / "bare"
+    shutil.copytree(intact, run)
+    (run / ".hydra" / "config.yaml").write_text(damage)
+    (run / "metrics.json").unlink()
+    before = files(run)
+    out = run_cli([script("reglab-eval"), f"ckpt_path={run}/model.pt", "split=all"], tmp_path)
+    assert out.returncode == 2 and "(no readable " in out.stderr.strip(), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and files(run) == before

@@ -95,7 +95,9 @@ def read_yaml(path: Path) -> Any:
 
 def saved_run(run_dir: Path) -> dict[str, Any] | None:
     """A run's config, overrides and launch dir, from ``.hydra/`` where Hydra wrote it,
-    else from the ``run`` record in ``metrics.json``; None when neither is there.
+    else (no ``.hydra/``, or a file there that is missing, empty or does not parse) from
+    the ``run`` record in ``metrics.json``, which holds the same; None when neither can
+    be read.
 
     A run started with ``seed=null`` drew its seed after Hydra saved the config: the seed
     is filled in from ``metrics.json`` or, for a run killed before writing one, from its
@@ -107,16 +109,31 @@ def saved_run(run_dir: Path) -> dict[str, Any] | None:
         file = run_dir / ".hydra" / name
         return (read_yaml(file) or empty) if file.is_file() else empty
 
-    try:
-        if (run_dir / ".hydra").is_dir():
-            hydra = (load("hydra.yaml", {}).get("hydra") or {}).get("runtime") or {}
-            saved = {"config": load("config.yaml", {}), "overrides": load("overrides.yaml", []),
-                     "launch_dir": hydra.get("cwd")}
-        else:
-            saved = json.loads((run_dir / METRICS_FILE).read_text()).get("run")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+    def from_hydra() -> Any:
+        hydra = (load("hydra.yaml", {}).get("hydra") or {}).get("runtime") or {}
+        overrides = load("overrides.yaml", [])
+        if not isinstance(overrides, list):
+            raise ValueError(f"{run_dir / '.hydra' / 'overrides.yaml'}: not a list")
+        return {"config": load("config.yaml", {}), "overrides": overrides,
+                "launch_dir": hydra.get("cwd")}
+
+    def from_record() -> Any:
+        return json.loads((run_dir / METRICS_FILE).read_text()).get("run")
+
+    sources = [from_hydra, from_record] if (run_dir / ".hydra").is_dir() else [from_record]
+    found = []  # what each source gave, where it is a run's shape
+    for source in sources:
+        try:
+            saved = source()
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            found.append(saved)
+            if saved["config"]:
+                break  # the record is read only where .hydra/ gives no config
+    # The first that holds a config; else (a job dir with its overrides alone) the first.
+    saved = next((f for f in found if f["config"]), found[0] if found else None)
+    if saved is None:
         return None
     asked = [str(o).split("=", 1)[1] for o in saved.get("overrides") or []
              if str(o).split("=", 1)[0] == "seed"]

@@ -31,7 +31,7 @@ def training_config(ckpt_path: Path, data_overrides: list[str]) -> DictConfig:
     saved = saved_run(run_dir)
     if saved is None or not saved["config"]:
         raise errors.ReglabError(f"ckpt_path: {ckpt_path} is not inside a reglab run dir "
-                                   f"(no {run_dir / '.hydra' / 'config.yaml'}, and no run "
+                                   f"(no readable {run_dir / '.hydra' / 'config.yaml'}, and no run "
                                    "record in its metrics.json); the data to score cannot "
                                    "be rebuilt")
     cfg = OmegaConf.create(saved["config"])

@@ -23,6 +23,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     resume = [a for a in argv[1:] if a.startswith("resume=")]
     if not resume:
         return argv
+    import yaml
 
     run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
     if (run_dir / "study.json").is_file():
@@ -30,7 +31,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     saved = saved_run(run_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if saved is None:
-        raise ReglabError(f"resume: {run_dir} is not a reglab run dir (no "
+        raise ReglabError(f"resume: {run_dir} is not a reglab run dir (no readable "
                                    ".hydra/config.yaml, and no run record in metrics.json)")
     if not ckpt.is_file():
         raise ReglabError(f"resume: {run_dir} has no checkpoints/last.ckpt to "
@@ -44,7 +45,14 @@ def resume_argv(argv: list[str]) -> list[str]:
     # (its config groups may live in the user's own conf dir).
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if hydra_file.is_file() and "hydra.searchpath" not in skip:
-        hydra_cfg = (read_yaml(hydra_file) or {}).get("hydra") or {}
+        try:
+            hydra_cfg = (read_yaml(hydra_file) or {}).get("hydra") or {}
+        except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+            # Its search path (a conf dir of the user's) is not in the run's record.
+            raise ReglabError(f"resume: {hydra_file}: cannot be read "
+                              f"({type(exc).__name__}); put Hydra's copy back, or give the run's "
+                              "search path yourself (hydra.searchpath=[] if it had none)"
+                              ) from None
         previous += [o for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []
                      if str(o).split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     if "seed" not in skip:
