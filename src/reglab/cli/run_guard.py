@@ -183,7 +183,7 @@ def _first_missing(path: Path) -> Path | None:
 
 def _remove_made_parents(run_dir: Path) -> None:
     """The folders above a removed stamped run dir that this command made for it."""
-    top = _MADE_FROM.get(run_dir.absolute())
+    top = _MADE_FROM.pop(run_dir.absolute(), None)
     if top is not None:
         _remove_empty_folders(run_dir.parent, top)
 
